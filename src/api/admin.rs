@@ -1,0 +1,171 @@
+//! `poolplane.v1.PoolAdmin`: translation only; the registry does the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{millis, pool_to_proto};
+use super::status::{invalid_argument, invalid_config, pool_status};
+use super::App;
+use crate::config::{pool_from_request, PoolRequest, Secret};
+use crate::pool::LimitsUpdate;
+use crate::proto::{self, pool_admin_server::PoolAdmin};
+
+pub(crate) struct AdminService {
+    app: Arc<App>,
+}
+
+impl AdminService {
+    pub(crate) fn new(app: Arc<App>) -> AdminService {
+        AdminService { app }
+    }
+}
+
+fn required_name(name: &str) -> Result<&str, Status> {
+    if name.is_empty() {
+        Err(invalid_argument("name", "must not be empty"))
+    } else {
+        Ok(name)
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+#[tonic::async_trait]
+impl PoolAdmin for AdminService {
+    async fn list_pools(
+        &self,
+        _request: Request<proto::ListPoolsRequest>,
+    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        let pools = self
+            .app
+            .registry
+            .list()
+            .into_iter()
+            .map(pool_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListPoolsResponse { pools }))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<proto::GetPoolRequest>,
+    ) -> Result<Response<proto::Pool>, Status> {
+        let request = request.into_inner();
+        let pool = self
+            .app
+            .registry
+            .get(required_name(&request.name)?)
+            .map_err(pool_status)?;
+        Ok(Response::new(pool_to_proto(pool.info())))
+    }
+
+    async fn create_pool(
+        &self,
+        request: Request<proto::CreatePoolRequest>,
+    ) -> Result<Response<proto::Pool>, Status> {
+        let r = request.into_inner();
+        let if_not_exists = r.if_not_exists;
+        let pool_request = PoolRequest {
+            name: r.name,
+            host: non_empty(r.host),
+            port: (r.port != 0).then_some(r.port),
+            database: r.database,
+            user: non_empty(r.user),
+            password: non_empty(r.password).map(Secret::new),
+            password_env: non_empty(r.password_env),
+            password_file: non_empty(r.password_file),
+            sslmode: non_empty(r.sslmode),
+            application_name: non_empty(r.application_name),
+            max_connections: r.max_connections,
+            min_connections: r.min_connections,
+            connection_timeout_ms: r.connection_timeout_ms,
+            idle_timeout_ms: r.idle_timeout_ms,
+            health_check_interval_ms: r.health_check_interval_ms,
+            statement_timeout_ms: r.statement_timeout_ms,
+        };
+        let config = pool_from_request(pool_request, self.app.registry.defaults())
+            .map_err(|errors| invalid_config(&errors))?;
+        let pool = self
+            .app
+            .registry
+            .create(config, if_not_exists)
+            .map_err(pool_status)?;
+        Ok(Response::new(pool_to_proto(pool.info())))
+    }
+
+    async fn update_pool(
+        &self,
+        request: Request<proto::UpdatePoolRequest>,
+    ) -> Result<Response<proto::Pool>, Status> {
+        let r = request.into_inner();
+        let update = LimitsUpdate {
+            max_connections: r.max_connections,
+            min_connections: r.min_connections,
+            connection_timeout: r.connection_timeout_ms.map(Duration::from_millis),
+            idle_timeout: r.idle_timeout_ms.map(Duration::from_millis),
+            health_check_interval: r.health_check_interval_ms.map(Duration::from_millis),
+            statement_timeout: r
+                .statement_timeout_ms
+                .map(|ms| (ms > 0).then(|| Duration::from_millis(ms))),
+        };
+        let info = self
+            .app
+            .registry
+            .update(required_name(&r.name)?, update)
+            .await
+            .map_err(pool_status)?;
+        Ok(Response::new(pool_to_proto(info)))
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<proto::DeletePoolRequest>,
+    ) -> Result<Response<proto::DeletePoolResponse>, Status> {
+        let r = request.into_inner();
+        let drain_timeout = match r.drain_timeout_ms {
+            0 => self.app.server.drain_timeout,
+            ms => Duration::from_millis(ms),
+        };
+        let (report, info) = self
+            .app
+            .registry
+            .delete(required_name(&r.name)?, drain_timeout, r.force)
+            .await
+            .map_err(pool_status)?;
+        tracing::debug!(drain_timeout_ms = millis(drain_timeout), "pool deleted");
+        Ok(Response::new(proto::DeletePoolResponse {
+            cancelled: report.cancelled,
+            connections_closed: report.connections_closed,
+            pool: Some(pool_to_proto(info)),
+        }))
+    }
+
+    async fn reset_statistics(
+        &self,
+        request: Request<proto::ResetStatisticsRequest>,
+    ) -> Result<Response<proto::ResetStatisticsResponse>, Status> {
+        let name = request.into_inner().pool;
+        let pools = if name.is_empty() {
+            self.app
+                .registry
+                .list()
+                .into_iter()
+                .map(|info| info.config.name)
+                .collect()
+        } else {
+            vec![name]
+        };
+        for name in &pools {
+            self.app
+                .registry
+                .get(name)
+                .map_err(pool_status)?
+                .reset_statistics();
+        }
+        Ok(Response::new(proto::ResetStatisticsResponse { pools }))
+    }
+}

@@ -1,0 +1,159 @@
+//! The one place domain errors become gRPC statuses (DESIGN.md's contract).
+//! Matches are exhaustive with no catch-all, so a new error variant forces a
+//! decision here. Details go in response metadata (`poolplane-*` keys);
+//! binary values (`-bin`) carry text PostgreSQL may write in any language.
+
+use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
+use tonic::{Code, Status};
+
+use crate::config::ConfigError;
+use crate::pool::PoolError;
+use crate::query::{QueryError, SqlError};
+
+pub(crate) fn pool_status(err: PoolError) -> Status {
+    let message = err.to_string();
+    match err {
+        PoolError::NotFound(pool) => with(Code::NotFound, message, &[("poolplane-pool", pool)]),
+        PoolError::AlreadyExists(pool) => {
+            with(Code::AlreadyExists, message, &[("poolplane-pool", pool)])
+        }
+        PoolError::Draining(pool) => with(Code::Unavailable, message, &[("poolplane-pool", pool)]),
+        PoolError::Exhausted { pool, waited, max } => with(
+            Code::ResourceExhausted,
+            message,
+            &[
+                ("poolplane-pool", pool),
+                ("poolplane-wait-ms", waited.as_millis().to_string()),
+                ("poolplane-max-connections", max.to_string()),
+            ],
+        ),
+        PoolError::Unavailable { pool, .. } => {
+            with(Code::Unavailable, message, &[("poolplane-pool", pool)])
+        }
+        PoolError::InvalidConfig(errors) => invalid_config(&errors),
+    }
+}
+
+/// Every config problem in one INVALID_ARGUMENT; the first field in metadata.
+pub(crate) fn invalid_config(errors: &[ConfigError]) -> Status {
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let field = errors.first().map(|e| e.path.clone()).unwrap_or_default();
+    with(
+        Code::InvalidArgument,
+        message,
+        &[("poolplane-field", field)],
+    )
+}
+
+pub(crate) fn invalid_argument(field: &str, message: &str) -> Status {
+    with(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        &[("poolplane-field", field.to_string())],
+    )
+}
+
+pub(crate) fn query_status(err: QueryError) -> Status {
+    let message = err.to_string();
+    match err {
+        QueryError::InvalidArgument { field, message } => invalid_argument(&field, &message),
+        QueryError::Pool(err) => pool_status(err),
+        QueryError::Sql(sql) => sql_status(&sql),
+        QueryError::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, message),
+        QueryError::ResultTooLarge { limit } => with(
+            Code::ResourceExhausted,
+            message,
+            &[("poolplane-row-limit", limit.to_string())],
+        ),
+        QueryError::ConnectionLost(_) => Status::new(Code::Unavailable, message),
+    }
+}
+
+fn sql_status(sql: &SqlError) -> Status {
+    let mut status = Status::new(sqlstate_code(&sql.sqlstate), sql.to_string());
+    let metadata = status.metadata_mut();
+    insert_ascii(metadata, "poolplane-sqlstate", &sql.sqlstate);
+    insert_binary(metadata, "poolplane-message-bin", &sql.message);
+    if let Some(detail) = &sql.detail {
+        insert_binary(metadata, "poolplane-detail-bin", detail);
+    }
+    if let Some(hint) = &sql.hint {
+        insert_binary(metadata, "poolplane-hint-bin", hint);
+    }
+    if let Some(position) = sql.position {
+        insert_ascii(metadata, "poolplane-position", &position.to_string());
+    }
+    if let Some(index) = sql.batch_index {
+        insert_ascii(metadata, "poolplane-batch-index", &index.to_string());
+    }
+    status
+}
+
+/// gRPC code for a SQLSTATE, by class (the first two characters), with the
+/// few codes that need their own answer first. Documented in the README.
+pub(crate) fn sqlstate_code(sqlstate: &str) -> Code {
+    match sqlstate {
+        "40001" | "40P01" => return Code::Aborted,
+        "23505" => return Code::AlreadyExists,
+        "42501" => return Code::PermissionDenied,
+        "57014" => return Code::Cancelled,
+        _ => {}
+    }
+    match sqlstate.get(..2).unwrap_or("") {
+        // data exception, syntax error or access rule violation, cardinality violation
+        "22" | "42" | "21" | "2F" | "39" | "3F" | "44" => Code::InvalidArgument,
+        // integrity constraint, invalid transaction state, object not in prerequisite state, raise_exception
+        "23" | "25" | "2B" | "2D" | "55" | "P0" | "0B" => Code::FailedPrecondition,
+        "40" => Code::Aborted,
+        "0A" => Code::Unimplemented,
+        "53" | "54" => Code::ResourceExhausted,
+        // connection exception, operator intervention (shutdown, terminated backend)
+        "08" | "57" | "58" => Code::Unavailable,
+        "28" => Code::Unavailable,
+        "XX" => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
+fn with(code: Code, message: String, metadata: &[(&'static str, String)]) -> Status {
+    let mut status = Status::new(code, message);
+    for (key, value) in metadata {
+        insert_ascii(status.metadata_mut(), key, value);
+    }
+    status
+}
+
+fn insert_ascii(metadata: &mut MetadataMap, key: &'static str, value: &str) {
+    // Values come from our own formatting or PostgreSQL; a non-ASCII pool
+    // name cannot exist (validated), so failing here only drops the extra.
+    if let Ok(value) = AsciiMetadataValue::try_from(value) {
+        metadata.insert(key, value);
+    }
+}
+
+fn insert_binary(metadata: &mut MetadataMap, key: &'static str, value: &str) {
+    metadata.insert_bin(key, BinaryMetadataValue::from_bytes(value.as_bytes()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_map_as_documented() {
+        assert_eq!(sqlstate_code("42601"), Code::InvalidArgument);
+        assert_eq!(sqlstate_code("22012"), Code::InvalidArgument);
+        assert_eq!(sqlstate_code("23503"), Code::FailedPrecondition);
+        assert_eq!(sqlstate_code("23505"), Code::AlreadyExists);
+        assert_eq!(sqlstate_code("40001"), Code::Aborted);
+        assert_eq!(sqlstate_code("40P01"), Code::Aborted);
+        assert_eq!(sqlstate_code("42501"), Code::PermissionDenied);
+        assert_eq!(sqlstate_code("57P01"), Code::Unavailable);
+        assert_eq!(sqlstate_code("XX000"), Code::Internal);
+        assert_eq!(sqlstate_code("ZZ999"), Code::Unknown);
+    }
+}

@@ -1,0 +1,217 @@
+//! Configuration: the YAML schema rooted at `connection_pool`, validation
+//! with messages that name the key, the line, the bad value and what is
+//! allowed, and secret resolution (passwords from env vars or files).
+//!
+//! Loading never touches the network or a database: it reads the file and
+//! the secrets it names, nothing else. The result, [`Config`], is what the
+//! rest of the service runs on; the raw serde structs stay private.
+
+mod lines;
+mod schema;
+mod secret;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use secret::{PasswordSource, Secret};
+pub(crate) use validate::check_limits;
+pub use validate::{pool_from_request, PoolRequest};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `connection_pool.enabled`: when false the server starts with no pools.
+    pub enabled: bool,
+    pub pools: Vec<PoolConfig>,
+    /// `connection_pool.default_pool` with built-in defaults filled in: what
+    /// a pool created at run time inherits.
+    pub defaults: PoolDefaults,
+    pub health: HealthConfig,
+    pub monitoring: MonitoringConfig,
+    pub security: SecurityConfig,
+    pub server: ServerConfig,
+}
+
+/// The effective settings of one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub password_source: PasswordSource,
+    pub application_name: String,
+    pub sslmode: SslMode,
+    pub limits: PoolLimits,
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+}
+
+/// The settings `UpdatePool` may change on a live pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    /// How long an acquirer waits for a connection, and a connect may take.
+    pub connection_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// A connection idle longer than this is checked before it is handed out.
+    pub health_check_interval: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+/// Values pools inherit when they do not set their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolDefaults {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Where pools that name no password source of their own read it.
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub sslmode: SslMode,
+    pub limits: PoolLimits,
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+}
+
+/// `connection_pool.health_monitoring` (used by the health monitor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub check_interval: Duration,
+    pub probe_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub automatic_recovery: bool,
+    pub max_recovery_attempts: u32,
+}
+
+/// `connection_pool.monitoring` (used by the metrics collector and alerts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitoringConfig {
+    pub enabled: bool,
+    pub collection_interval: Duration,
+    pub retention_period: Duration,
+    pub enable_alerts: bool,
+    pub utilization_threshold: f64,
+    pub error_rate_threshold: f64,
+}
+
+/// `connection_pool.security`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityConfig {
+    pub ssl_enabled: bool,
+    pub verify_peer: bool,
+    pub ca_certificate: Option<String>,
+    pub client_certificate: Option<String>,
+    pub client_key: Option<String>,
+    pub authentication_timeout: Duration,
+}
+
+/// `connection_pool.server`: listeners and server-wide limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub grpc_listen: SocketAddr,
+    /// The most rows one Execute may return.
+    pub max_result_rows: u32,
+    /// How long shutdown waits for in-flight calls.
+    pub shutdown_timeout: Duration,
+    /// How long DeletePool lets in-flight work run when the request sets none.
+    pub drain_timeout: Duration,
+}
+
+/// How the connection to PostgreSQL uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+}
+
+impl SslMode {
+    pub const ALLOWED: &'static [&'static str] = &["disable", "prefer", "require"];
+
+    pub fn parse(text: &str) -> Option<SslMode> {
+        match text {
+            "disable" => Some(SslMode::Disable),
+            "prefer" => Some(SslMode::Prefer),
+            "require" => Some(SslMode::Require),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+        }
+    }
+}
+
+/// One problem in a configuration, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key path, e.g. `connection_pool.pools[0].max_connections`.
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.errors.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        write!(f, "{}: {count} configuration {noun}", self.source_name)?;
+        for error in &self.errors {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+            source_name: source_name.clone(),
+            errors: vec![ConfigError {
+                path: "<file>".into(),
+                line: None,
+                message: format!("cannot read the file: {err}"),
+            }],
+        })?;
+        Config::parse(&text, &source_name)
+    }
+
+    /// Validates configuration text; `source_name` labels the errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
+        validate::parse(text).map_err(|errors| ConfigErrors {
+            source_name: source_name.to_string(),
+            errors,
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The YAML file as written: serde structs that mirror `connection_pool` key
+//! for key. Every struct denies unknown keys so a typo is an error, not a
+//! silently ignored setting. Nothing here applies defaults across sections or
+//! checks ranges; `validate` does that.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileRoot {
+    pub(crate) connection_pool: RawRoot,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoot {
+    pub(crate) enabled: Option<bool>,
+    #[serde(default)]
+    pub(crate) default_pool: RawPool,
+    #[serde(default)]
+    pub(crate) pools: Vec<RawPool>,
+    #[serde(default)]
+    pub(crate) health_monitoring: RawHealthMonitoring,
+    #[serde(default)]
+    pub(crate) monitoring: RawMonitoring,
+    #[serde(default)]
+    pub(crate) security: RawSecurity,
+    #[serde(default)]
+    pub(crate) server: RawServer,
+}
+
+/// One pool, or (as `default_pool`) the values every pool inherits.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub(crate) name: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<i64>,
+    pub(crate) database: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) password_file: Option<String>,
+    pub(crate) sslmode: Option<String>,
+    pub(crate) application_name: Option<String>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) min_connections: Option<i64>,
+    pub(crate) connection_timeout_ms: Option<i64>,
+    pub(crate) idle_timeout_ms: Option<i64>,
+    pub(crate) health_check_interval_ms: Option<i64>,
+    pub(crate) statement_timeout_ms: Option<i64>,
+    pub(crate) max_retries: Option<i64>,
+    pub(crate) retry_delay_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthMonitoring {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) check_interval_ms: Option<i64>,
+    pub(crate) connection_timeout_ms: Option<i64>,
+    pub(crate) idle_timeout_ms: Option<i64>,
+    pub(crate) enable_automatic_recovery: Option<bool>,
+    pub(crate) max_recovery_attempts: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMonitoring {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) collection_interval_ms: Option<i64>,
+    pub(crate) retention_period_ms: Option<i64>,
+    pub(crate) enable_alerts: Option<bool>,
+    pub(crate) connection_utilization_threshold: Option<f64>,
+    pub(crate) error_rate_threshold: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecurity {
+    #[serde(default)]
+    pub(crate) ssl: RawSsl,
+    #[serde(default)]
+    pub(crate) authentication: RawAuthentication,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSsl {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) verify_peer: Option<bool>,
+    pub(crate) ca_certificate: Option<String>,
+    pub(crate) client_certificate: Option<String>,
+    pub(crate) client_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuthentication {
+    pub(crate) method: Option<String>,
+    pub(crate) timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) grpc_listen: Option<String>,
+    pub(crate) max_result_rows: Option<i64>,
+    pub(crate) shutdown_timeout_ms: Option<i64>,
+    pub(crate) drain_timeout_ms: Option<i64>,
+}

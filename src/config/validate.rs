@@ -1,0 +1,777 @@
+//! Turns the raw YAML into a [`Config`]: applies defaults (built-in, then
+//! `default_pool`, then the pool's own), checks every range and reference,
+//! and collects *every* problem with its key path and line rather than
+//! stopping at the first.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::lines::LineIndex;
+use super::schema::{FileRoot, RawPool, RawRoot, RawSsl};
+use super::secret::{self, PasswordSource, Secret};
+use super::{
+    Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits,
+    SecurityConfig, ServerConfig, SslMode,
+};
+
+const ROOT: &str = "connection_pool";
+/// Longest pool name: `poolplane/<name>` must fit PostgreSQL's 63-byte application_name.
+pub(crate) const MAX_POOL_NAME_LEN: usize = 48;
+/// A ceiling on any one pool, far above what a PostgreSQL server accepts.
+const MAX_CONNECTIONS_CEILING: i64 = 10_000;
+/// A day: no timeout or interval in this file is sensibly longer.
+const MAX_DURATION_MS: i64 = 86_400_000;
+const AUTH_METHODS: &[&str] = &["database"];
+
+/// Parses and validates configuration text.
+pub(crate) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let root: FileRoot = serde_yaml::from_str(text).map_err(|err| vec![from_serde(&err)])?;
+    let mut checker = Checker {
+        index: LineIndex::build(text),
+        errors: Vec::new(),
+    };
+    let config = checker.root(root.connection_pool);
+    if checker.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(checker.errors)
+    }
+}
+
+/// A pool described by an API request rather than the file; `None` fields
+/// inherit the server's defaults.
+#[derive(Debug, Default, Clone)]
+pub struct PoolRequest {
+    pub name: String,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub sslmode: Option<String>,
+    pub application_name: Option<String>,
+    pub max_connections: Option<u32>,
+    pub min_connections: Option<u32>,
+    pub connection_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub health_check_interval_ms: Option<u64>,
+    pub statement_timeout_ms: Option<u64>,
+}
+
+/// Validates a pool from an API request with the same rules as the file.
+/// Error paths are the request's field names.
+pub fn pool_from_request(
+    request: PoolRequest,
+    defaults: &PoolDefaults,
+) -> Result<PoolConfig, Vec<ConfigError>> {
+    let inline_password = request.password.clone();
+    let raw = RawPool {
+        name: Some(request.name),
+        host: request.host,
+        port: request.port.map(i64::from),
+        database: Some(request.database),
+        user: request.user,
+        password_env: request.password_env,
+        password_file: request.password_file,
+        sslmode: request.sslmode,
+        application_name: request.application_name,
+        max_connections: request.max_connections.map(i64::from),
+        min_connections: request.min_connections.map(i64::from),
+        connection_timeout_ms: request.connection_timeout_ms.map(saturating_i64),
+        idle_timeout_ms: request.idle_timeout_ms.map(saturating_i64),
+        health_check_interval_ms: request.health_check_interval_ms.map(saturating_i64),
+        statement_timeout_ms: request.statement_timeout_ms.map(saturating_i64),
+        max_retries: None,
+        retry_delay_ms: None,
+    };
+    let mut checker = Checker {
+        index: LineIndex::default(),
+        errors: Vec::new(),
+    };
+    if inline_password.is_some() && (raw.password_env.is_some() || raw.password_file.is_some()) {
+        checker.error(
+            "password",
+            "set one of password, password_env, password_file".into(),
+        );
+    }
+    let pool = checker.pool("", &raw, defaults);
+    match pool {
+        Some(mut pool) if checker.errors.is_empty() => {
+            if let Some(password) = inline_password {
+                pool.password = Some(password);
+                pool.password_source = PasswordSource::Inline;
+            }
+            Ok(pool)
+        }
+        _ => Err(checker.errors),
+    }
+}
+
+/// Checks limits changed by UpdatePool with the same rules as the file.
+pub(crate) fn check_limits(limits: &PoolLimits) -> Result<(), Vec<ConfigError>> {
+    let mut checker = Checker {
+        index: LineIndex::default(),
+        errors: Vec::new(),
+    };
+    checker.limits_consistent("", limits);
+    if checker.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(checker.errors)
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+struct Checker {
+    index: LineIndex,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn error(&mut self, path: &str, message: String) {
+        let line = self.index.line_of(path);
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            line,
+            message,
+        });
+    }
+
+    fn root(&mut self, raw: RawRoot) -> Config {
+        let defaults = self.defaults(&raw.default_pool);
+        let mut pools = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, raw_pool) in raw.pools.iter().enumerate() {
+            let path = format!("{ROOT}.pools[{i}]");
+            let Some(pool) = self.pool(&path, raw_pool, &defaults) else {
+                continue;
+            };
+            if !seen.insert(pool.name.clone()) {
+                self.error(
+                    &format!("{path}.name"),
+                    format!(
+                        "duplicate pool name `{}`: pool names must be unique",
+                        pool.name
+                    ),
+                );
+                continue;
+            }
+            pools.push(pool);
+        }
+        Config {
+            enabled: raw.enabled.unwrap_or(true),
+            pools,
+            defaults,
+            health: self.health(&raw.health_monitoring),
+            monitoring: self.monitoring(&raw.monitoring),
+            security: self.security(&raw.security),
+            server: self.server(&raw.server),
+        }
+    }
+
+    fn defaults(&mut self, raw: &RawPool) -> PoolDefaults {
+        let path = format!("{ROOT}.default_pool");
+        if raw.name.is_some() {
+            self.error(
+                &format!("{path}.name"),
+                "default_pool cannot have a name: it is the template every pool in `pools` inherits"
+                    .into(),
+            );
+        }
+        let builtin = builtin_defaults();
+        let limits = self.limits(&path, raw, &builtin.limits);
+        PoolDefaults {
+            host: self.host(&path, raw.host.as_deref(), &builtin.host),
+            port: self.port(&path, raw.port, builtin.port),
+            user: raw.user.clone().unwrap_or(builtin.user),
+            password_env: raw.password_env.clone(),
+            password_file: raw.password_file.clone(),
+            sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode),
+            limits,
+            max_retries: self.count(&path, "max_retries", raw.max_retries, 3, 0, 100),
+            retry_delay: self.duration(&path, "retry_delay_ms", raw.retry_delay_ms, 1000),
+        }
+    }
+
+    fn pool(&mut self, path: &str, raw: &RawPool, defaults: &PoolDefaults) -> Option<PoolConfig> {
+        let name = self.pool_name(path, raw.name.as_deref())?;
+        let database = match raw.database.as_deref() {
+            Some(db) if !db.is_empty() => db.to_string(),
+            _ => {
+                self.error(
+                    &key(path, "database"),
+                    "missing: every pool names its database".into(),
+                );
+                String::new()
+            }
+        };
+        let (password_source, password) = self.password(path, raw, defaults);
+        let application_name = raw
+            .application_name
+            .clone()
+            .unwrap_or_else(|| format!("poolplane/{name}"));
+        if application_name.len() > 63 {
+            self.error(
+                &key(path, "application_name"),
+                format!("`{application_name}` is longer than PostgreSQL's 63-byte limit"),
+            );
+        }
+        let limits = self.limits(path, raw, &defaults.limits);
+        Some(PoolConfig {
+            host: self.host(path, raw.host.as_deref(), &defaults.host),
+            port: self.port(path, raw.port, defaults.port),
+            database,
+            user: raw.user.clone().unwrap_or_else(|| defaults.user.clone()),
+            password,
+            password_source,
+            application_name,
+            sslmode: self.sslmode(path, raw.sslmode.as_deref(), defaults.sslmode),
+            limits,
+            max_retries: self.count(
+                path,
+                "max_retries",
+                raw.max_retries,
+                i64::from(defaults.max_retries),
+                0,
+                100,
+            ),
+            retry_delay: self.duration(
+                path,
+                "retry_delay_ms",
+                raw.retry_delay_ms,
+                duration_ms(defaults.retry_delay),
+            ),
+            name,
+        })
+    }
+
+    /// The pool's own password source, else default_pool's; errors point
+    /// at whichever section named the source that failed.
+    fn password(
+        &mut self,
+        path: &str,
+        raw: &RawPool,
+        defaults: &PoolDefaults,
+    ) -> (PasswordSource, Option<Secret>) {
+        let own = raw.password_env.is_some() || raw.password_file.is_some();
+        let (env, file, section) = if own {
+            (
+                raw.password_env.as_deref(),
+                raw.password_file.as_deref(),
+                path.to_string(),
+            )
+        } else {
+            (
+                defaults.password_env.as_deref(),
+                defaults.password_file.as_deref(),
+                format!("{ROOT}.default_pool"),
+            )
+        };
+        match secret::resolve(env, file) {
+            Ok(found) => found,
+            Err(message) => {
+                let field = if env.is_some() && file.is_none() {
+                    "password_env"
+                } else {
+                    "password_file"
+                };
+                self.error(&key(&section, field), message);
+                (PasswordSource::None, None)
+            }
+        }
+    }
+
+    fn pool_name(&mut self, path: &str, name: Option<&str>) -> Option<String> {
+        let path = key(path, "name");
+        let Some(name) = name else {
+            self.error(&path, "missing: every pool needs a name".into());
+            return None;
+        };
+        if is_valid_pool_name(name) {
+            Some(name.to_string())
+        } else {
+            self.error(
+                &path,
+                format!(
+                    "invalid pool name `{name}`: use 1 to {MAX_POOL_NAME_LEN} letters, digits, `_` or `-`, starting with a letter"
+                ),
+            );
+            None
+        }
+    }
+
+    fn limits(&mut self, path: &str, raw: &RawPool, inherited: &PoolLimits) -> PoolLimits {
+        let max = self.count(
+            path,
+            "max_connections",
+            raw.max_connections,
+            i64::from(inherited.max_connections),
+            1,
+            MAX_CONNECTIONS_CEILING,
+        );
+        let min = self.count(
+            path,
+            "min_connections",
+            raw.min_connections,
+            i64::from(inherited.min_connections).min(i64::from(max)),
+            0,
+            MAX_CONNECTIONS_CEILING,
+        );
+        let statement_timeout = match raw.statement_timeout_ms {
+            None => inherited.statement_timeout,
+            Some(0) => None,
+            Some(ms) => Some(self.duration(path, "statement_timeout_ms", Some(ms), 1)),
+        };
+        let limits = PoolLimits {
+            max_connections: max,
+            min_connections: min,
+            connection_timeout: self.duration(
+                path,
+                "connection_timeout_ms",
+                raw.connection_timeout_ms,
+                duration_ms(inherited.connection_timeout),
+            ),
+            idle_timeout: self.duration(
+                path,
+                "idle_timeout_ms",
+                raw.idle_timeout_ms,
+                duration_ms(inherited.idle_timeout),
+            ),
+            health_check_interval: self.duration(
+                path,
+                "health_check_interval_ms",
+                raw.health_check_interval_ms,
+                duration_ms(inherited.health_check_interval),
+            ),
+            statement_timeout,
+        };
+        self.limits_consistent(path, &limits);
+        limits
+    }
+
+    fn limits_consistent(&mut self, path: &str, limits: &PoolLimits) {
+        if limits.min_connections > limits.max_connections {
+            self.error(
+                &key(path, "min_connections"),
+                format!(
+                    "min_connections ({}) is greater than max_connections ({})",
+                    limits.min_connections, limits.max_connections
+                ),
+            );
+        }
+        if limits.max_connections == 0 {
+            self.error(&key(path, "max_connections"), "must be at least 1".into());
+        }
+        for (field, value) in [
+            ("connection_timeout_ms", Some(limits.connection_timeout)),
+            ("idle_timeout_ms", Some(limits.idle_timeout)),
+            (
+                "health_check_interval_ms",
+                Some(limits.health_check_interval),
+            ),
+            ("statement_timeout_ms", limits.statement_timeout),
+        ] {
+            if let Some(value) = value {
+                if value.is_zero() || duration_ms(value) > MAX_DURATION_MS {
+                    self.error(
+                        &key(path, field),
+                        format!(
+                            "{} ms is out of range: allowed 1 to {MAX_DURATION_MS} ms",
+                            value.as_millis()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A whole number in `min..=max`, or `default` when absent.
+    fn count(
+        &mut self,
+        path: &str,
+        field: &str,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> u32 {
+        let value = value.unwrap_or(default);
+        if (min..=max).contains(&value) {
+            u32::try_from(value).unwrap_or(u32::MAX)
+        } else {
+            self.error(
+                &key(path, field),
+                format!("{value} is out of range: allowed {min} to {max}"),
+            );
+            u32::try_from(default.clamp(min, max)).unwrap_or(0)
+        }
+    }
+
+    /// A positive number of milliseconds, or `default_ms` when absent.
+    fn duration(
+        &mut self,
+        path: &str,
+        field: &str,
+        value: Option<i64>,
+        default_ms: i64,
+    ) -> Duration {
+        let ms = value.unwrap_or(default_ms);
+        if (1..=MAX_DURATION_MS).contains(&ms) {
+            Duration::from_millis(ms.unsigned_abs())
+        } else {
+            let why = if ms <= 0 {
+                "must be positive"
+            } else {
+                "is too long"
+            };
+            self.error(
+                &key(path, field),
+                format!("{ms} ms {why}: allowed 1 to {MAX_DURATION_MS} ms"),
+            );
+            Duration::from_millis(default_ms.clamp(1, MAX_DURATION_MS).unsigned_abs())
+        }
+    }
+
+    fn host(&mut self, path: &str, host: Option<&str>, default: &str) -> String {
+        match host {
+            Some("") => {
+                self.error(&key(path, "host"), "must not be empty".into());
+                default.to_string()
+            }
+            Some(host) => host.to_string(),
+            None => default.to_string(),
+        }
+    }
+
+    fn port(&mut self, path: &str, port: Option<i64>, default: u16) -> u16 {
+        match port {
+            None => default,
+            Some(port) => match u16::try_from(port) {
+                Ok(port) if port != 0 => port,
+                _ => {
+                    self.error(
+                        &key(path, "port"),
+                        format!("{port} is not a TCP port: allowed 1 to 65535"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn sslmode(&mut self, path: &str, mode: Option<&str>, default: SslMode) -> SslMode {
+        let Some(text) = mode else {
+            return default;
+        };
+        match SslMode::parse(text) {
+            Some(SslMode::Disable) => SslMode::Disable,
+            Some(_) => {
+                self.error(
+                    &key(path, "sslmode"),
+                    format!("`{text}` is not supported by this build yet: TLS to PostgreSQL is not implemented; allowed: disable"),
+                );
+                default
+            }
+            None => {
+                self.error(
+                    &key(path, "sslmode"),
+                    format!(
+                        "`{text}` is not an sslmode: allowed {}",
+                        SslMode::ALLOWED.join(", ")
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn health(&mut self, raw: &super::schema::RawHealthMonitoring) -> HealthConfig {
+        let path = format!("{ROOT}.health_monitoring");
+        HealthConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            check_interval: self.duration(
+                &path,
+                "check_interval_ms",
+                raw.check_interval_ms,
+                10_000,
+            ),
+            probe_timeout: self.duration(
+                &path,
+                "connection_timeout_ms",
+                raw.connection_timeout_ms,
+                5_000,
+            ),
+            idle_timeout: self.duration(&path, "idle_timeout_ms", raw.idle_timeout_ms, 300_000),
+            automatic_recovery: raw.enable_automatic_recovery.unwrap_or(true),
+            max_recovery_attempts: self.count(
+                &path,
+                "max_recovery_attempts",
+                raw.max_recovery_attempts,
+                3,
+                0,
+                1_000_000,
+            ),
+        }
+    }
+
+    fn monitoring(&mut self, raw: &super::schema::RawMonitoring) -> MonitoringConfig {
+        let path = format!("{ROOT}.monitoring");
+        MonitoringConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            collection_interval: self.duration(
+                &path,
+                "collection_interval_ms",
+                raw.collection_interval_ms,
+                10_000,
+            ),
+            retention_period: self.duration(
+                &path,
+                "retention_period_ms",
+                raw.retention_period_ms,
+                3_600_000,
+            ),
+            enable_alerts: raw.enable_alerts.unwrap_or(true),
+            utilization_threshold: self.ratio(
+                &path,
+                "connection_utilization_threshold",
+                raw.connection_utilization_threshold,
+                0.8,
+            ),
+            error_rate_threshold: self.ratio(
+                &path,
+                "error_rate_threshold",
+                raw.error_rate_threshold,
+                0.05,
+            ),
+        }
+    }
+
+    fn ratio(&mut self, path: &str, field: &str, value: Option<f64>, default: f64) -> f64 {
+        let value = value.unwrap_or(default);
+        if (0.0..=1.0).contains(&value) {
+            value
+        } else {
+            self.error(
+                &key(path, field),
+                format!(
+                    "{value} is out of range: allowed 0.0 to 1.0 (a fraction, not a percentage)"
+                ),
+            );
+            default
+        }
+    }
+
+    fn security(&mut self, raw: &super::schema::RawSecurity) -> SecurityConfig {
+        let path = format!("{ROOT}.security");
+        let ssl_enabled = raw.ssl.enabled.unwrap_or(false);
+        if ssl_enabled {
+            self.ssl_files(&format!("{path}.ssl"), &raw.ssl);
+        }
+        let auth_path = format!("{path}.authentication");
+        if let Some(method) = raw.authentication.method.as_deref() {
+            if !AUTH_METHODS.contains(&method) {
+                self.error(
+                    &key(&auth_path, "method"),
+                    format!(
+                        "`{method}` is not supported: allowed {} (each pool authenticates to PostgreSQL with its own user and password)",
+                        AUTH_METHODS.join(", ")
+                    ),
+                );
+            }
+        }
+        SecurityConfig {
+            ssl_enabled,
+            verify_peer: raw.ssl.verify_peer.unwrap_or(true),
+            ca_certificate: raw.ssl.ca_certificate.clone(),
+            client_certificate: raw.ssl.client_certificate.clone(),
+            client_key: raw.ssl.client_key.clone(),
+            authentication_timeout: self.duration(
+                &auth_path,
+                "timeout_ms",
+                raw.authentication.timeout_ms,
+                30_000,
+            ),
+        }
+    }
+
+    /// With TLS on, every certificate path must be readable. The first
+    /// unreadable one is the error; the others are named in it, since they
+    /// almost always share one cause (a missing directory).
+    fn ssl_files(&mut self, path: &str, ssl: &RawSsl) {
+        let files = [
+            ("ca_certificate", &ssl.ca_certificate),
+            ("client_certificate", &ssl.client_certificate),
+            ("client_key", &ssl.client_key),
+        ];
+        let unreadable: Vec<(&str, &str, std::io::Error)> = files
+            .iter()
+            .filter_map(|(field, file)| {
+                let file = file.as_deref()?;
+                std::fs::File::open(file)
+                    .err()
+                    .map(|err| (*field, file, err))
+            })
+            .collect();
+        if let Some((field, file, err)) = unreadable.first() {
+            let others: Vec<&str> = unreadable[1..].iter().map(|(f, ..)| *f).collect();
+            let also = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} also unreadable)", others.join(", "))
+            };
+            self.error(
+                &key(path, field),
+                format!("cannot read certificate file `{file}`: {err}{also}; fix the path or set ssl.enabled: false"),
+            );
+        } else {
+            self.error(
+                &key(path, "enabled"),
+                "TLS to PostgreSQL is not implemented by this build yet: set enabled: false".into(),
+            );
+        }
+    }
+
+    fn server(&mut self, raw: &super::schema::RawServer) -> ServerConfig {
+        let path = format!("{ROOT}.server");
+        let grpc_listen = match raw.grpc_listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(
+                    &key(&path, "grpc_listen"),
+                    format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:50051 or 0.0.0.0:50051"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 50051))
+            }),
+        };
+        ServerConfig {
+            grpc_listen,
+            max_result_rows: self.count(
+                &path,
+                "max_result_rows",
+                raw.max_result_rows,
+                10_000,
+                1,
+                1_000_000,
+            ),
+            shutdown_timeout: self.duration(
+                &path,
+                "shutdown_timeout_ms",
+                raw.shutdown_timeout_ms,
+                10_000,
+            ),
+            drain_timeout: self.duration(&path, "drain_timeout_ms", raw.drain_timeout_ms, 30_000),
+        }
+    }
+}
+
+fn builtin_defaults() -> PoolDefaults {
+    PoolDefaults {
+        host: "localhost".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password_env: None,
+        password_file: None,
+        sslmode: SslMode::Disable,
+        limits: PoolLimits {
+            max_connections: 10,
+            min_connections: 0,
+            connection_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            health_check_interval: Duration::from_secs(60),
+            statement_timeout: None,
+        },
+        max_retries: 3,
+        retry_delay: Duration::from_secs(1),
+    }
+}
+
+pub(crate) fn is_valid_pool_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    starts_with_letter
+        && name.len() <= MAX_POOL_NAME_LEN
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn key(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Rewrites a serde_yaml error into our shape, adding a "did you mean" to
+/// unknown keys.
+fn from_serde(err: &serde_yaml::Error) -> ConfigError {
+    let line = err.location().map(|location| location.line());
+    let text = err.to_string();
+    // serde_yaml appends " at line L column C"; the line is reported separately.
+    let text = match text.find(" at line ") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    };
+    let (path, message) = match text.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
+        _ => ("<document>".to_string(), text.clone()),
+    };
+    let message = match unknown_field(&message) {
+        Some((field, allowed)) => {
+            let hint = closest(&field, &allowed)
+                .map(|best| format!("did you mean `{best}`? "))
+                .unwrap_or_default();
+            let path = if path == "<document>" {
+                String::new()
+            } else {
+                format!("{path}.")
+            };
+            return ConfigError {
+                path: format!("{path}{field}"),
+                line,
+                message: format!(
+                    "unknown key; {hint}allowed keys here: {}",
+                    allowed.join(", ")
+                ),
+            };
+        }
+        None => message,
+    };
+    ConfigError {
+        path,
+        line,
+        message,
+    }
+}
+
+/// Parses serde's "unknown field `x`, expected one of `a`, `b`" (or
+/// "expected `a`") into the field and the allowed names.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let allowed = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((field.to_string(), allowed))
+}
+
+fn closest<'a>(field: &str, allowed: &'a [String]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|candidate| (strsim::levenshtein(field, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= 3.max(candidate.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate.as_str())
+}

@@ -1,0 +1,124 @@
+//! The `poolplane` binary: parse flags, load the configuration, bind the
+//! listener, and hand over to [`poolplane::run`] with a shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use poolplane::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "poolplane",
+    version,
+    about = "PostgreSQL connection-pool control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API until SIGINT or SIGTERM.
+    Serve {
+        /// The YAML configuration file.
+        #[arg(long, short, default_value = "config/poolplane.yaml")]
+        config: PathBuf,
+        /// Override connection_pool.server.grpc_listen.
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file: prints OK or every error.
+    CheckConfig {
+        /// The YAML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve {
+            config,
+            grpc_listen,
+        } => {
+            init_logging();
+            match serve(&config, grpc_listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("poolplane: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "OK: {} ({} pool{})",
+                file.display(),
+                config.pools.len(),
+                if config.pools.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn serve(path: &std::path::Path, grpc_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = grpc_listen.unwrap_or(config.server.grpc_listen);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the gRPC listener on {addr}"))?;
+        tracing::info!(%addr, "gRPC listening");
+        poolplane::run(config, listener, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,29 @@
+//! Errors of the pool layer. Callers (the query path, the API) decide what
+//! each means for their clients; nothing here knows about gRPC.
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    #[error("no pool named `{0}`")]
+    NotFound(String),
+    #[error("a pool named `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("pool `{0}` is draining and accepts no new work")]
+    Draining(String),
+    /// No connection became free within the acquire timeout.
+    #[error("pool `{pool}` is exhausted: no connection within {waited:?} (max_connections {max})")]
+    Exhausted {
+        pool: String,
+        waited: Duration,
+        max: u32,
+    },
+    /// A connection could not be opened: the database is unreachable or refused us.
+    #[error("pool `{pool}` cannot reach its database: {last_error}")]
+    Unavailable { pool: String, last_error: String },
+    #[error("invalid pool settings")]
+    InvalidConfig(Vec<ConfigError>),
+}

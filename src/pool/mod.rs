@@ -1,0 +1,20 @@
+//! Pools: the registry of named pools, each a mobc pool wrapped with the
+//! limits, gate, statistics and drain that mobc lacks.
+//!
+//! Invariant: nothing here knows about gRPC or HTTP; errors are
+//! [`PoolError`] and callers map them.
+
+mod error;
+mod lease;
+mod managed;
+mod manager;
+mod registry;
+mod stats;
+
+pub use error::PoolError;
+pub use lease::{Lease, LeaseCanceller};
+pub use managed::{DrainReport, ManagedPool, PoolInfo, PoolState};
+pub(crate) use manager::error_chain;
+pub use manager::{CancelReason, ConnectError, PgConn};
+pub use registry::{LimitsUpdate, Registry};
+pub use stats::StatsSnapshot;

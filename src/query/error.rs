@@ -1,0 +1,72 @@
+//! Errors of the query path, in domain terms. `api::status` maps them to
+//! gRPC codes.
+
+use crate::pool::PoolError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The request itself is wrong: `field` names what to fix.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// PostgreSQL rejected the statement.
+    #[error("{0}")]
+    Sql(SqlError),
+    /// The caller's deadline passed; `cancelled` says whether a cancel
+    /// request reached PostgreSQL for a running statement.
+    #[error("deadline exceeded{}", if *.cancelled { "; the statement was cancelled in PostgreSQL" } else { "" })]
+    DeadlineExceeded { cancelled: bool },
+    #[error("the result has more than {limit} rows; raise max_rows (up to the server's limit) or set allow_truncation")]
+    ResultTooLarge { limit: u32 },
+    /// The server connection broke mid-call.
+    #[error("connection to PostgreSQL lost: {0}")]
+    ConnectionLost(String),
+}
+
+/// A PostgreSQL error report: what the server said, field for field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the SQL, when PostgreSQL gives one.
+    pub position: Option<u32>,
+    /// For ExecuteBatch: the parameter set that failed.
+    pub batch_index: Option<usize>,
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate)
+    }
+}
+
+impl QueryError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> QueryError {
+        QueryError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Classifies a driver error: a server error report, or a broken connection.
+    pub(crate) fn from_postgres(err: &tokio_postgres::Error) -> QueryError {
+        match err.as_db_error() {
+            Some(db) => QueryError::Sql(SqlError {
+                sqlstate: db.code().code().to_string(),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+                position: match db.position() {
+                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
+                    _ => None,
+                },
+                batch_index: None,
+            }),
+            None => QueryError::ConnectionLost(crate::pool::error_chain(err)),
+        }
+    }
+}

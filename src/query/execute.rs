@@ -1,0 +1,336 @@
+//! Execute and ExecuteBatch: borrow a connection, run one statement (once,
+//! or once per parameter set inside a transaction), and give the
+//! connection back clean.
+//!
+//! The statement runs in its own task that owns the lease. The caller waits
+//! for that task only until its deadline; then it sends PostgreSQL a cancel
+//! request and returns at once, while the task collects the cancellation
+//! error and closes the connection (a cancelled connection is never reused:
+//! a late cancel must not hit the next borrower). If the caller goes away
+//! (client disconnect), the same cancel is sent from a drop guard.
+
+use std::future::Future;
+
+use futures::{pin_mut, TryStreamExt};
+use tokio::time::Instant;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::error::QueryError;
+use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
+use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
+
+/// One Execute request, in domain terms.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<SqlValue>,
+    /// Most rows to return (already checked against the server's limit).
+    pub max_rows: u32,
+    pub allow_truncation: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_name: String,
+    pub type_oid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<SqlValue>>,
+    pub rows_affected: u64,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    pub rows_affected: Vec<u64>,
+}
+
+/// Runs one statement in autocommit.
+pub async fn execute(
+    pool: &ManagedPool,
+    statement: Statement,
+    deadline: Option<Instant>,
+) -> Result<QueryResult, QueryError> {
+    if statement.sql.trim().is_empty() {
+        return Err(QueryError::invalid("sql", "must not be empty"));
+    }
+    with_lease(pool, deadline, move |lease| run_statement(lease, statement)).await
+}
+
+/// Runs one statement once per parameter set, in one transaction.
+pub async fn execute_batch(
+    pool: &ManagedPool,
+    sql: String,
+    parameter_sets: Vec<Vec<SqlValue>>,
+    deadline: Option<Instant>,
+) -> Result<BatchResult, QueryError> {
+    if sql.trim().is_empty() {
+        return Err(QueryError::invalid("sql", "must not be empty"));
+    }
+    with_lease(pool, deadline, move |lease| {
+        run_batch(lease, sql, parameter_sets)
+    })
+    .await
+}
+
+/// Borrows a connection and runs `work` on it within `deadline`.
+async fn with_lease<T, F, Fut>(
+    pool: &ManagedPool,
+    deadline: Option<Instant>,
+    work: F,
+) -> Result<T, QueryError>
+where
+    F: FnOnce(Lease) -> Fut,
+    Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let lease = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, pool.acquire())
+            .await
+            .map_err(|_| QueryError::DeadlineExceeded { cancelled: false })??,
+        None => pool.acquire().await?,
+    };
+    let canceller = lease.canceller();
+    let mut task = tokio::spawn(work(lease));
+    let mut guard = CancelOnDrop(Some(canceller.clone()));
+    let joined = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, &mut task).await,
+        None => Ok((&mut task).await),
+    };
+    guard.disarm();
+    match joined {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => {
+            tracing::error!(error = %join_error, "statement task failed");
+            Err(QueryError::ConnectionLost(
+                "the statement task ended unexpectedly".into(),
+            ))
+        }
+        Err(_elapsed) => {
+            let cancelled = canceller.cancel(CancelReason::Deadline).await;
+            Err(QueryError::DeadlineExceeded { cancelled })
+        }
+    }
+}
+
+/// Sends a cancel for the running statement if the caller's future is
+/// dropped before the statement finished.
+struct CancelOnDrop(Option<LeaseCanceller>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let (Some(canceller), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                canceller.cancel(CancelReason::Deadline).await;
+            });
+        }
+    }
+}
+
+async fn run_statement(lease: Lease, statement: Statement) -> Result<QueryResult, QueryError> {
+    let client = lease.conn().client();
+    let prepared = client
+        .prepare(&statement.sql)
+        .await
+        .map_err(|err| driver_error(&lease, &err))?;
+    let params = encode_params("params", &statement.params, prepared.params())?;
+    let columns = describe_columns(prepared.columns())?;
+    let stream = client
+        .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+        .await
+        .map_err(|err| driver_error(&lease, &err))?;
+    pin_mut!(stream);
+    let limit = statement.max_rows as usize;
+    let mut rows = Vec::new();
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|err| driver_error(&lease, &err))?
+    {
+        if rows.len() == limit {
+            if !statement.allow_truncation {
+                // The rest of the result is still on the wire: closing the
+                // connection is cheaper than reading it to the end.
+                lease.discard();
+                return Err(QueryError::ResultTooLarge {
+                    limit: statement.max_rows,
+                });
+            }
+            lease.discard();
+            let rows_affected = rows.len() as u64;
+            return Ok(QueryResult {
+                columns,
+                rows,
+                rows_affected,
+                truncated: true,
+            });
+        }
+        rows.push(decode_row(&row, &columns)?);
+    }
+    let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    Ok(QueryResult {
+        columns,
+        rows,
+        rows_affected,
+        truncated: false,
+    })
+}
+
+async fn run_batch(
+    mut lease: Lease,
+    sql: String,
+    parameter_sets: Vec<Vec<SqlValue>>,
+) -> Result<BatchResult, QueryError> {
+    let prepared = lease
+        .conn()
+        .client()
+        .prepare(&sql)
+        .await
+        .map_err(|err| driver_error(&lease, &err))?;
+    // Every set is checked before BEGIN, so a bad parameter costs no round trip.
+    let encoded = parameter_sets
+        .iter()
+        .enumerate()
+        .map(|(i, set)| {
+            encode_params(
+                &format!("parameter_sets[{i}].params"),
+                set,
+                prepared.params(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let result = {
+        let client = lease.conn_mut().client_mut();
+        run_in_transaction(client, &prepared, &encoded).await
+    };
+    result.map_err(|(index, err)| {
+        let mut error = QueryError::from_postgres(&err);
+        if let QueryError::Sql(sql_error) = &mut error {
+            sql_error.batch_index = index;
+        }
+        classify(&lease, error)
+    })
+}
+
+/// The transaction itself; an error carries the failing set's index. On
+/// error the transaction is dropped, which rolls it back before the
+/// connection can be reused.
+async fn run_in_transaction(
+    client: &mut tokio_postgres::Client,
+    prepared: &tokio_postgres::Statement,
+    encoded: &[Vec<EncodedParam>],
+) -> Result<BatchResult, (Option<usize>, tokio_postgres::Error)> {
+    let tx = client.transaction().await.map_err(|err| (None, err))?;
+    let mut rows_affected = Vec::with_capacity(encoded.len());
+    for (i, params) in encoded.iter().enumerate() {
+        let count = tx
+            .execute_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
+            .await
+            .map_err(|err| (Some(i), err))?;
+        rows_affected.push(count);
+    }
+    tx.commit().await.map_err(|err| (None, err))?;
+    Ok(BatchResult { rows_affected })
+}
+
+fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
+    classify(lease, QueryError::from_postgres(err))
+}
+
+/// Refines a driver error with what only the lease knows: a statement we
+/// cancelled for a drain is the pool's refusal, not the caller's SQL; a
+/// broken connection must not go back.
+fn classify(lease: &Lease, error: QueryError) -> QueryError {
+    match (&error, lease.cancel_reason()) {
+        (QueryError::Sql(sql), Some(CancelReason::Drain)) if sql.sqlstate == QUERY_CANCELED => {
+            QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
+        }
+        (QueryError::ConnectionLost(_), _) => {
+            lease.discard();
+            error
+        }
+        _ => error,
+    }
+}
+
+/// SQLSTATE 57014, what PostgreSQL reports for a statement cancelled by request.
+const QUERY_CANCELED: &str = "57014";
+
+fn encode_params(
+    field: &str,
+    values: &[SqlValue],
+    types: &[Type],
+) -> Result<Vec<EncodedParam>, QueryError> {
+    if values.len() != types.len() {
+        return Err(QueryError::invalid(
+            field,
+            format!(
+                "the statement has {} placeholder(s) but {} parameter(s) were sent",
+                types.len(),
+                values.len()
+            ),
+        ));
+    }
+    values
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (value, ty))| {
+            encode_param(value, ty).map_err(|message| {
+                QueryError::invalid(format!("{field}[{i}]"), format!("${}: {message}", i + 1))
+            })
+        })
+        .collect()
+}
+
+fn describe_columns(columns: &[tokio_postgres::Column]) -> Result<Vec<Column>, QueryError> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let ty = column.type_();
+            if !is_supported(ty) {
+                return Err(QueryError::invalid(
+                    format!("sql (column {} `{}`)", i + 1, column.name()),
+                    format!(
+                        "column `{}` has type {}, which poolplane does not return; cast it in SQL, e.g. {}::text",
+                        column.name(),
+                        ty.name(),
+                        column.name()
+                    ),
+                ));
+            }
+            Ok(Column {
+                name: column.name().to_string(),
+                type_name: ty.name().to_string(),
+                type_oid: ty.oid(),
+            })
+        })
+        .collect()
+}
+
+fn decode_row(row: &tokio_postgres::Row, columns: &[Column]) -> Result<Vec<SqlValue>, QueryError> {
+    (0..row.len())
+        .map(|i| {
+            row.try_get::<_, SqlValue>(i).map_err(|err| {
+                let name = columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
+                QueryError::invalid(
+                    format!("sql (column {} `{name}`)", i + 1),
+                    format!("cannot return the value of `{name}`: {err}; cast it to text in SQL"),
+                )
+            })
+        })
+        .collect()
+}

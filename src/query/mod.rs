@@ -1,0 +1,14 @@
+//! The data path: run SQL on a pool's connection with typed parameters and
+//! results, honouring the caller's deadline by cancelling in PostgreSQL.
+//!
+//! Invariant: nothing here knows about protobuf or gRPC; values are
+//! [`SqlValue`] and errors [`QueryError`].
+
+mod error;
+mod execute;
+mod numeric;
+mod value;
+
+pub use error::{QueryError, SqlError};
+pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
+pub use value::{is_supported, Instant, Interval, SqlValue};

@@ -1,0 +1,160 @@
+//! Configuration: the original design's file, the shipped defaults, and
+//! malformed files each giving the message that names what is wrong.
+
+use poolplane::config::Config;
+
+fn errors_of(yaml: &str) -> Vec<String> {
+    match Config::parse(yaml, "test.yaml") {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(errors) => errors.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_single_error(yaml: &str, expected: &[&str]) {
+    let errors = errors_of(yaml);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    for part in expected {
+        assert!(errors[0].contains(part), "`{}` lacks `{part}`", errors[0]);
+    }
+}
+
+const POOL: &str = "connection_pool:\n  pools:\n    - name: main\n      database: app\n";
+
+#[test]
+fn original_design_file_fails_only_on_its_missing_certificate() {
+    let text = std::fs::read_to_string("config/connection_pool.yaml").expect("shipped file");
+    assert_single_error(
+        &text,
+        &[
+            "connection_pool.security.ssl.ca_certificate",
+            "/etc/scratchrobin/ssl/ca.crt",
+            "line 52",
+        ],
+    );
+}
+
+#[test]
+fn original_design_file_loads_with_ssl_disabled() {
+    let text = std::fs::read_to_string("config/connection_pool.yaml").expect("shipped file");
+    let text = text.replace(
+        "      enabled: true\n      verify_peer",
+        "      enabled: false\n      verify_peer",
+    );
+    let config = Config::parse(&text, "original").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.pools.len(), 2);
+    let main = &config.pools[0];
+    assert_eq!(main.name, "scratchbird_main");
+    assert_eq!(main.limits.max_connections, 15);
+    assert_eq!(main.limits.min_connections, 3);
+    assert_eq!(main.application_name, "poolplane/scratchbird_main");
+    let analytics = &config.pools[1];
+    assert_eq!(analytics.limits.connection_timeout.as_millis(), 60_000);
+    // Inherited from default_pool.
+    assert_eq!(analytics.limits.health_check_interval.as_millis(), 60_000);
+    assert_eq!(analytics.max_retries, 3);
+    assert!((config.monitoring.utilization_threshold - 0.8).abs() < f64::EPSILON);
+}
+
+#[test]
+fn shipped_default_config_is_valid() {
+    let config = Config::load(std::path::Path::new("config/poolplane.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.pools.len(), 1);
+}
+
+#[test]
+fn each_malformed_config_names_its_problem() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("connection_pool: [\n".into(), vec!["line"]),
+        ("pools: []\n".into(), vec!["connection_pool"]),
+        (
+            format!("{POOL}      max_conections: 3\n"),
+            vec!["line 5", "pools[0].max_conections", "did you mean `max_connections`"],
+        ),
+        (
+            format!("{POOL}    - name: main\n      database: other\n"),
+            vec!["line 5", "duplicate pool name `main`"],
+        ),
+        (
+            format!("{POOL}      min_connections: 9\n      max_connections: 4\n"),
+            vec!["pools[0].min_connections", "greater than max_connections (4)"],
+        ),
+        (format!("{POOL}      max_connections: 0\n"), vec!["pools[0].max_connections", "allowed 1 to"]),
+        (
+            format!("{POOL}      connection_timeout_ms: 0\n"),
+            vec!["connection_timeout_ms", "must be positive"],
+        ),
+        (
+            format!("{POOL}      idle_timeout_ms: -5\n"),
+            vec!["line 5", "idle_timeout_ms", "-5 ms must be positive"],
+        ),
+        (
+            "connection_pool:\n  pools:\n    - name: \"bad name!\"\n      database: app\n".into(),
+            vec!["line 3", "pools[0].name", "invalid pool name `bad name!`"],
+        ),
+        (
+            format!("{POOL}      password_env: POOLPLANE_TEST_SURELY_UNSET\n"),
+            vec!["pools[0].password_env", "POOLPLANE_TEST_SURELY_UNSET", "not set"],
+        ),
+        (
+            format!("{POOL}      password_file: /nonexistent/poolplane/pw\n"),
+            vec!["pools[0].password_file", "/nonexistent/poolplane/pw"],
+        ),
+        (
+            "connection_pool:\n  security:\n    ssl:\n      enabled: true\n      ca_certificate: /nonexistent/ca.crt\n".into(),
+            vec!["line 5", "security.ssl.ca_certificate", "/nonexistent/ca.crt"],
+        ),
+        (
+            format!("{POOL}      max_connections: lots\n"),
+            vec!["line 5", "max_connections", "invalid type"],
+        ),
+        (
+            format!("{POOL}      sslmode: sometimes\n"),
+            vec!["pools[0].sslmode", "`sometimes`", "allowed disable, prefer, require"],
+        ),
+        (format!("{POOL}      port: 70000\n"), vec!["pools[0].port", "70000", "1 to 65535"]),
+        (
+            "connection_pool:\n  pools:\n    - name: main\n".into(),
+            vec!["pools[0].database", "missing"],
+        ),
+        (
+            "connection_pool:\n  monitoring:\n    error_rate_threshold: 5\n".into(),
+            vec!["line 3", "error_rate_threshold", "0.0 to 1.0"],
+        ),
+        (
+            "connection_pool:\n  server:\n    grpc_listen: \"localhost:what\"\n".into(),
+            vec!["line 3", "server.grpc_listen", "IP:PORT"],
+        ),
+        (
+            "connection_pool:\n  security:\n    authentication:\n      method: kerberos\n".into(),
+            vec!["authentication.method", "`kerberos`", "allowed database"],
+        ),
+        (
+            "connection_pool:\n  default_pool:\n    name: nope\n".into(),
+            vec!["default_pool.name", "cannot have a name"],
+        ),
+        (
+            "connection_pool:\n  helth_monitoring:\n    enabled: true\n".into(),
+            vec!["line 2", "helth_monitoring", "did you mean `health_monitoring`"],
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (yaml, expected) in cases {
+        let errors = errors_of(&yaml);
+        let all = errors.join("\n");
+        for part in expected {
+            assert!(
+                all.contains(part),
+                "for\n{yaml}\nexpected `{part}` in:\n{all}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let yaml = "connection_pool:\n  pools:\n    - name: a\n      database: x\n      max_connections: 0\n    - name: b\n      database: y\n      port: 0\n      min_connections: -1\n";
+    let errors = errors_of(yaml);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}

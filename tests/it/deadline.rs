@@ -1,0 +1,90 @@
+//! The gRPC deadline is the statement's deadline: past it the statement is
+//! cancelled in PostgreSQL and the caller gets DEADLINE_EXCEEDED at once.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::support::{cluster, config_yaml, eventually, exec, v, PoolSpec, TestServer};
+
+/// Statements of `app` still running `pg_sleep(10)`.
+async fn sleeping_statements(admin: &tokio_postgres::Client, app: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state = 'active' AND query LIKE '%pg_sleep(10)%'",
+            &[&app],
+        )
+        .await
+        .expect("query activity")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_cancels_the_statement_in_postgres() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("deadline", 2)])).await;
+    let mut client = server.query().await;
+    let admin = cluster().admin().await;
+
+    let mut request = tonic::Request::new(exec("deadline", "SELECT pg_sleep(10)", vec![]));
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.execute(request).await.expect_err("deadline passes");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(200),
+        "returned before the deadline: {took:?}"
+    );
+    assert!(
+        status.message().contains("cancelled in PostgreSQL"),
+        "{}",
+        status.message()
+    );
+
+    eventually("no pg_sleep left running", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { sleeping_statements(admin, "poolplane/deadline").await == 0 }
+    })
+    .await;
+
+    // The pool is clean: the next calls work and see no leftover state.
+    for _ in 0..4 {
+        let response = client
+            .execute(exec("deadline", "SELECT 41 + 1", vec![]))
+            .await
+            .expect("after a cancel")
+            .into_inner();
+        assert_eq!(response.rows[0].values[0], v::int(42));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_gets_its_statement_cancelled() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("deadline_drop", 2)])).await;
+    let admin = cluster().admin().await;
+    let mut client = server.query().await;
+    let call = tokio::spawn(async move {
+        client
+            .execute(exec("deadline_drop", "SELECT pg_sleep(10)", vec![]))
+            .await
+    });
+    eventually("the statement runs", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { sleeping_statements(admin, "poolplane/deadline_drop").await == 1 }
+    })
+    .await;
+    call.abort();
+    eventually(
+        "the abandoned statement is cancelled",
+        Duration::from_secs(5),
+        || {
+            let admin = &admin;
+            async move { sleeping_statements(admin, "poolplane/deadline_drop").await == 0 }
+        },
+    )
+    .await;
+    server.stop().await;
+}

@@ -1,0 +1,188 @@
+//! DeletePool drains: new work is refused, in-flight work finishes (or is
+//! cancelled when forced or out of time), and no backend of the pool remains.
+
+use std::time::{Duration, Instant};
+
+use poolplane::proto::{DeletePoolRequest, GetPoolRequest, PoolState};
+use tonic::Code;
+
+use crate::support::{backends, cluster, config_yaml, eventually, exec, PoolSpec, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_lets_in_flight_calls_finish_then_closes_every_connection() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("drain_soft", 8)])).await;
+    let admin_pg = cluster().admin().await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut client = server.query().await;
+        calls.push(tokio::spawn(async move {
+            client
+                .execute(exec("drain_soft", "SELECT pg_sleep(0.3)", vec![]))
+                .await
+        }));
+    }
+    eventually("statements are running", Duration::from_secs(10), || {
+        let admin_pg = &admin_pg;
+        async move { backends(admin_pg, "poolplane/drain_soft").await >= 4 }
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let deleting = {
+        let mut admin = admin.clone();
+        tokio::spawn(async move {
+            admin
+                .delete_pool(DeletePoolRequest {
+                    name: "drain_soft".into(),
+                    drain_timeout_ms: 10_000,
+                    force: false,
+                })
+                .await
+        })
+    };
+    eventually("the pool is draining", Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        async move {
+            match admin
+                .get_pool(GetPoolRequest {
+                    name: "drain_soft".into(),
+                })
+                .await
+            {
+                Ok(pool) => pool.into_inner().state == PoolState::Draining as i32,
+                Err(status) => status.code() == Code::NotFound,
+            }
+        }
+    })
+    .await;
+    let mut late = server.query().await;
+    if let Err(status) = late.execute(exec("drain_soft", "SELECT 1", vec![])).await {
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::NotFound),
+            "new work during a drain: {status:?}"
+        );
+    } else {
+        panic!("new work was accepted by a draining pool");
+    }
+
+    let report = deleting.await.expect("join").expect("delete").into_inner();
+    assert_eq!(report.cancelled, 0, "nothing needed cancelling");
+    assert_eq!(report.pool.expect("pool").state, PoolState::Closed as i32);
+    let mut succeeded = 0;
+    for call in calls {
+        match call.await.expect("join") {
+            Ok(_) => succeeded += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
+    // At least the four seen running when the drain began finished; calls
+    // still queued for a connection were refused with UNAVAILABLE.
+    assert!(
+        succeeded >= 4,
+        "in-flight calls finished ({succeeded} of 20)"
+    );
+    assert_eq!(backends(&admin_pg, "poolplane/drain_soft").await, 0);
+    let status = admin
+        .get_pool(GetPoolRequest {
+            name: "drain_soft".into(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(status.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_delete_cancels_running_statements() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("drain_hard", 4)])).await;
+    let admin_pg = cluster().admin().await;
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let mut client = server.query().await;
+        calls.push(tokio::spawn(async move {
+            client
+                .execute(exec("drain_hard", "SELECT pg_sleep(30)", vec![]))
+                .await
+        }));
+    }
+    eventually(
+        "four statements are running",
+        Duration::from_secs(10),
+        || {
+            let admin_pg = &admin_pg;
+            async move { backends(admin_pg, "poolplane/drain_hard").await == 4 }
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let report = server
+        .admin()
+        .await
+        .delete_pool(DeletePoolRequest {
+            name: "drain_hard".into(),
+            drain_timeout_ms: 0,
+            force: true,
+        })
+        .await
+        .expect("forced delete")
+        .into_inner();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "force waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.cancelled, 4);
+    assert_eq!(report.connections_closed, 4);
+    for call in calls {
+        let status = call
+            .await
+            .expect("join")
+            .expect_err("cancelled by the drain");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("draining"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(backends(&admin_pg, "poolplane/drain_hard").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cancels_what_is_still_running() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("drain_timeout", 2)])).await;
+    let admin_pg = cluster().admin().await;
+    let mut client = server.query().await;
+    let call = tokio::spawn(async move {
+        client
+            .execute(exec("drain_timeout", "SELECT pg_sleep(30)", vec![]))
+            .await
+    });
+    eventually("the statement is running", Duration::from_secs(10), || {
+        let admin_pg = &admin_pg;
+        async move { backends(admin_pg, "poolplane/drain_timeout").await == 1 }
+    })
+    .await;
+    let started = Instant::now();
+    let report = server
+        .admin()
+        .await
+        .delete_pool(DeletePoolRequest {
+            name: "drain_timeout".into(),
+            drain_timeout_ms: 300,
+            force: false,
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(report.cancelled, 1);
+    let status = call.await.expect("join").expect_err("cancelled");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(backends(&admin_pg, "poolplane/drain_timeout").await, 0);
+    server.stop().await;
+}

@@ -1,0 +1,14 @@
+//! Integration tests: one binary, so one build and one shared PostgreSQL
+//! cluster for every behaviour below (see `support`).
+
+mod support;
+
+mod admin_api;
+mod config_validation;
+mod deadline;
+mod drain;
+mod grpc_discovery;
+mod pool_limits;
+mod query_types;
+mod serve_binary;
+mod status_codes;

@@ -1,0 +1,104 @@
+//! The real binary: `poolplane serve` logs one line per pool, serves, and
+//! exits 0 on SIGTERM; `poolplane check-config` prints OK or every error.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{config_yaml, free_port, PoolSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_poolplane");
+
+#[test]
+fn check_config_prints_ok_or_every_error() {
+    let ok = Command::new(BIN)
+        .args(["check-config", "config/poolplane.yaml"])
+        .output()
+        .expect("run");
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK"));
+
+    let bad = Command::new(BIN)
+        .args(["check-config", "config/connection_pool.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("connection_pool.security.ssl.ca_certificate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/etc/scratchrobin/ssl/ca.crt"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("poolplane.yaml");
+    std::fs::write(
+        &path,
+        config_yaml(&[PoolSpec::new("bin_one", 2), PoolSpec::new("bin_two", 2)]),
+    )
+    .expect("write config");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn poolplane serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut pool_lines = Vec::new();
+    let mut listening = false;
+    while pool_lines.len() < 2 || !listening {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines_rx.recv())
+            .await
+            .expect("log lines arrive")
+            .expect("process still running");
+        if line.contains("pool started") {
+            pool_lines.push(line);
+        } else if line.contains("gRPC listening") {
+            listening = true;
+        }
+    }
+    assert!(pool_lines.iter().any(|l| l.contains("bin_one")));
+    assert!(pool_lines.iter().any(|l| l.contains("bin_two")));
+    assert!(!pool_lines
+        .iter()
+        .any(|l| l.contains(crate::support::SUPERUSER_PASSWORD)));
+
+    let mut client =
+        poolplane::proto::query_client::QueryClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect to the binary");
+    let response = client
+        .execute(crate::support::exec("bin_one", "SELECT 'up'::text", vec![]))
+        .await
+        .expect("query through the binary")
+        .into_inner();
+    assert_eq!(response.rows[0].values[0], crate::support::v::text("up"));
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0), "serve exits 0 after SIGTERM");
+}

@@ -1,0 +1,184 @@
+//! The status-code contract of DESIGN.md, row by row, through a real client.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::support::{config_yaml, exec, free_port, meta, PoolSpec, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_errors_map_by_sqlstate_with_details() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("codes", 2)])).await;
+    let mut client = server.query().await;
+
+    let status = client
+        .execute(exec("nope", "SELECT 1", vec![]))
+        .await
+        .expect_err("unknown pool");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(meta(&status, "poolplane-pool").as_deref(), Some("nope"));
+
+    let status = client
+        .execute(exec("codes", "SELEC 1", vec![]))
+        .await
+        .expect_err("syntax");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        meta(&status, "poolplane-sqlstate").as_deref(),
+        Some("42601")
+    );
+    assert_eq!(meta(&status, "poolplane-position").as_deref(), Some("1"));
+
+    let status = client
+        .execute(exec("codes", "SELECT 1/0", vec![]))
+        .await
+        .expect_err("div by zero");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        meta(&status, "poolplane-sqlstate").as_deref(),
+        Some("22012")
+    );
+
+    let status = client
+        .execute(exec(
+            "codes",
+            "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure', \
+             DETAIL = 'détail ü', HINT = 'retry the transaction'; END $$",
+            vec![],
+        ))
+        .await
+        .expect_err("serialization failure");
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(
+        meta(&status, "poolplane-sqlstate").as_deref(),
+        Some("40001")
+    );
+    assert_eq!(
+        meta(&status, "poolplane-detail-bin").as_deref(),
+        Some("détail ü")
+    );
+    assert_eq!(
+        meta(&status, "poolplane-hint-bin").as_deref(),
+        Some("retry the transaction")
+    );
+    assert_eq!(
+        meta(&status, "poolplane-message-bin").as_deref(),
+        Some("conflict")
+    );
+
+    let status = client
+        .execute(exec("codes", "SELECT 1; SELECT 2", vec![]))
+        .await
+        .expect_err("two statements");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let status = client
+        .execute(exec("codes", "SELECT * FROM no_such_table", vec![]))
+        .await
+        .expect_err("undefined table");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        meta(&status, "poolplane-sqlstate").as_deref(),
+        Some("42P01")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_is_resource_exhausted_after_the_acquire_timeout() {
+    let mut spec = PoolSpec::new("tiny", 1);
+    spec.connection_timeout_ms = 300;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let mut holder = server.query().await;
+    let mut client = server.query().await;
+    let hold = tokio::spawn(async move {
+        holder
+            .execute(exec("tiny", "SELECT pg_sleep(2)", vec![]))
+            .await
+    });
+    // Wait until the one connection is really taken.
+    let mut admin = server.admin().await;
+    crate::support::eventually(
+        "the holder has the connection",
+        Duration::from_secs(5),
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let pool = admin
+                    .get_pool(poolplane::proto::GetPoolRequest {
+                        name: "tiny".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .ok();
+                pool.and_then(|p| p.statistics)
+                    .is_some_and(|s| s.active == 1)
+            }
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let status = client
+        .execute(exec("tiny", "SELECT 1", vec![]))
+        .await
+        .expect_err("exhausted");
+    let waited = started.elapsed();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(meta(&status, "poolplane-pool").as_deref(), Some("tiny"));
+    assert!(meta(&status, "poolplane-wait-ms").is_some());
+    assert!(
+        waited >= Duration::from_millis(250),
+        "gave up too early: {waited:?}"
+    );
+    let stats = admin
+        .get_pool(poolplane::proto::GetPoolRequest {
+            name: "tiny".into(),
+        })
+        .await
+        .expect("get pool")
+        .into_inner()
+        .statistics
+        .expect("statistics");
+    assert_eq!(stats.acquire_timeouts, 1);
+    hold.await.expect("join").expect("holder succeeds");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_fails_fast_with_unavailable() {
+    let cluster_port = crate::support::cluster().port;
+    let dead_port = free_port();
+    assert_ne!(dead_port, cluster_port);
+    let yaml = config_yaml(&[]).replace(
+        "  pools:\n",
+        &format!(
+            "  pools:\n    - name: dead\n      database: postgres\n      port: {dead_port}\n      min_connections: 1\n      connection_timeout_ms: 10000\n"
+        ),
+    );
+    let server = TestServer::start(&yaml).await;
+    let mut client = server.query().await;
+    let started = Instant::now();
+    let status = client
+        .execute(exec("dead", "SELECT 1", vec![]))
+        .await
+        .expect_err("unreachable");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "did not fail fast: {:?}",
+        started.elapsed()
+    );
+    assert!(status.message().contains("dead"), "{}", status.message());
+    // The pool started anyway and reports why it cannot connect.
+    let mut admin = server.admin().await;
+    let pool = admin
+        .get_pool(poolplane::proto::GetPoolRequest {
+            name: "dead".into(),
+        })
+        .await
+        .expect("pool exists although its database is down")
+        .into_inner();
+    assert!(!pool.last_error.is_empty());
+    assert!(pool.statistics.expect("stats").acquire_errors >= 1);
+    server.stop().await;
+}

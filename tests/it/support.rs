@@ -1,0 +1,467 @@
+//! Test support: throwaway PostgreSQL clusters and an in-process poolplane
+//! server on port 0, with real gRPC clients. The one place tests get these.
+//!
+//! A cluster is started once per test binary (`cluster()`) and removed when
+//! the binary exits: a watchdog shell holds the read end of a pipe whose
+//! write end only this process has, so however the process ends the pipe
+//! closes, the watchdog stops PostgreSQL and deletes the directory.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use poolplane::proto::pool_admin_client::PoolAdminClient;
+use poolplane::proto::query_client::QueryClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The superuser password of every test cluster.
+pub const SUPERUSER_PASSWORD: &str = "pp-test-secret";
+
+pub struct PgCluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    _watchdog: Child,
+}
+
+static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+
+/// The binary's shared cluster, started on first use.
+pub fn cluster() -> &'static PgCluster {
+    CLUSTER.get_or_init(PgCluster::start)
+}
+
+fn find_bin_dir() -> PathBuf {
+    let candidates = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            let mut found: Vec<PathBuf> = dirs
+                .filter_map(Result::ok)
+                .map(|entry| entry.path().join("bin"))
+                .filter(|bin| bin.join("pg_ctl").exists())
+                .collect();
+            found.sort();
+            found
+        })
+        .unwrap_or_default();
+    candidates.last().cloned().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: \
+             install them (Debian: apt-get install postgresql-15) to run these tests"
+        )
+    })
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("`id postgres` runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the postgres user exists (installed with the server package)")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A command run as the cluster's owner: `postgres` when we are root
+/// (initdb refuses root), ourselves otherwise.
+fn as_owner(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let bin = find_bin_dir();
+        let dir = std::env::temp_dir().join(format!(
+            "poolplane-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create cluster dir");
+        let pwfile = dir.join("superuser-password");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+        if running_as_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).expect("chown pwfile");
+        }
+        let data = dir.join("data");
+        let status = as_owner(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        let cluster = PgCluster {
+            port: free_port(),
+            _watchdog: spawn_watchdog(&bin, &dir),
+            dir,
+            bin,
+        };
+        cluster.pg_start();
+        cluster
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts connections.
+    pub fn pg_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.display()
+        );
+        let status = as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-o", &options, "-w", "-t", "60", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl start");
+        assert!(
+            status.success(),
+            "pg_ctl start failed; see {}/server.log",
+            self.dir.display()
+        );
+    }
+
+    /// Stops the server the hard way, as a crash would.
+    pub fn pg_stop_immediate(&self) {
+        let status = as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl stop");
+        assert!(status.success(), "pg_ctl stop failed");
+    }
+
+    /// A password file for pool configs (the superuser's password).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("superuser-password")
+    }
+
+    /// A superuser connection for checks the test makes behind poolplane's back.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(SUPERUSER_PASSWORD)
+            .dbname("postgres")
+            .application_name("poolplane-test-admin")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("admin connection to the test cluster");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Creates a database if it does not exist yet.
+    pub async fn ensure_database(&self, name: &str) {
+        let admin = self.admin().await;
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await
+            .expect("query pg_database")
+            .is_some();
+        if !exists {
+            // Parallel tests may race to create it; losing the race is fine.
+            let _ = admin
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .await;
+        }
+    }
+}
+
+fn spawn_watchdog(bin: &Path, dir: &Path) -> Child {
+    let pg_ctl = bin.join("pg_ctl");
+    let runner = if running_as_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let script = format!(
+        "read _; {runner}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pg_ctl = pg_ctl.display(),
+        data = dir.join("data").display(),
+        dir = dir.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cluster watchdog")
+}
+
+/// Backends of the cluster whose application_name is `app_name`.
+pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app_name],
+        )
+        .await
+        .expect("count backends")
+        .get(0)
+}
+
+/// Waits (bounded) until `check` is true, polling every 20 ms.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pool entry for a test config.
+pub struct PoolSpec<'a> {
+    pub name: &'a str,
+    pub database: &'a str,
+    pub max: u32,
+    pub min: u32,
+    pub connection_timeout_ms: u64,
+}
+
+impl<'a> PoolSpec<'a> {
+    pub fn new(name: &'a str, max: u32) -> PoolSpec<'a> {
+        PoolSpec {
+            name,
+            database: "postgres",
+            max,
+            min: 0,
+            connection_timeout_ms: 5000,
+        }
+    }
+}
+
+/// A configuration for the shared cluster with the given pools.
+pub fn config_yaml(pools: &[PoolSpec<'_>]) -> String {
+    let cluster = cluster();
+    let mut yaml = format!(
+        "connection_pool:\n  default_pool:\n    host: 127.0.0.1\n    port: {port}\n    user: postgres\n    password_file: {pw}\n  pools:\n",
+        port = cluster.port,
+        pw = cluster.password_file().display()
+    );
+    for pool in pools {
+        yaml.push_str(&format!(
+            "    - name: {}\n      database: {}\n      max_connections: {}\n      min_connections: {}\n      connection_timeout_ms: {}\n",
+            pool.name, pool.database, pool.max, pool.min, pool.connection_timeout_ms
+        ));
+    }
+    yaml.push_str("  server:\n    grpc_listen: 127.0.0.1:0\n    max_result_rows: 1000\n    shutdown_timeout_ms: 5000\n    drain_timeout_ms: 5000\n");
+    yaml
+}
+
+/// A poolplane server running in this process on a loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(yaml: &str) -> TestServer {
+        let config = poolplane::config::Config::parse(yaml, "test config")
+            .unwrap_or_else(|errors| panic!("test config invalid: {errors}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(poolplane::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("connect to poolplane")
+    }
+
+    pub async fn admin(&self) -> PoolAdminClient<Channel> {
+        PoolAdminClient::new(self.channel().await)
+    }
+
+    pub async fn query(&self) -> QueryClient<Channel> {
+        QueryClient::new(self.channel().await)
+    }
+
+    /// Stops the server and asserts it shut down cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(20), handle)
+                .await
+                .expect("server stops within 20 s")
+                .expect("server task did not panic");
+            assert!(result.is_ok(), "server returned an error: {result:?}");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Shorthands for protobuf values.
+pub mod v {
+    use poolplane::proto::{value::Kind, Array, Interval, NullValue, Value};
+
+    fn of(kind: Kind) -> Value {
+        Value { kind: Some(kind) }
+    }
+    pub fn null() -> Value {
+        of(Kind::Null(NullValue::NullValue as i32))
+    }
+    pub fn boolean(b: bool) -> Value {
+        of(Kind::BoolValue(b))
+    }
+    pub fn int(i: i64) -> Value {
+        of(Kind::IntValue(i))
+    }
+    pub fn float(f: f64) -> Value {
+        of(Kind::FloatValue(f))
+    }
+    pub fn numeric(s: &str) -> Value {
+        of(Kind::NumericValue(s.into()))
+    }
+    pub fn text(s: &str) -> Value {
+        of(Kind::TextValue(s.into()))
+    }
+    pub fn bytes(b: &[u8]) -> Value {
+        of(Kind::BytesValue(b.to_vec()))
+    }
+    pub fn uuid(s: &str) -> Value {
+        of(Kind::UuidValue(s.into()))
+    }
+    pub fn date(s: &str) -> Value {
+        of(Kind::DateValue(s.into()))
+    }
+    pub fn time(s: &str) -> Value {
+        of(Kind::TimeValue(s.into()))
+    }
+    pub fn timestamp(s: &str) -> Value {
+        of(Kind::TimestampValue(s.into()))
+    }
+    pub fn timestamptz(seconds: i64, nanos: i32) -> Value {
+        of(Kind::TimestamptzValue(prost_types::Timestamp {
+            seconds,
+            nanos,
+        }))
+    }
+    pub fn interval(months: i32, days: i32, microseconds: i64) -> Value {
+        of(Kind::IntervalValue(Interval {
+            months,
+            days,
+            microseconds,
+        }))
+    }
+    pub fn json(s: &str) -> Value {
+        of(Kind::JsonValue(s.into()))
+    }
+    pub fn array(elements: Vec<Value>) -> Value {
+        of(Kind::ArrayValue(Array { elements }))
+    }
+}
+
+/// An Execute request with defaults for the rest.
+pub fn exec(
+    pool: &str,
+    sql: &str,
+    params: Vec<poolplane::proto::Value>,
+) -> poolplane::proto::ExecuteRequest {
+    poolplane::proto::ExecuteRequest {
+        pool: pool.into(),
+        sql: sql.into(),
+        params,
+        max_rows: 0,
+        allow_truncation: false,
+    }
+}
+
+/// A metadata value of a status, as text.
+pub fn meta(status: &tonic::Status, key: &str) -> Option<String> {
+    if key.ends_with("-bin") {
+        status
+            .metadata()
+            .get_bin(key)
+            .and_then(|v| v.to_bytes().ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    } else {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
