@@ -124,18 +124,36 @@ async fn grpcurl_lists_services_and_runs_sql_without_proto_files() {
     .await
     .expect("join");
     let stdout = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     for service in SERVICES {
-        assert!(stdout.lines().any(|l| l == service), "grpcurl list lacks {service}: {stdout}");
+        assert!(
+            stdout.lines().any(|l| l == service),
+            "grpcurl list lacks {service}: {stdout}"
+        );
     }
 
-    let body = r#"{"pool":"grpcurl","sql":"SELECT $1::int8 + 1 AS answer","params":[{"intValue":"41"}]}"#;
+    let body =
+        r#"{"pool":"grpcurl","sql":"SELECT $1::int8 + 1 AS answer","params":[{"intValue":"41"}]}"#;
     let executed = tokio::task::spawn_blocking(move || {
-        grpcurl(&["-plaintext", "-d", body, &addr, "poolplane.v1.Query/Execute"])
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            body,
+            &addr,
+            "poolplane.v1.Query/Execute",
+        ])
     })
     .await
     .expect("join");
-    assert!(executed.status.success(), "{}", String::from_utf8_lossy(&executed.stderr));
+    assert!(
+        executed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&executed.stderr)
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&executed.stdout).expect("grpcurl prints JSON");
     assert_eq!(json["rows"][0]["values"][0]["intValue"], "42");

@@ -8,6 +8,7 @@ mod config_validation;
 mod deadline;
 mod drain;
 mod grpc_discovery;
+mod pool_lifecycle;
 mod pool_limits;
 mod query_types;
 mod serve_binary;
