@@ -9,6 +9,7 @@
 mod lines;
 mod schema;
 mod secret;
+mod tls;
 mod validate;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use secret::{PasswordSource, Secret};
+pub use tls::{TlsFiles, TlsMaterial};
 pub(crate) use validate::check_limits;
 pub use validate::{pool_from_request, PoolRequest};
 
@@ -47,6 +49,8 @@ pub struct PoolConfig {
     pub password_source: PasswordSource,
     pub application_name: String,
     pub sslmode: SslMode,
+    /// Certificates from `security.ssl`, used by every mode but disable.
+    pub tls: TlsFiles,
     pub limits: PoolLimits,
     pub max_retries: u32,
     pub retry_delay: Duration,
@@ -75,6 +79,7 @@ pub struct PoolDefaults {
     pub password_env: Option<String>,
     pub password_file: Option<String>,
     pub sslmode: SslMode,
+    pub tls: TlsFiles,
     pub limits: PoolLimits,
     pub max_retries: u32,
     pub retry_delay: Duration,
@@ -106,6 +111,8 @@ pub struct MonitoringConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecurityConfig {
     pub ssl_enabled: bool,
+    /// The certificates `ssl` names, loaded when `ssl.enabled`.
+    pub tls: TlsFiles,
     pub verify_peer: bool,
     pub ca_certificate: Option<String>,
     pub client_certificate: Option<String>,
@@ -125,22 +132,32 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
 }
 
-/// How the connection to PostgreSQL uses TLS.
+/// How the connection to PostgreSQL uses TLS, with libpq's meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
+    /// Plain TCP.
     Disable,
+    /// TLS if the server offers it; the certificate is verified only if a CA is configured.
     Prefer,
+    /// TLS or fail; the certificate is verified only if a CA is configured.
     Require,
+    /// TLS, certificate chain verified against the CA; host name not checked.
+    VerifyCa,
+    /// TLS, chain verified and the certificate must name the host.
+    VerifyFull,
 }
 
 impl SslMode {
-    pub const ALLOWED: &'static [&'static str] = &["disable", "prefer", "require"];
+    pub const ALLOWED: &'static [&'static str] =
+        &["disable", "prefer", "require", "verify-ca", "verify-full"];
 
     pub fn parse(text: &str) -> Option<SslMode> {
         match text {
             "disable" => Some(SslMode::Disable),
             "prefer" => Some(SslMode::Prefer),
             "require" => Some(SslMode::Require),
+            "verify-ca" => Some(SslMode::VerifyCa),
+            "verify-full" => Some(SslMode::VerifyFull),
             _ => None,
         }
     }
@@ -150,7 +167,14 @@ impl SslMode {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
         }
+    }
+
+    /// Whether the mode cannot work without a CA to verify against.
+    pub fn needs_ca(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 }
 

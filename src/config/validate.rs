@@ -5,11 +5,13 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::lines::LineIndex;
 use super::schema::{FileRoot, RawPool, RawRoot, RawSsl};
 use super::secret::{self, PasswordSource, Secret};
+use super::tls::{self, TlsFiles};
 use super::{
     Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits,
     SecurityConfig, ServerConfig, SslMode,
@@ -30,6 +32,7 @@ pub(crate) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut checker = Checker {
         index: LineIndex::build(text),
         errors: Vec::new(),
+        tls_failed: false,
     };
     let config = checker.root(root.connection_pool);
     if checker.errors.is_empty() {
@@ -90,6 +93,7 @@ pub fn pool_from_request(
     let mut checker = Checker {
         index: LineIndex::default(),
         errors: Vec::new(),
+        tls_failed: false,
     };
     if inline_password.is_some() && (raw.password_env.is_some() || raw.password_file.is_some()) {
         checker.error(
@@ -115,6 +119,7 @@ pub(crate) fn check_limits(limits: &PoolLimits) -> Result<(), Vec<ConfigError>> 
     let mut checker = Checker {
         index: LineIndex::default(),
         errors: Vec::new(),
+        tls_failed: false,
     };
     checker.limits_consistent("", limits);
     if checker.errors.is_empty() {
@@ -131,6 +136,9 @@ fn saturating_i64(value: u64) -> i64 {
 struct Checker {
     index: LineIndex,
     errors: Vec<ConfigError>,
+    /// The TLS files failed to load (already reported): modes that need
+    /// them are not reported again for every pool.
+    tls_failed: bool,
 }
 
 impl Checker {
@@ -144,7 +152,8 @@ impl Checker {
     }
 
     fn root(&mut self, raw: RawRoot) -> Config {
-        let defaults = self.defaults(&raw.default_pool);
+        let security = self.security(&raw.security);
+        let defaults = self.defaults(&raw.default_pool, &security);
         let mut pools = Vec::new();
         let mut seen = HashSet::new();
         for (i, raw_pool) in raw.pools.iter().enumerate() {
@@ -170,12 +179,12 @@ impl Checker {
             defaults,
             health: self.health(&raw.health_monitoring),
             monitoring: self.monitoring(&raw.monitoring),
-            security: self.security(&raw.security),
+            security,
             server: self.server(&raw.server),
         }
     }
 
-    fn defaults(&mut self, raw: &RawPool) -> PoolDefaults {
+    fn defaults(&mut self, raw: &RawPool, security: &SecurityConfig) -> PoolDefaults {
         let path = format!("{ROOT}.default_pool");
         if raw.name.is_some() {
             self.error(
@@ -184,7 +193,16 @@ impl Checker {
                     .into(),
             );
         }
-        let builtin = builtin_defaults();
+        let mut builtin = builtin_defaults();
+        // With TLS on, pools use it unless they say otherwise.
+        if security.ssl_enabled {
+            builtin.sslmode = if security.verify_peer {
+                SslMode::VerifyFull
+            } else {
+                SslMode::Require
+            };
+        }
+        builtin.tls = security.tls.clone();
         let limits = self.limits(&path, raw, &builtin.limits);
         PoolDefaults {
             host: self.host(&path, raw.host.as_deref(), &builtin.host),
@@ -192,7 +210,8 @@ impl Checker {
             user: raw.user.clone().unwrap_or(builtin.user),
             password_env: raw.password_env.clone(),
             password_file: raw.password_file.clone(),
-            sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode),
+            sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode, &builtin.tls),
+            tls: builtin.tls.clone(),
             limits,
             max_retries: self.count(&path, "max_retries", raw.max_retries, 3, 0, 100),
             retry_delay: self.duration(&path, "retry_delay_ms", raw.retry_delay_ms, 1000),
@@ -231,7 +250,13 @@ impl Checker {
             password,
             password_source,
             application_name,
-            sslmode: self.sslmode(path, raw.sslmode.as_deref(), defaults.sslmode),
+            sslmode: self.sslmode(
+                path,
+                raw.sslmode.as_deref(),
+                defaults.sslmode,
+                &defaults.tls,
+            ),
+            tls: defaults.tls.clone(),
             limits,
             max_retries: self.count(
                 path,
@@ -465,30 +490,41 @@ impl Checker {
         }
     }
 
-    fn sslmode(&mut self, path: &str, mode: Option<&str>, default: SslMode) -> SslMode {
-        let Some(text) = mode else {
-            return default;
+    fn sslmode(
+        &mut self,
+        path: &str,
+        mode: Option<&str>,
+        default: SslMode,
+        tls: &TlsFiles,
+    ) -> SslMode {
+        let field = key(path, "sslmode");
+        // An inherited mode was checked where it was set.
+        let mode = match mode {
+            None => return default,
+            Some(text) => match SslMode::parse(text) {
+                Some(mode) => mode,
+                None => {
+                    self.error(
+                        &field,
+                        format!(
+                            "`{text}` is not an sslmode: allowed {}",
+                            SslMode::ALLOWED.join(", ")
+                        ),
+                    );
+                    return default;
+                }
+            },
         };
-        match SslMode::parse(text) {
-            Some(SslMode::Disable) => SslMode::Disable,
-            Some(_) => {
-                self.error(
-                    &key(path, "sslmode"),
-                    format!("`{text}` is not supported by this build yet: TLS to PostgreSQL is not implemented; allowed: disable"),
-                );
-                default
-            }
-            None => {
-                self.error(
-                    &key(path, "sslmode"),
-                    format!(
-                        "`{text}` is not an sslmode: allowed {}",
-                        SslMode::ALLOWED.join(", ")
-                    ),
-                );
-                default
-            }
+        if mode.needs_ca() && !tls.has_roots() && !self.tls_failed {
+            self.error(
+                &field,
+                format!(
+                    "{} needs a CA: set {ROOT}.security.ssl.enabled: true and ca_certificate",
+                    mode.as_str()
+                ),
+            );
         }
+        mode
     }
 
     fn health(&mut self, raw: &super::schema::RawHealthMonitoring) -> HealthConfig {
@@ -570,9 +606,11 @@ impl Checker {
     fn security(&mut self, raw: &super::schema::RawSecurity) -> SecurityConfig {
         let path = format!("{ROOT}.security");
         let ssl_enabled = raw.ssl.enabled.unwrap_or(false);
-        if ssl_enabled {
-            self.ssl_files(&format!("{path}.ssl"), &raw.ssl);
-        }
+        let tls = if ssl_enabled {
+            self.tls_files(&format!("{path}.ssl"), &raw.ssl)
+        } else {
+            TlsFiles::default()
+        };
         let auth_path = format!("{path}.authentication");
         if let Some(method) = raw.authentication.method.as_deref() {
             if !AUTH_METHODS.contains(&method) {
@@ -587,6 +625,7 @@ impl Checker {
         }
         SecurityConfig {
             ssl_enabled,
+            tls,
             verify_peer: raw.ssl.verify_peer.unwrap_or(true),
             ca_certificate: raw.ssl.ca_certificate.clone(),
             client_certificate: raw.ssl.client_certificate.clone(),
@@ -600,40 +639,55 @@ impl Checker {
         }
     }
 
-    /// With TLS on, every certificate path must be readable. The first
-    /// unreadable one is the error; the others are named in it, since they
+    /// With TLS on, the certificate files must load. The first failure is
+    /// the error; files that also fail to open are named in it, since they
     /// almost always share one cause (a missing directory).
-    fn ssl_files(&mut self, path: &str, ssl: &RawSsl) {
-        let files = [
-            ("ca_certificate", &ssl.ca_certificate),
-            ("client_certificate", &ssl.client_certificate),
-            ("client_key", &ssl.client_key),
-        ];
-        let unreadable: Vec<(&str, &str, std::io::Error)> = files
-            .iter()
-            .filter_map(|(field, file)| {
-                let file = file.as_deref()?;
-                std::fs::File::open(file)
-                    .err()
-                    .map(|err| (*field, file, err))
-            })
-            .collect();
-        if let Some((field, file, err)) = unreadable.first() {
-            let others: Vec<&str> = unreadable[1..].iter().map(|(f, ..)| *f).collect();
-            let also = if others.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} also unreadable)", others.join(", "))
-            };
+    fn tls_files(&mut self, path: &str, ssl: &RawSsl) -> TlsFiles {
+        if ssl.verify_peer.unwrap_or(true) && ssl.ca_certificate.is_none() {
+            self.tls_failed = true;
             self.error(
-                &key(path, field),
-                format!("cannot read certificate file `{file}`: {err}{also}; fix the path or set ssl.enabled: false"),
+                &key(path, "ca_certificate"),
+                "missing: verify_peer: true needs the CA that signed the server's certificate"
+                    .into(),
             );
-        } else {
-            self.error(
-                &key(path, "enabled"),
-                "TLS to PostgreSQL is not implemented by this build yet: set enabled: false".into(),
-            );
+            return TlsFiles::default();
+        }
+        match tls::load(
+            ssl.ca_certificate.as_deref(),
+            ssl.client_certificate.as_deref(),
+            ssl.client_key.as_deref(),
+        ) {
+            Ok(material) => TlsFiles(Some(Arc::new(material))),
+            Err(err) => {
+                self.tls_failed = true;
+                let others: Vec<&str> = [
+                    ("ca_certificate", &ssl.ca_certificate),
+                    ("client_certificate", &ssl.client_certificate),
+                    ("client_key", &ssl.client_key),
+                ]
+                .into_iter()
+                .filter(|(field, file)| {
+                    *field != err.field
+                        && file
+                            .as_deref()
+                            .is_some_and(|f| std::fs::File::open(f).is_err())
+                })
+                .map(|(field, _)| field)
+                .collect();
+                let also = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} also unreadable)", others.join(", "))
+                };
+                self.error(
+                    &key(path, err.field),
+                    format!(
+                        "{}{also}; fix the path or set ssl.enabled: false",
+                        err.message
+                    ),
+                );
+                TlsFiles::default()
+            }
         }
     }
 
@@ -678,6 +732,7 @@ fn builtin_defaults() -> PoolDefaults {
         password_env: None,
         password_file: None,
         sslmode: SslMode::Disable,
+        tls: TlsFiles::default(),
         limits: PoolLimits {
             max_connections: 10,
             min_connections: 0,

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_postgres::{CancelToken, Client, NoTls};
 
 use super::stats::PoolStats;
+use super::tls::{self, Tls};
 use crate::config::PoolConfig;
 
 /// One open server connection.
@@ -117,6 +118,8 @@ impl Shared {
 /// Opens connections for one generation of a pool's mobc pool.
 pub(crate) struct PgManager {
     pg: tokio_postgres::Config,
+    /// `Err` holds why TLS could not be set up; every connect reports it.
+    tls: Result<Tls, String>,
     shared: Arc<Shared>,
     /// A retired generation opens nothing and keeps nothing it is given back.
     retired: Arc<AtomicBool>,
@@ -135,6 +138,8 @@ pub enum ConnectError {
     Retired,
     #[error("connection check timed out after {0:?}")]
     CheckTimeout(Duration),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
 }
 
 impl PgManager {
@@ -142,6 +147,7 @@ impl PgManager {
         let connect_timeout = config.limits.connection_timeout;
         PgManager {
             pg: postgres_config(config),
+            tls: tls::connector(config),
             shared,
             retired,
             // A check is one round trip; it must never eat the whole acquire budget.
@@ -165,7 +171,8 @@ pub(crate) fn postgres_config(config: &PoolConfig) -> tokio_postgres::Config {
         // error instead of a hang (DESIGN.md, mobc facts).
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        .tcp_user_timeout(Duration::from_secs(30));
+        .tcp_user_timeout(Duration::from_secs(30))
+        .ssl_mode(tls::driver_mode(config.sslmode));
     if let Some(password) = &config.password {
         pg.password(password.expose());
     }
@@ -192,25 +199,35 @@ impl mobc::Manager for PgManager {
         .await
         .map_err(|_| ConnectError::NoSlot(self.connect_timeout))?
         .map_err(|_| ConnectError::Retired)?;
-        let (client, connection) = match self.pg.connect(NoTls).await {
-            Ok(pair) => pair,
+        let stats = Arc::clone(&self.shared.stats);
+        // The driver task ends when the socket closes; only then is the
+        // backend gone and its slot free for a new connection.
+        let connected = match &self.tls {
+            Err(why) => return Err(ConnectError::Tls(why.clone())),
+            Ok(Tls::Plain) => self.pg.connect(NoTls).await.map(|(client, connection)| {
+                stats.connection_opened(started.elapsed());
+                tokio::spawn(drive(connection, stats, slot));
+                client
+            }),
+            Ok(Tls::Rustls(connector)) => {
+                self.pg
+                    .connect(connector.clone())
+                    .await
+                    .map(|(client, connection)| {
+                        stats.connection_opened(started.elapsed());
+                        tokio::spawn(drive(connection, stats, slot));
+                        client
+                    })
+            }
+        };
+        let client = match connected {
+            Ok(client) => client,
             Err(err) => {
                 self.shared.record_error(Some(error_chain(&err)));
                 return Err(err.into());
             }
         };
         self.shared.record_error(None);
-        let stats = Arc::clone(&self.shared.stats);
-        stats.connection_opened(started.elapsed());
-        tokio::spawn(async move {
-            // The driver ends when the socket closes; only then is the
-            // backend gone and its slot free for a new connection.
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "server connection ended with an error");
-            }
-            stats.connection_closed();
-            drop(slot);
-        });
         Ok(PgConn {
             cancel: client.cancel_token(),
             client,
@@ -229,6 +246,22 @@ impl mobc::Manager for PgManager {
     fn validate(&self, conn: &mut PgConn) -> bool {
         !conn.client.is_closed() && conn.fate.reusable() && !self.retired.load(Ordering::Acquire)
     }
+}
+
+/// Runs a connection's driver until the socket closes, then frees its slot.
+async fn drive<S, T>(
+    connection: tokio_postgres::Connection<S, T>,
+    stats: Arc<PoolStats>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(err) = connection.await {
+        tracing::debug!(error = %err, "server connection ended with an error");
+    }
+    stats.connection_closed();
+    drop(slot);
 }
 
 /// An error with its causes, `outer: inner: innermost`: tokio-postgres

@@ -10,6 +10,7 @@ mod managed;
 mod manager;
 mod registry;
 mod stats;
+mod tls;
 
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};

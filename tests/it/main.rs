@@ -13,3 +13,4 @@ mod pool_limits;
 mod query_types;
 mod serve_binary;
 mod status_codes;
+mod tls;

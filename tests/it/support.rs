@@ -114,6 +114,7 @@ impl PgCluster {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
             std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).expect("chown pwfile");
         }
+        write_certificates(&dir);
         let data = dir.join("data");
         let status = as_owner(&bin.join("initdb"))
             .arg("-D")
@@ -145,10 +146,11 @@ impl PgCluster {
     /// Starts (or restarts) the server and waits until it accepts connections.
     pub fn pg_start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
-            self.port,
-            self.dir.display()
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off \
+             -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+            port = self.port,
+            dir = self.dir.display()
         );
         let status = as_owner(&self.bin.join("pg_ctl"))
             .arg("-D")
@@ -176,6 +178,16 @@ impl PgCluster {
             .status()
             .expect("run pg_ctl stop");
         assert!(status.success(), "pg_ctl stop failed");
+    }
+
+    /// The CA that signed the cluster's server certificate (for 127.0.0.1 and localhost).
+    pub fn ca_certificate(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A CA that signed nothing the cluster uses.
+    pub fn unrelated_ca_certificate(&self) -> PathBuf {
+        self.dir.join("unrelated-ca.crt")
     }
 
     /// A password file for pool configs (the superuser's password).
@@ -214,6 +226,52 @@ impl PgCluster {
                 .await;
         }
     }
+}
+
+/// A test CA, a server certificate it signs for 127.0.0.1 and localhost,
+/// and an unrelated CA, written where the cluster (run as postgres) reads them.
+fn write_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        (cert, Issuer::new(params, key))
+    };
+    let (ca_cert, issuer) = ca("poolplane test CA");
+    let (unrelated_cert, _) = ca("unrelated CA");
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server_cert = params
+        .signed_by(&server_key, &issuer)
+        .expect("sign server cert");
+    let files = [
+        ("ca.crt", ca_cert.pem()),
+        ("unrelated-ca.crt", unrelated_cert.pem()),
+        ("server.crt", server_cert.pem()),
+        ("server.key", server_key.serialize_pem()),
+    ];
+    for (name, pem) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write certificate");
+        if running_as_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown certificate");
+        }
+    }
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod server.key");
 }
 
 fn spawn_watchdog(bin: &Path, dir: &Path) -> Child {

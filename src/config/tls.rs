@@ -1,0 +1,110 @@
+//! TLS material for connections to PostgreSQL: the CA certificates that
+//! verify the server and an optional client certificate, read and parsed
+//! once at load so a bad file is a config error, not a failed connect.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Parsed certificates. Shared by every pool; compared by identity.
+pub struct TlsMaterial {
+    /// Trust anchors for verify-ca / verify-full (and require, when given).
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Client certificate chain and key, for servers that ask for one.
+    pub client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("roots", &self.roots.len())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// What `security.ssl` names, loaded.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles(pub Option<Arc<TlsMaterial>>);
+
+impl PartialEq for TlsFiles {
+    fn eq(&self, other: &TlsFiles) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl TlsFiles {
+    pub fn has_roots(&self) -> bool {
+        self.0.as_ref().is_some_and(|m| !m.roots.is_empty())
+    }
+}
+
+/// A problem with one of the files: the `security.ssl` key it came from and why.
+pub(crate) struct TlsFileError {
+    pub(crate) field: &'static str,
+    pub(crate) message: String,
+}
+
+pub(crate) fn load(
+    ca: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<TlsMaterial, TlsFileError> {
+    let roots = match ca {
+        Some(path) => certificates("ca_certificate", path)?,
+        None => Vec::new(),
+    };
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain = certificates("client_certificate", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| TlsFileError {
+                field: "client_key",
+                message: format!("`{key}` holds no usable PEM private key: {err}"),
+            })?;
+            Some((chain, key))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(TlsFileError {
+                field: "client_key",
+                message: "missing: client_certificate needs its client_key".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(TlsFileError {
+                field: "client_certificate",
+                message: "missing: client_key needs its client_certificate".into(),
+            })
+        }
+    };
+    Ok(TlsMaterial { roots, client })
+}
+
+fn certificates(
+    field: &'static str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let parsed: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|err| TlsFileError {
+            field,
+            message: format!("cannot read certificate file `{path}`: {err}"),
+        })?
+        .collect();
+    match parsed {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(TlsFileError {
+            field,
+            message: format!("`{path}` holds no PEM certificate"),
+        }),
+        Err(err) => Err(TlsFileError {
+            field,
+            message: format!("`{path}` is not valid PEM: {err}"),
+        }),
+    }
+}
