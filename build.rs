@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/poolplane/v1/value.proto",
         "proto/poolplane/v1/pool_admin.proto",
         "proto/poolplane/v1/query.proto",
+        "proto/poolplane/v1/events.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("poolplane_descriptor.bin"))

@@ -13,8 +13,12 @@
 #![warn(unreachable_pub)]
 
 pub mod api;
+pub mod app;
 pub mod config;
+pub mod events;
+pub mod health;
 pub mod pool;
+mod postgres;
 pub mod query;
 
 /// Generated protobuf types and gRPC stubs of `poolplane.v1`.
@@ -27,4 +31,5 @@ pub mod proto {
         tonic::include_file_descriptor_set!("poolplane_descriptor");
 }
 
-pub use api::{run, App};
+pub use api::{run, serve};
+pub use app::App;

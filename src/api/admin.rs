@@ -1,15 +1,15 @@
-//! `poolplane.v1.PoolAdmin`: translation only; the registry does the work.
+//! `poolplane.v1.PoolAdmin`: translation only; `App` does the work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{millis, pool_to_proto};
+use super::convert::{health_to_proto, pool_to_proto};
 use super::status::{invalid_argument, invalid_config, pool_status};
-use super::App;
+use crate::app::App;
 use crate::config::{pool_from_request, PoolRequest, Secret};
-use crate::pool::LimitsUpdate;
+use crate::pool::{LimitsUpdate, PoolInfo};
 use crate::proto::{self, pool_admin_server::PoolAdmin};
 
 pub(crate) struct AdminService {
@@ -19,6 +19,12 @@ pub(crate) struct AdminService {
 impl AdminService {
     pub(crate) fn new(app: Arc<App>) -> AdminService {
         AdminService { app }
+    }
+
+    /// A pool's report with its current health.
+    fn pool_report(&self, info: PoolInfo) -> proto::Pool {
+        let health = self.app.health(&info.config.name);
+        pool_to_proto(info, &health)
     }
 }
 
@@ -42,10 +48,10 @@ impl PoolAdmin for AdminService {
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
         let pools = self
             .app
-            .registry
+            .registry()
             .list()
             .into_iter()
-            .map(pool_to_proto)
+            .map(|info| self.pool_report(info))
             .collect();
         Ok(Response::new(proto::ListPoolsResponse { pools }))
     }
@@ -57,10 +63,10 @@ impl PoolAdmin for AdminService {
         let request = request.into_inner();
         let pool = self
             .app
-            .registry
+            .registry()
             .get(required_name(&request.name)?)
             .map_err(pool_status)?;
-        Ok(Response::new(pool_to_proto(pool.info())))
+        Ok(Response::new(self.pool_report(pool.info())))
     }
 
     async fn create_pool(
@@ -86,15 +92,15 @@ impl PoolAdmin for AdminService {
             idle_timeout_ms: r.idle_timeout_ms,
             health_check_interval_ms: r.health_check_interval_ms,
             statement_timeout_ms: r.statement_timeout_ms,
+            max_lifetime_ms: r.max_lifetime_ms,
         };
-        let config = pool_from_request(pool_request, self.app.registry.defaults())
+        let config = pool_from_request(pool_request, self.app.registry().defaults())
             .map_err(|errors| invalid_config(&errors))?;
         let pool = self
             .app
-            .registry
-            .create(config, if_not_exists)
+            .create_pool(config, if_not_exists)
             .map_err(pool_status)?;
-        Ok(Response::new(pool_to_proto(pool.info())))
+        Ok(Response::new(self.pool_report(pool.info())))
     }
 
     async fn update_pool(
@@ -111,14 +117,14 @@ impl PoolAdmin for AdminService {
             statement_timeout: r
                 .statement_timeout_ms
                 .map(|ms| (ms > 0).then(|| Duration::from_millis(ms))),
+            max_lifetime: r.max_lifetime_ms.map(Duration::from_millis),
         };
         let info = self
             .app
-            .registry
-            .update(required_name(&r.name)?, update)
+            .update_pool(required_name(&r.name)?, update)
             .await
             .map_err(pool_status)?;
-        Ok(Response::new(pool_to_proto(info)))
+        Ok(Response::new(self.pool_report(info)))
     }
 
     async fn delete_pool(
@@ -127,20 +133,18 @@ impl PoolAdmin for AdminService {
     ) -> Result<Response<proto::DeletePoolResponse>, Status> {
         let r = request.into_inner();
         let drain_timeout = match r.drain_timeout_ms {
-            0 => self.app.server.drain_timeout,
+            0 => self.app.server().drain_timeout,
             ms => Duration::from_millis(ms),
         };
         let (report, info) = self
             .app
-            .registry
-            .delete(required_name(&r.name)?, drain_timeout, r.force)
+            .delete_pool(required_name(&r.name)?, drain_timeout, r.force)
             .await
             .map_err(pool_status)?;
-        tracing::debug!(drain_timeout_ms = millis(drain_timeout), "pool deleted");
         Ok(Response::new(proto::DeletePoolResponse {
             cancelled: report.cancelled,
             connections_closed: report.connections_closed,
-            pool: Some(pool_to_proto(info)),
+            pool: Some(self.pool_report(info)),
         }))
     }
 
@@ -150,22 +154,37 @@ impl PoolAdmin for AdminService {
     ) -> Result<Response<proto::ResetStatisticsResponse>, Status> {
         let name = request.into_inner().pool;
         let pools = if name.is_empty() {
-            self.app
-                .registry
-                .list()
-                .into_iter()
-                .map(|info| info.config.name)
-                .collect()
+            self.app.registry().names()
         } else {
             vec![name]
         };
         for name in &pools {
             self.app
-                .registry
+                .registry()
                 .get(name)
                 .map_err(pool_status)?
                 .reset_statistics();
         }
         Ok(Response::new(proto::ResetStatisticsResponse { pools }))
+    }
+
+    async fn check_health(
+        &self,
+        request: Request<proto::CheckHealthRequest>,
+    ) -> Result<Response<proto::CheckHealthResponse>, Status> {
+        let name = non_empty(request.into_inner().pool);
+        let checked = self
+            .app
+            .check_health(name.as_deref())
+            .await
+            .map_err(pool_status)?;
+        let results = checked
+            .into_iter()
+            .map(|(info, report)| proto::PoolHealthResult {
+                pool: info.config.name.clone(),
+                health: Some(health_to_proto(&report, info.stats.broken_connections)),
+            })
+            .collect();
+        Ok(Response::new(proto::CheckHealthResponse { results }))
     }
 }

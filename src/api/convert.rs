@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime};
 use tonic::Status;
 
 use super::status::invalid_argument;
+use crate::events::{Event, EventDetail, EventKind};
+use crate::health::{HealthReport, HealthState};
 use crate::pool::{PoolInfo, PoolState, StatsSnapshot};
-use crate::proto::{self, value::Kind};
+use crate::proto::{self, event::Detail, value::Kind};
 use crate::query::{Column, Instant, Interval, QueryResult, SqlValue};
 
 pub(crate) fn values_from_proto(
@@ -123,7 +125,8 @@ fn column_to_proto(column: Column) -> proto::Column {
     }
 }
 
-pub(crate) fn pool_to_proto(info: PoolInfo) -> proto::Pool {
+pub(crate) fn pool_to_proto(info: PoolInfo, health: &HealthReport) -> proto::Pool {
+    let broken_connections = info.stats.broken_connections;
     let config = info.config;
     let limits = config.limits;
     proto::Pool {
@@ -142,12 +145,149 @@ pub(crate) fn pool_to_proto(info: PoolInfo) -> proto::Pool {
             health_check_interval_ms: millis(limits.health_check_interval),
             statement_timeout_ms: limits.statement_timeout.map(millis).unwrap_or(0),
             password_source: config.password_source.to_string(),
+            max_lifetime_ms: millis(limits.max_lifetime),
         }),
         state: state_to_proto(info.state) as i32,
         statistics: Some(stats_to_proto(&info.stats, limits.max_connections)),
         last_error: info.last_error.unwrap_or_default(),
         created_at: Some(timestamp(info.created_at)),
+        health: Some(health_to_proto(health, broken_connections)),
     }
+}
+
+pub(crate) fn health_to_proto(report: &HealthReport, broken_connections: u64) -> proto::PoolHealth {
+    proto::PoolHealth {
+        state: health_state_to_proto(report.state) as i32,
+        probe_latency_ms: report.last_latency.map(ms_f64).unwrap_or(0.0),
+        last_error: report.last_error.clone().unwrap_or_default(),
+        last_check: report.last_check.map(timestamp),
+        consecutive_failures: report.consecutive_failures,
+        broken_connections,
+        checks: report.checks,
+    }
+}
+
+pub(crate) fn health_state_to_proto(state: HealthState) -> proto::HealthState {
+    match state {
+        HealthState::Unknown => proto::HealthState::Unknown,
+        HealthState::Healthy => proto::HealthState::Healthy,
+        HealthState::Degraded => proto::HealthState::Degraded,
+        HealthState::Unhealthy => proto::HealthState::Unhealthy,
+    }
+}
+
+/// The filterable kind a client asked for; `None` for the stream-control
+/// kinds, which every subscriber gets anyway.
+pub(crate) fn event_kind_from_proto(kind: i32) -> Result<Option<EventKind>, Status> {
+    let kind = proto::EventKind::try_from(kind)
+        .map_err(|_| invalid_argument("kinds", &format!("{kind} is not an EventKind")))?;
+    Ok(match kind {
+        proto::EventKind::Unspecified => {
+            return Err(invalid_argument(
+                "kinds",
+                "EVENT_KIND_UNSPECIFIED is not a kind",
+            ))
+        }
+        proto::EventKind::PoolCreated => Some(EventKind::PoolCreated),
+        proto::EventKind::PoolUpdated => Some(EventKind::PoolUpdated),
+        proto::EventKind::PoolRemoved => Some(EventKind::PoolRemoved),
+        proto::EventKind::HealthChanged => Some(EventKind::HealthChanged),
+        proto::EventKind::ConnectionLost => Some(EventKind::ConnectionLost),
+        proto::EventKind::ConnectionRecovered => Some(EventKind::ConnectionRecovered),
+        proto::EventKind::CheckCompleted => Some(EventKind::CheckCompleted),
+        proto::EventKind::Snapshot | proto::EventKind::SnapshotEnd | proto::EventKind::Lagged => {
+            None
+        }
+    })
+}
+
+pub(crate) fn event_to_proto(event: &Event) -> proto::Event {
+    let (kind, detail) = match &event.detail {
+        EventDetail::PoolCreated => (proto::EventKind::PoolCreated, None),
+        EventDetail::PoolUpdated => (proto::EventKind::PoolUpdated, None),
+        EventDetail::PoolRemoved => (proto::EventKind::PoolRemoved, None),
+        EventDetail::HealthChanged { from, to, reason } => (
+            proto::EventKind::HealthChanged,
+            Some(Detail::HealthChanged(proto::HealthChanged {
+                from: health_state_to_proto(*from) as i32,
+                to: health_state_to_proto(*to) as i32,
+                reason: reason.clone(),
+            })),
+        ),
+        EventDetail::ConnectionLost { error } => (
+            proto::EventKind::ConnectionLost,
+            Some(Detail::ConnectionLost(proto::ConnectionLost {
+                error: error.clone(),
+            })),
+        ),
+        EventDetail::ConnectionRecovered {
+            failed_checks,
+            unhealthy_for,
+        } => (
+            proto::EventKind::ConnectionRecovered,
+            Some(Detail::ConnectionRecovered(proto::ConnectionRecovered {
+                failed_checks: *failed_checks,
+                unhealthy_for_ms: millis(*unhealthy_for),
+            })),
+        ),
+        EventDetail::CheckCompleted {
+            state,
+            latency,
+            error,
+        } => (
+            proto::EventKind::CheckCompleted,
+            Some(Detail::CheckCompleted(proto::CheckCompleted {
+                state: health_state_to_proto(*state) as i32,
+                latency_ms: latency.map(ms_f64).unwrap_or(0.0),
+                error: error.clone().unwrap_or_default(),
+            })),
+        ),
+    };
+    proto::Event {
+        sequence: event.sequence,
+        time: Some(timestamp(event.time)),
+        pool: event.pool.clone(),
+        kind: kind as i32,
+        detail,
+    }
+}
+
+pub(crate) fn lagged_event(lost: u64) -> proto::Event {
+    proto::Event {
+        sequence: 0,
+        time: Some(timestamp(SystemTime::now())),
+        pool: String::new(),
+        kind: proto::EventKind::Lagged as i32,
+        detail: Some(Detail::Lagged(proto::Lagged { lost })),
+    }
+}
+
+/// One SNAPSHOT event per pool, then SNAPSHOT_END at `last_sequence`.
+pub(crate) fn snapshot_events(
+    pools: Vec<(PoolInfo, HealthReport)>,
+    last_sequence: u64,
+) -> Vec<proto::Event> {
+    let now = timestamp(SystemTime::now());
+    let mut events: Vec<proto::Event> = pools
+        .into_iter()
+        .map(|(info, health)| proto::Event {
+            sequence: 0,
+            time: Some(now),
+            pool: info.config.name.clone(),
+            kind: proto::EventKind::Snapshot as i32,
+            detail: Some(Detail::Snapshot(pool_to_proto(info, &health))),
+        })
+        .collect();
+    events.push(proto::Event {
+        sequence: 0,
+        time: Some(now),
+        pool: String::new(),
+        kind: proto::EventKind::SnapshotEnd as i32,
+        detail: Some(Detail::SnapshotEnd(proto::SnapshotEnd {
+            sequence: last_sequence,
+        })),
+    });
+    events
 }
 
 fn state_to_proto(state: PoolState) -> proto::PoolState {
@@ -174,6 +314,7 @@ fn stats_to_proto(stats: &StatsSnapshot, max: u32) -> proto::PoolStatistics {
         max_acquire_wait_ms: ms_f64(stats.max_acquire_wait),
         average_connection_setup_ms: ms_f64(stats.average_connection_setup),
         peak_connections: saturating_u32(stats.peak_connections),
+        broken_connections: stats.broken_connections,
         uptime_ms: millis(stats.uptime),
         reset_at: Some(timestamp(stats.reset_at)),
     }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{result_to_proto, values_from_proto};
+use super::deadline;
 use super::status::{invalid_argument, pool_status, query_status};
-use super::{deadline, App};
+use crate::app::App;
 use crate::pool::ManagedPool;
 use crate::proto::{self, query_server::Query};
 use crate::query::{self as q, Statement};
@@ -24,12 +25,12 @@ impl QueryService {
         if name.is_empty() {
             return Err(invalid_argument("pool", "must not be empty"));
         }
-        self.app.registry.get(name).map_err(pool_status)
+        self.app.registry().get(name).map_err(pool_status)
     }
 
     /// The row limit for a request: the server maximum unless the caller asks for fewer.
     fn row_limit(&self, requested: u32) -> Result<u32, Status> {
-        let max = self.app.server.max_result_rows;
+        let max = self.app.server().max_result_rows;
         match requested {
             0 => Ok(max),
             n if n <= max => Ok(n),

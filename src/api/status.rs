@@ -7,6 +7,7 @@ use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 use tonic::{Code, Status};
 
 use crate::config::ConfigError;
+use crate::events::ResumeError;
 use crate::pool::PoolError;
 use crate::query::{QueryError, SqlError};
 
@@ -49,6 +50,24 @@ pub(crate) fn invalid_config(errors: &[ConfigError]) -> Status {
     )
 }
 
+/// A Watch that cannot resume where it asked: OUT_OF_RANGE, with the
+/// oldest sequence still available (or the latest issued).
+pub(crate) fn resume_status(err: ResumeError) -> Status {
+    let message = err.to_string();
+    match err {
+        ResumeError::TooOld { oldest, .. } => with(
+            Code::OutOfRange,
+            message,
+            &[("poolplane-oldest-sequence", oldest.to_string())],
+        ),
+        ResumeError::FromTheFuture { latest, .. } => with(
+            Code::OutOfRange,
+            message,
+            &[("poolplane-latest-sequence", latest.to_string())],
+        ),
+    }
+}
+
 pub(crate) fn invalid_argument(field: &str, message: &str) -> Status {
     with(
         Code::InvalidArgument,
@@ -63,7 +82,7 @@ pub(crate) fn query_status(err: QueryError) -> Status {
         QueryError::InvalidArgument { field, message } => invalid_argument(&field, &message),
         QueryError::Pool(err) => pool_status(err),
         QueryError::Sql(sql) => sql_status(&sql),
-        QueryError::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, message),
+        QueryError::DeadlineExceeded => Status::new(Code::DeadlineExceeded, message),
         QueryError::ResultTooLarge { limit } => with(
             Code::ResourceExhausted,
             message,

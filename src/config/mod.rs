@@ -52,8 +52,19 @@ pub struct PoolConfig {
     /// Certificates from `security.ssl`, used by every mode but disable.
     pub tls: TlsFiles,
     pub limits: PoolLimits,
-    pub max_retries: u32,
-    pub retry_delay: Duration,
+    pub recovery: RecoveryConfig,
+}
+
+/// How a pool reconnects after its database became unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// Recovery attempts at backoff pace before falling back to the
+    /// regular check interval (`max_retries`, else
+    /// `health_monitoring.max_recovery_attempts`).
+    pub max_attempts: u32,
+    /// The first backoff delay; it doubles per attempt up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
 }
 
 /// The settings `UpdatePool` may change on a live pool.
@@ -67,6 +78,8 @@ pub struct PoolLimits {
     /// A connection idle longer than this is checked before it is handed out.
     pub health_check_interval: Duration,
     pub statement_timeout: Option<Duration>,
+    /// Connections older than this (less up to 10% jitter) are replaced.
+    pub max_lifetime: Duration,
 }
 
 /// Values pools inherit when they do not set their own.
@@ -81,8 +94,7 @@ pub struct PoolDefaults {
     pub sslmode: SslMode,
     pub tls: TlsFiles,
     pub limits: PoolLimits,
-    pub max_retries: u32,
-    pub retry_delay: Duration,
+    pub recovery: RecoveryConfig,
 }
 
 /// `connection_pool.health_monitoring` (used by the health monitor).
@@ -94,6 +106,10 @@ pub struct HealthConfig {
     pub idle_timeout: Duration,
     pub automatic_recovery: bool,
     pub max_recovery_attempts: u32,
+    /// A check slower than this makes the pool DEGRADED.
+    pub degraded_latency: Duration,
+    /// Failed checks in a row that make the pool UNHEALTHY.
+    pub failure_threshold: u32,
 }
 
 /// `connection_pool.monitoring` (used by the metrics collector and alerts).
@@ -130,6 +146,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// How long DeletePool lets in-flight work run when the request sets none.
     pub drain_timeout: Duration,
+    /// Events kept for Watch subscribers that resume after a sequence.
+    pub event_replay_buffer: u32,
+    /// How far a Watch subscriber may fall behind before it loses events.
+    pub event_subscriber_buffer: u32,
 }
 
 /// How the connection to PostgreSQL uses TLS, with libpq's meanings.

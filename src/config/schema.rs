@@ -48,8 +48,10 @@ pub(crate) struct RawPool {
     pub(crate) idle_timeout_ms: Option<i64>,
     pub(crate) health_check_interval_ms: Option<i64>,
     pub(crate) statement_timeout_ms: Option<i64>,
+    pub(crate) max_lifetime_ms: Option<i64>,
     pub(crate) max_retries: Option<i64>,
     pub(crate) retry_delay_ms: Option<i64>,
+    pub(crate) max_retry_delay_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +63,8 @@ pub(crate) struct RawHealthMonitoring {
     pub(crate) idle_timeout_ms: Option<i64>,
     pub(crate) enable_automatic_recovery: Option<bool>,
     pub(crate) max_recovery_attempts: Option<i64>,
+    pub(crate) degraded_latency_ms: Option<i64>,
+    pub(crate) failure_threshold: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,4 +111,6 @@ pub(crate) struct RawServer {
     pub(crate) max_result_rows: Option<i64>,
     pub(crate) shutdown_timeout_ms: Option<i64>,
     pub(crate) drain_timeout_ms: Option<i64>,
+    pub(crate) event_replay_buffer: Option<i64>,
+    pub(crate) event_subscriber_buffer: Option<i64>,
 }

@@ -14,7 +14,7 @@ use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
     Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits,
-    SecurityConfig, ServerConfig, SslMode,
+    RecoveryConfig, SecurityConfig, ServerConfig, SslMode,
 };
 
 const ROOT: &str = "connection_pool";
@@ -62,6 +62,7 @@ pub struct PoolRequest {
     pub idle_timeout_ms: Option<u64>,
     pub health_check_interval_ms: Option<u64>,
     pub statement_timeout_ms: Option<u64>,
+    pub max_lifetime_ms: Option<u64>,
 }
 
 /// Validates a pool from an API request with the same rules as the file.
@@ -87,8 +88,10 @@ pub fn pool_from_request(
         idle_timeout_ms: request.idle_timeout_ms.map(saturating_i64),
         health_check_interval_ms: request.health_check_interval_ms.map(saturating_i64),
         statement_timeout_ms: request.statement_timeout_ms.map(saturating_i64),
+        max_lifetime_ms: request.max_lifetime_ms.map(saturating_i64),
         max_retries: None,
         retry_delay_ms: None,
+        max_retry_delay_ms: None,
     };
     let mut checker = Checker {
         index: LineIndex::default(),
@@ -153,7 +156,8 @@ impl Checker {
 
     fn root(&mut self, raw: RawRoot) -> Config {
         let security = self.security(&raw.security);
-        let defaults = self.defaults(&raw.default_pool, &security);
+        let health = self.health(&raw.health_monitoring);
+        let defaults = self.defaults(&raw.default_pool, &security, &health);
         let mut pools = Vec::new();
         let mut seen = HashSet::new();
         for (i, raw_pool) in raw.pools.iter().enumerate() {
@@ -177,14 +181,19 @@ impl Checker {
             enabled: raw.enabled.unwrap_or(true),
             pools,
             defaults,
-            health: self.health(&raw.health_monitoring),
+            health,
             monitoring: self.monitoring(&raw.monitoring),
             security,
             server: self.server(&raw.server),
         }
     }
 
-    fn defaults(&mut self, raw: &RawPool, security: &SecurityConfig) -> PoolDefaults {
+    fn defaults(
+        &mut self,
+        raw: &RawPool,
+        security: &SecurityConfig,
+        health: &HealthConfig,
+    ) -> PoolDefaults {
         let path = format!("{ROOT}.default_pool");
         if raw.name.is_some() {
             self.error(
@@ -203,6 +212,7 @@ impl Checker {
             };
         }
         builtin.tls = security.tls.clone();
+        builtin.recovery.max_attempts = health.max_recovery_attempts;
         let limits = self.limits(&path, raw, &builtin.limits);
         PoolDefaults {
             host: self.host(&path, raw.host.as_deref(), &builtin.host),
@@ -213,8 +223,7 @@ impl Checker {
             sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode, &builtin.tls),
             tls: builtin.tls.clone(),
             limits,
-            max_retries: self.count(&path, "max_retries", raw.max_retries, 3, 0, 100),
-            retry_delay: self.duration(&path, "retry_delay_ms", raw.retry_delay_ms, 1000),
+            recovery: self.recovery(&path, raw, &builtin.recovery),
         }
     }
 
@@ -258,20 +267,7 @@ impl Checker {
             ),
             tls: defaults.tls.clone(),
             limits,
-            max_retries: self.count(
-                path,
-                "max_retries",
-                raw.max_retries,
-                i64::from(defaults.max_retries),
-                0,
-                100,
-            ),
-            retry_delay: self.duration(
-                path,
-                "retry_delay_ms",
-                raw.retry_delay_ms,
-                duration_ms(defaults.retry_delay),
-            ),
+            recovery: self.recovery(path, raw, &defaults.recovery),
             name,
         })
     }
@@ -310,6 +306,47 @@ impl Checker {
                 (PasswordSource::None, None)
             }
         }
+    }
+
+    fn recovery(
+        &mut self,
+        path: &str,
+        raw: &RawPool,
+        inherited: &RecoveryConfig,
+    ) -> RecoveryConfig {
+        let recovery = RecoveryConfig {
+            max_attempts: self.count(
+                path,
+                "max_retries",
+                raw.max_retries,
+                i64::from(inherited.max_attempts),
+                0,
+                1_000_000,
+            ),
+            base_delay: self.duration(
+                path,
+                "retry_delay_ms",
+                raw.retry_delay_ms,
+                duration_ms(inherited.base_delay),
+            ),
+            max_delay: self.duration(
+                path,
+                "max_retry_delay_ms",
+                raw.max_retry_delay_ms,
+                duration_ms(inherited.max_delay),
+            ),
+        };
+        if recovery.max_delay < recovery.base_delay {
+            self.error(
+                &key(path, "max_retry_delay_ms"),
+                format!(
+                    "{} ms is below retry_delay_ms ({} ms): the backoff cap must be at least the first delay",
+                    recovery.max_delay.as_millis(),
+                    recovery.base_delay.as_millis()
+                ),
+            );
+        }
+        recovery
     }
 
     fn pool_name(&mut self, path: &str, name: Option<&str>) -> Option<String> {
@@ -375,6 +412,12 @@ impl Checker {
                 duration_ms(inherited.health_check_interval),
             ),
             statement_timeout,
+            max_lifetime: self.duration(
+                path,
+                "max_lifetime_ms",
+                raw.max_lifetime_ms,
+                duration_ms(inherited.max_lifetime),
+            ),
         };
         self.limits_consistent(path, &limits);
         limits
@@ -401,6 +444,7 @@ impl Checker {
                 Some(limits.health_check_interval),
             ),
             ("statement_timeout_ms", limits.statement_timeout),
+            ("max_lifetime_ms", Some(limits.max_lifetime)),
         ] {
             if let Some(value) = value {
                 if value.is_zero() || duration_ms(value) > MAX_DURATION_MS {
@@ -552,6 +596,20 @@ impl Checker {
                 3,
                 0,
                 1_000_000,
+            ),
+            degraded_latency: self.duration(
+                &path,
+                "degraded_latency_ms",
+                raw.degraded_latency_ms,
+                1_000,
+            ),
+            failure_threshold: self.count(
+                &path,
+                "failure_threshold",
+                raw.failure_threshold,
+                2,
+                1,
+                1_000,
             ),
         }
     }
@@ -720,6 +778,22 @@ impl Checker {
                 10_000,
             ),
             drain_timeout: self.duration(&path, "drain_timeout_ms", raw.drain_timeout_ms, 30_000),
+            event_replay_buffer: self.count(
+                &path,
+                "event_replay_buffer",
+                raw.event_replay_buffer,
+                10_000,
+                1,
+                1_000_000,
+            ),
+            event_subscriber_buffer: self.count(
+                &path,
+                "event_subscriber_buffer",
+                raw.event_subscriber_buffer,
+                1_024,
+                1,
+                1_000_000,
+            ),
         }
     }
 }
@@ -740,9 +814,13 @@ fn builtin_defaults() -> PoolDefaults {
             idle_timeout: Duration::from_secs(300),
             health_check_interval: Duration::from_secs(60),
             statement_timeout: None,
+            max_lifetime: Duration::from_secs(30 * 60),
         },
-        max_retries: 3,
-        retry_delay: Duration::from_secs(1),
+        recovery: RecoveryConfig {
+            max_attempts: 3,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
     }
 }
 

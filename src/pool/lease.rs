@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use tokio_postgres::CancelToken;
 
+use super::conns::{CancelReason, ConnEntry};
 use super::managed::Inflight;
-use super::manager::{CancelReason, Fate, PgConn, PgManager};
+use super::manager::{PgConn, PgManager};
 
 pub struct Lease {
     conn: mobc::Connection<PgManager>,
     inflight: Inflight,
     acquired_at: Instant,
     pool_name: Arc<str>,
+    cancel_timeout: std::time::Duration,
 }
 
 /// What another task needs to stop the work running on a lease: a cancel
@@ -23,27 +25,48 @@ pub struct Lease {
 #[derive(Clone)]
 pub struct LeaseCanceller {
     token: CancelToken,
-    fate: Arc<Fate>,
+    entry: Arc<ConnEntry>,
+    /// Bounds the cancel request's own connect (the server may be unreachable).
+    timeout: std::time::Duration,
 }
 
 impl LeaseCanceller {
-    pub(crate) fn for_conn(conn: &PgConn) -> LeaseCanceller {
+    pub(crate) fn for_conn(conn: &PgConn, timeout: std::time::Duration) -> LeaseCanceller {
         LeaseCanceller {
             token: conn.cancel_token(),
-            fate: conn.fate(),
+            entry: conn.entry(),
+            timeout,
         }
     }
 
     /// Marks the connection for discard and asks PostgreSQL to cancel
     /// whatever it is running. Returns whether the cancel request was sent.
     pub async fn cancel(&self, reason: CancelReason) -> bool {
-        self.fate.cancelled(reason);
-        match self.token.cancel_query(tokio_postgres::NoTls).await {
-            Ok(()) => true,
-            Err(err) => {
+        self.entry.cancelled(reason);
+        match tokio::time::timeout(self.timeout, self.token.cancel_query(tokio_postgres::NoTls))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cancel request to PostgreSQL failed");
                 false
             }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "cancel request to PostgreSQL timed out");
+                false
+            }
+        }
+    }
+
+    /// Marks the connection cancelled and sends the cancel request from a
+    /// task of its own, so the caller answers without waiting for it.
+    pub fn cancel_in_background(&self, reason: CancelReason) {
+        self.entry.cancelled(reason);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let canceller = self.clone();
+            runtime.spawn(async move {
+                canceller.cancel(reason).await;
+            });
         }
     }
 }
@@ -53,12 +76,14 @@ impl Lease {
         conn: mobc::Connection<PgManager>,
         inflight: Inflight,
         pool_name: Arc<str>,
+        cancel_timeout: std::time::Duration,
     ) -> Lease {
         Lease {
             conn,
             inflight,
             acquired_at: Instant::now(),
             pool_name,
+            cancel_timeout,
         }
     }
 
@@ -66,22 +91,18 @@ impl Lease {
         &self.conn
     }
 
-    pub fn conn_mut(&mut self) -> &mut PgConn {
-        &mut self.conn
-    }
-
     pub fn canceller(&self) -> LeaseCanceller {
-        LeaseCanceller::for_conn(&self.conn)
+        LeaseCanceller::for_conn(&self.conn, self.cancel_timeout)
     }
 
     /// Close the connection when the lease ends instead of reusing it.
     pub fn discard(&self) {
-        self.conn.fate().discard();
+        self.conn.entry().discard();
     }
 
     /// Why poolplane cancelled this lease's statement, if it did.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        self.conn.fate().cancel_reason()
+        self.conn.entry().cancel_reason()
     }
 
     /// The pool this lease came from.

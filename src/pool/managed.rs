@@ -17,13 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
+use super::conns::CancelReason;
 use super::error::PoolError;
 use super::lease::{Lease, LeaseCanceller};
-use super::manager::{CancelReason, ConnectError, PgManager, Shared};
+use super::maintenance;
+use super::manager::{ConnectError, PgManager, Shared};
 use super::stats::{PoolStats, StatsSnapshot};
 use crate::config::{PoolConfig, PoolLimits};
+use crate::events::EventBus;
 
 /// How long a close waits for connections to end after their work stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -67,6 +70,13 @@ pub struct ManagedPool {
     created_at: SystemTime,
     /// Serializes resizes and the close, which both swap generations.
     reconfigure: tokio::sync::Mutex<()>,
+    /// Set by the health monitor while the database is unreachable: calls
+    /// fail at once with this reason instead of waiting out a timeout.
+    fail_fast: RwLock<Option<String>>,
+    /// Bumped on every settings change, so watchers can rebuild what they
+    /// derived from the settings.
+    config_version: AtomicU64,
+    maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Generation {
@@ -78,13 +88,14 @@ impl ManagedPool {
     /// Builds the pool and starts warming up `min_connections` in the
     /// background; a database that is down at start is not an error here:
     /// the pool starts and reports it through `last_error`.
-    pub fn start(config: PoolConfig) -> Arc<ManagedPool> {
+    pub fn start(config: PoolConfig, events: Arc<EventBus>) -> Arc<ManagedPool> {
         let stats = Arc::new(PoolStats::new());
-        let shared = Arc::new(Shared {
-            slots: Arc::new(Semaphore::new(config.limits.max_connections as usize)),
-            stats: Arc::clone(&stats),
-            last_error: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new(
+            &config.name,
+            config.limits.max_connections,
+            Arc::clone(&stats),
+            events,
+        ));
         let generation = Arc::new(Generation::build(&config, &shared));
         let pool = Arc::new(ManagedPool {
             name: Arc::from(config.name.as_str()),
@@ -95,9 +106,51 @@ impl ManagedPool {
             state: AtomicU8::new(STATE_SERVING),
             created_at: SystemTime::now(),
             reconfigure: tokio::sync::Mutex::new(()),
+            fail_fast: RwLock::new(None),
+            config_version: AtomicU64::new(0),
+            maintenance: Mutex::new(None),
         });
         pool.spawn_warm_up();
+        let task = tokio::spawn(maintenance::run(Arc::downgrade(&pool)));
+        if let Ok(mut slot) = pool.maintenance.lock() {
+            *slot = Some(task);
+        }
         pool
+    }
+
+    /// Makes calls fail at once with `reason` (the database is
+    /// unreachable), or lets them through again with `None`.
+    pub fn set_fail_fast(&self, reason: Option<String>) {
+        match self.fail_fast.write() {
+            Ok(mut slot) => *slot = reason,
+            Err(poisoned) => *poisoned.into_inner() = reason,
+        }
+    }
+
+    fn fail_fast_reason(&self) -> Option<String> {
+        match self.fail_fast.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Notified when a connection breaks or a connect fails.
+    pub fn trouble(&self) -> &tokio::sync::Notify {
+        &self.shared.trouble
+    }
+
+    /// Changes whenever the pool's settings change.
+    pub fn config_version(&self) -> u64 {
+        self.config_version.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The mobc pool new work goes to.
+    pub(crate) fn current_pool(&self) -> mobc::Pool<PgManager> {
+        self.current_generation().pool.clone()
     }
 
     pub fn name(&self) -> String {
@@ -138,6 +191,13 @@ impl ManagedPool {
         if self.state() != PoolState::Serving {
             return Err(PoolError::Draining(self.name()));
         }
+        if let Some(last_error) = self.fail_fast_reason() {
+            self.shared.stats.acquire_failed();
+            return Err(PoolError::Unavailable {
+                pool: self.name(),
+                last_error,
+            });
+        }
         let stats = &self.shared.stats;
         let _pending = stats.pending_guard();
         let (timeout, max) = {
@@ -166,9 +226,9 @@ impl ManagedPool {
             return Err(PoolError::Draining(self.name()));
         }
         stats.acquired(waited);
-        let canceller = LeaseCanceller::for_conn(&conn);
+        let canceller = LeaseCanceller::for_conn(&conn, timeout);
         let inflight = self.inflight.register(canceller);
-        Ok(Lease::new(conn, inflight, Arc::clone(&self.name)))
+        Ok(Lease::new(conn, inflight, Arc::clone(&self.name), timeout))
     }
 
     fn acquire_error(
@@ -244,6 +304,7 @@ impl ManagedPool {
             self.resize_slots(old_max, limits.max_connections);
             config.clone()
         };
+        self.config_version.fetch_add(1, Ordering::AcqRel);
         let fresh = Arc::new(Generation::build(&config, &self.shared));
         let old = self.swap_generation(fresh);
         old.retire().await;
@@ -302,6 +363,14 @@ impl ManagedPool {
     pub async fn drain(&self, drain_timeout: Duration, force: bool) -> DrainReport {
         let _guard = self.reconfigure.lock().await;
         self.state.store(STATE_DRAINING, Ordering::Release);
+        if let Some(task) = self
+            .maintenance
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+        {
+            task.abort();
+        }
         let closed_before = self.shared.stats.snapshot().connections_closed;
         let finished = !force && self.inflight.wait_idle(drain_timeout).await;
         let mut cancelled = 0;
@@ -343,19 +412,27 @@ impl ManagedPool {
     }
 
     fn spawn_warm_up(self: &Arc<Self>) {
-        let min = self.config().limits.min_connections;
-        if min == 0 {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move { pool.warm_up().await });
+    }
+
+    /// Opens connections until `min_connections` are open (not while the
+    /// pool fails fast: the database is known to be down).
+    pub(crate) async fn warm_up(&self) {
+        let limits = self.config().limits;
+        let open = self.shared.stats.open_connections();
+        let min = u64::from(limits.min_connections);
+        if open >= min || self.fail_fast_reason().is_some() || self.state() != PoolState::Serving {
             return;
         }
-        let generation = self.current_generation();
-        let name = self.name();
-        tokio::spawn(async move {
-            let gets = (0..min).map(|_| generation.pool.get());
-            let results = futures::future::join_all(gets).await;
-            if let Some(Err(err)) = results.iter().find(|result| result.is_err()) {
-                tracing::warn!(pool = %name, error = %err, "could not open min_connections");
-            }
-        });
+        // Taking `min` at once forces that many to exist (idle ones are
+        // reused, the rest opened); they all go back idle right after.
+        let pool = self.current_pool();
+        let gets = (0..min).map(|_| pool.get_timeout(limits.connection_timeout));
+        let results = futures::future::join_all(gets).await;
+        if let Some(Err(err)) = results.iter().find(|result| result.is_err()) {
+            tracing::warn!(pool = %self.name, error = %err, "could not open min_connections");
+        }
     }
 }
 
@@ -374,9 +451,14 @@ impl Generation {
             // max_idle below max_open makes bursts close and reopen connections.
             .max_idle(max)
             .get_timeout(Some(limits.connection_timeout))
-            .max_idle_lifetime(Some(limits.idle_timeout))
+            // Lifetimes and idle reaping are ours (maintenance.rs): mobc's
+            // are enforced only lazily at checkout.
+            .max_lifetime(None)
+            .max_idle_lifetime(None)
+            // `check` runs on every checkout; it decides itself whether a
+            // round trip is due (manager.rs).
             .test_on_check_out(true)
-            .health_check_interval(Some(limits.health_check_interval))
+            .health_check_interval(Some(Duration::from_nanos(1)))
             .build(manager);
         Generation { pool, retired }
     }

@@ -4,18 +4,19 @@
 //! Invariant: nothing here knows about gRPC or HTTP; errors are
 //! [`PoolError`] and callers map them.
 
+mod conns;
 mod error;
 mod lease;
+mod maintenance;
 mod managed;
 mod manager;
 mod registry;
 mod stats;
-mod tls;
 
+pub use conns::CancelReason;
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};
 pub use managed::{DrainReport, ManagedPool, PoolInfo, PoolState};
-pub(crate) use manager::error_chain;
-pub use manager::{CancelReason, ConnectError, PgConn};
+pub use manager::{ConnectError, PgConn};
 pub use registry::{LimitsUpdate, Registry};
 pub use stats::StatsSnapshot;

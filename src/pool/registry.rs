@@ -8,10 +8,12 @@ use std::time::Duration;
 use super::error::PoolError;
 use super::managed::{DrainReport, ManagedPool, PoolInfo};
 use crate::config::{PoolConfig, PoolDefaults, PoolLimits};
+use crate::events::EventBus;
 
 pub struct Registry {
     pools: RwLock<BTreeMap<String, Arc<ManagedPool>>>,
     defaults: PoolDefaults,
+    events: Arc<EventBus>,
 }
 
 /// Which limits an update changes; `None` keeps the current value.
@@ -24,6 +26,7 @@ pub struct LimitsUpdate {
     pub health_check_interval: Option<Duration>,
     /// `Some(None)` removes the statement timeout.
     pub statement_timeout: Option<Option<Duration>>,
+    pub max_lifetime: Option<Duration>,
 }
 
 impl LimitsUpdate {
@@ -39,15 +42,17 @@ impl LimitsUpdate {
                 .health_check_interval
                 .unwrap_or(current.health_check_interval),
             statement_timeout: self.statement_timeout.unwrap_or(current.statement_timeout),
+            max_lifetime: self.max_lifetime.unwrap_or(current.max_lifetime),
         }
     }
 }
 
 impl Registry {
-    pub fn new(defaults: PoolDefaults) -> Registry {
+    pub fn new(defaults: PoolDefaults, events: Arc<EventBus>) -> Registry {
         Registry {
             pools: RwLock::new(BTreeMap::new()),
             defaults,
+            events,
         }
     }
 
@@ -55,17 +60,18 @@ impl Registry {
         &self.defaults
     }
 
-    /// Starts a pool. With `if_not_exists`, an existing pool of that name is
-    /// returned instead of an error (its settings are left as they are).
+    /// Starts a pool; true if it was created. With `if_not_exists`, an
+    /// existing pool of that name is returned instead of an error (its
+    /// settings are left as they are).
     pub fn create(
         &self,
         config: PoolConfig,
         if_not_exists: bool,
-    ) -> Result<Arc<ManagedPool>, PoolError> {
+    ) -> Result<(Arc<ManagedPool>, bool), PoolError> {
         let mut pools = self.write();
         if let Some(existing) = pools.get(&config.name) {
             return if if_not_exists {
-                Ok(Arc::clone(existing))
+                Ok((Arc::clone(existing), false))
             } else {
                 Err(PoolError::AlreadyExists(config.name))
             };
@@ -81,9 +87,9 @@ impl Registry {
             min_connections = config.limits.min_connections,
             "pool started"
         );
-        let pool = ManagedPool::start(config);
+        let pool = ManagedPool::start(config, Arc::clone(&self.events));
         pools.insert(name, Arc::clone(&pool));
-        Ok(pool)
+        Ok((pool, true))
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<ManagedPool>, PoolError> {
@@ -136,13 +142,8 @@ impl Registry {
         Ok((report, pool.info()))
     }
 
-    /// Drains every pool concurrently (used at shutdown).
-    pub async fn close_all(&self, drain_timeout: Duration) {
-        let names: Vec<String> = self.read().keys().cloned().collect();
-        let drains = names
-            .iter()
-            .map(|name| self.delete(name, drain_timeout, false));
-        futures::future::join_all(drains).await;
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ManagedPool>>> {

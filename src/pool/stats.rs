@@ -23,6 +23,8 @@ pub(crate) struct PoolStats {
     acquire_errors: AtomicU64,
     created: AtomicU64,
     closed: AtomicU64,
+    /// Connections found broken (by their driver, a checkout check or a keepalive).
+    broken: AtomicU64,
     wait_total_us: AtomicU64,
     wait_max_us: AtomicU64,
     setup_total_us: AtomicU64,
@@ -42,6 +44,7 @@ pub struct StatsSnapshot {
     pub acquire_errors: u64,
     pub connections_created: u64,
     pub connections_closed: u64,
+    pub broken_connections: u64,
     pub average_acquire_wait: Duration,
     pub max_acquire_wait: Duration,
     pub average_connection_setup: Duration,
@@ -62,6 +65,7 @@ impl PoolStats {
             acquire_errors: AtomicU64::new(0),
             created: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
             wait_total_us: AtomicU64::new(0),
             wait_max_us: AtomicU64::new(0),
             setup_total_us: AtomicU64::new(0),
@@ -95,12 +99,25 @@ impl PoolStats {
         self.acquire_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection is being opened: it counts as open from now on, so
+    /// its driver can never report it closed before it was counted.
+    pub(crate) fn connection_opening(&self) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_open.fetch_max(open, Ordering::Relaxed);
+    }
+
     pub(crate) fn connection_opened(&self, setup: Duration) {
         self.created.fetch_add(1, Ordering::Relaxed);
         self.setup_total_us
             .fetch_add(micros(setup), Ordering::Relaxed);
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak_open.fetch_max(open, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_not_opened(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_broke(&self) {
+        self.broken.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_closed(&self) {
@@ -121,6 +138,7 @@ impl PoolStats {
             &self.acquire_errors,
             &self.created,
             &self.closed,
+            &self.broken,
             &self.wait_total_us,
             &self.wait_max_us,
             &self.setup_total_us,
@@ -151,6 +169,7 @@ impl PoolStats {
             acquire_errors: self.acquire_errors.load(Ordering::Relaxed),
             connections_created: created,
             connections_closed: self.closed.load(Ordering::Relaxed),
+            broken_connections: self.broken.load(Ordering::Relaxed),
             average_acquire_wait: average(self.wait_total_us.load(Ordering::Relaxed), acquired),
             max_acquire_wait: Duration::from_micros(self.wait_max_us.load(Ordering::Relaxed)),
             average_connection_setup: average(self.setup_total_us.load(Ordering::Relaxed), created),
@@ -199,8 +218,10 @@ mod tests {
     #[test]
     fn reset_keeps_gauges_and_restarts_peak() {
         let stats = PoolStats::new();
-        stats.connection_opened(Duration::from_millis(4));
-        stats.connection_opened(Duration::from_millis(2));
+        for setup in [4, 2] {
+            stats.connection_opening();
+            stats.connection_opened(Duration::from_millis(setup));
+        }
         stats.connection_closed();
         stats.acquired(Duration::from_millis(10));
         stats.reset();
@@ -218,6 +239,7 @@ mod tests {
         let stats = PoolStats::new();
         stats.acquired(Duration::from_millis(10));
         stats.acquired(Duration::from_millis(30));
+        stats.connection_opening();
         stats.connection_opened(Duration::from_millis(6));
         let snap = stats.snapshot();
         assert_eq!(snap.average_acquire_wait, Duration::from_millis(20));

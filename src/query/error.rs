@@ -14,10 +14,10 @@ pub enum QueryError {
     /// PostgreSQL rejected the statement.
     #[error("{0}")]
     Sql(SqlError),
-    /// The caller's deadline passed; `cancelled` says whether a cancel
-    /// request reached PostgreSQL for a running statement.
-    #[error("deadline exceeded{}", if *.cancelled { "; the statement was cancelled in PostgreSQL" } else { "" })]
-    DeadlineExceeded { cancelled: bool },
+    /// The caller's deadline passed; a statement that was running is
+    /// being cancelled in PostgreSQL and its connection will be closed.
+    #[error("deadline exceeded; any running statement is cancelled in PostgreSQL")]
+    DeadlineExceeded,
     #[error("the result has more than {limit} rows; raise max_rows (up to the server's limit) or set allow_truncation")]
     ResultTooLarge { limit: u32 },
     /// The server connection broke mid-call.
@@ -66,7 +66,7 @@ impl QueryError {
                 },
                 batch_index: None,
             }),
-            None => QueryError::ConnectionLost(crate::pool::error_chain(err)),
+            None => QueryError::ConnectionLost(crate::postgres::error_chain(err)),
         }
     }
 }

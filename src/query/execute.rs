@@ -91,7 +91,7 @@ where
     let lease = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, pool.acquire())
             .await
-            .map_err(|_| QueryError::DeadlineExceeded { cancelled: false })??,
+            .map_err(|_| QueryError::DeadlineExceeded)??,
         None => pool.acquire().await?,
     };
     let canceller = lease.canceller();
@@ -111,8 +111,10 @@ where
             ))
         }
         Err(_elapsed) => {
-            let cancelled = canceller.cancel(CancelReason::Deadline).await;
-            Err(QueryError::DeadlineExceeded { cancelled })
+            // The cancel goes out from its own task: an unreachable server
+            // must not hold the caller past its deadline.
+            canceller.cancel_in_background(CancelReason::Deadline);
+            Err(QueryError::DeadlineExceeded)
         }
     }
 }
@@ -129,12 +131,8 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let (Some(canceller), Ok(runtime)) =
-            (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                canceller.cancel(CancelReason::Deadline).await;
-            });
+        if let Some(canceller) = self.0.take() {
+            canceller.cancel_in_background(CancelReason::Deadline);
         }
     }
 }
@@ -189,7 +187,7 @@ async fn run_statement(lease: Lease, statement: Statement) -> Result<QueryResult
 }
 
 async fn run_batch(
-    mut lease: Lease,
+    lease: Lease,
     sql: String,
     parameter_sets: Vec<Vec<SqlValue>>,
 ) -> Result<BatchResult, QueryError> {
@@ -211,10 +209,7 @@ async fn run_batch(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let result = {
-        let client = lease.conn_mut().client_mut();
-        run_in_transaction(client, &prepared, &encoded).await
-    };
+    let result = run_in_transaction(lease.conn().client(), &prepared, &encoded).await;
     result.map_err(|(index, err)| {
         let mut error = QueryError::from_postgres(&err);
         if let QueryError::Sql(sql_error) = &mut error {
@@ -225,23 +220,34 @@ async fn run_batch(
 }
 
 /// The transaction itself; an error carries the failing set's index. On
-/// error the transaction is dropped, which rolls it back before the
-/// connection can be reused.
+/// error the transaction is rolled back before the connection can be
+/// reused; a connection whose rollback fails is closed instead.
 async fn run_in_transaction(
-    client: &mut tokio_postgres::Client,
+    client: &tokio_postgres::Client,
     prepared: &tokio_postgres::Statement,
     encoded: &[Vec<EncodedParam>],
 ) -> Result<BatchResult, (Option<usize>, tokio_postgres::Error)> {
-    let tx = client.transaction().await.map_err(|err| (None, err))?;
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|err| (None, err))?;
     let mut rows_affected = Vec::with_capacity(encoded.len());
     for (i, params) in encoded.iter().enumerate() {
-        let count = tx
+        match client
             .execute_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
             .await
-            .map_err(|err| (Some(i), err))?;
-        rows_affected.push(count);
+        {
+            Ok(count) => rows_affected.push(count),
+            Err(err) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err((Some(i), err));
+            }
+        }
     }
-    tx.commit().await.map_err(|err| (None, err))?;
+    if let Err(err) = client.batch_execute("COMMIT").await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err((None, err));
+    }
     Ok(BatchResult { rows_affected })
 }
 

@@ -51,7 +51,8 @@ fn original_design_file_loads_with_ssl_disabled() {
     assert_eq!(analytics.limits.connection_timeout.as_millis(), 60_000);
     // Inherited from default_pool.
     assert_eq!(analytics.limits.health_check_interval.as_millis(), 60_000);
-    assert_eq!(analytics.max_retries, 3);
+    assert_eq!(analytics.recovery.max_attempts, 3);
+    assert_eq!(analytics.recovery.base_delay.as_millis(), 1000);
     assert!((config.monitoring.utilization_threshold - 0.8).abs() < f64::EPSILON);
 }
 

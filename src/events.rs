@@ -1,0 +1,267 @@
+//! The event bus: every event gets a server-wide increasing sequence number
+//! and a timestamp, goes into a bounded replay buffer, and is broadcast to
+//! live subscribers.
+//!
+//! A subscriber that falls behind by more than its buffer loses the oldest
+//! events it has not read and is told how many (tokio's broadcast lag), so
+//! no subscriber can slow a publisher or another subscriber. Publishing
+//! never blocks beyond one short mutex.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+
+use crate::health::HealthState;
+
+/// One thing that happened to one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub sequence: u64,
+    pub time: SystemTime,
+    pub pool: String,
+    pub detail: EventDetail,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventDetail {
+    PoolCreated,
+    PoolUpdated,
+    PoolRemoved,
+    HealthChanged {
+        from: HealthState,
+        to: HealthState,
+        reason: String,
+    },
+    /// A pool connection broke (the server or the network ended it).
+    ConnectionLost {
+        error: String,
+    },
+    /// The pool reached its database again after being unhealthy.
+    ConnectionRecovered {
+        failed_checks: u32,
+        unhealthy_for: Duration,
+    },
+    CheckCompleted {
+        state: HealthState,
+        latency: Option<Duration>,
+        error: Option<String>,
+    },
+}
+
+/// The kind of an event, for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    PoolCreated,
+    PoolUpdated,
+    PoolRemoved,
+    HealthChanged,
+    ConnectionLost,
+    ConnectionRecovered,
+    CheckCompleted,
+}
+
+impl EventDetail {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventDetail::PoolCreated => EventKind::PoolCreated,
+            EventDetail::PoolUpdated => EventKind::PoolUpdated,
+            EventDetail::PoolRemoved => EventKind::PoolRemoved,
+            EventDetail::HealthChanged { .. } => EventKind::HealthChanged,
+            EventDetail::ConnectionLost { .. } => EventKind::ConnectionLost,
+            EventDetail::ConnectionRecovered { .. } => EventKind::ConnectionRecovered,
+            EventDetail::CheckCompleted { .. } => EventKind::CheckCompleted,
+        }
+    }
+}
+
+pub struct EventBus {
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Arc<Event>>,
+    lagged_events: AtomicU64,
+}
+
+struct Ring {
+    /// The sequence the next event gets; sequences start at 1.
+    next: u64,
+    events: VecDeque<Arc<Event>>,
+    capacity: usize,
+}
+
+/// What a new subscriber starts from: the buffered events it asked to
+/// replay, then everything published after them, with nothing in between
+/// missed or repeated.
+pub struct Subscription {
+    pub replay: Vec<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The last sequence published when the subscription began (0 if none).
+    pub last_sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// The events right after `requested` were already dropped from the
+    /// replay buffer: the subscriber must start over with a snapshot.
+    #[error("cannot resume after sequence {requested}: the oldest event still buffered is {oldest}; start again with a snapshot")]
+    TooOld { requested: u64, oldest: u64 },
+    /// No such sequence was ever published here (the server restarted?).
+    #[error("cannot resume after sequence {requested}: the latest event is {latest} (has the server restarted?); start again with a snapshot")]
+    FromTheFuture { requested: u64, latest: u64 },
+}
+
+impl EventBus {
+    /// `replay_capacity` events are kept for resuming; a live subscriber
+    /// may fall `subscriber_capacity` events behind before it loses any.
+    pub fn new(replay_capacity: usize, subscriber_capacity: usize) -> EventBus {
+        let (live, _) = broadcast::channel(subscriber_capacity.max(1));
+        EventBus {
+            ring: Mutex::new(Ring {
+                next: 1,
+                events: VecDeque::with_capacity(replay_capacity.min(4096)),
+                capacity: replay_capacity.max(1),
+            }),
+            live,
+            lagged_events: AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes an event and returns its sequence number.
+    pub fn publish(&self, pool: &str, detail: EventDetail) -> u64 {
+        let mut ring = self.lock();
+        let event = Arc::new(Event {
+            sequence: ring.next,
+            time: SystemTime::now(),
+            pool: pool.to_string(),
+            detail,
+        });
+        ring.next += 1;
+        if ring.events.len() == ring.capacity {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(Arc::clone(&event));
+        // Sent under the lock, so a subscription taken under the same lock
+        // sees each event exactly once: in its replay or live.
+        let _no_subscribers = self.live.send(Arc::clone(&event));
+        event.sequence
+    }
+
+    /// Subscribes to live events, first replaying those after
+    /// `resume_after` (none when `None`).
+    pub fn subscribe(&self, resume_after: Option<u64>) -> Result<Subscription, ResumeError> {
+        let ring = self.lock();
+        let latest = ring.next - 1;
+        let replay = match resume_after {
+            None => Vec::new(),
+            Some(requested) if requested > latest => {
+                return Err(ResumeError::FromTheFuture { requested, latest })
+            }
+            Some(requested) => {
+                let oldest = ring.events.front().map_or(ring.next, |e| e.sequence);
+                if requested + 1 < oldest {
+                    return Err(ResumeError::TooOld { requested, oldest });
+                }
+                ring.events
+                    .iter()
+                    .filter(|e| e.sequence > requested)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Ok(Subscription {
+            replay,
+            live: self.live.subscribe(),
+            last_sequence: latest,
+        })
+    }
+
+    /// The last sequence published (0 if none).
+    pub fn last_sequence(&self) -> u64 {
+        self.lock().next - 1
+    }
+
+    /// Counts events a slow subscriber lost (reported to it as a lag event).
+    pub fn record_lag(&self, lost: u64) {
+        self.lagged_events.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// Events lost by slow subscribers since start, summed over subscribers.
+    pub fn lagged_events(&self) -> u64 {
+        self.lagged_events.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        match self.ring.lock() {
+            Ok(ring) => ring,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish_n(bus: &EventBus, n: usize) {
+        for _ in 0..n {
+            bus.publish("p", EventDetail::PoolUpdated);
+        }
+    }
+
+    #[test]
+    fn sequences_increase_from_one() {
+        let bus = EventBus::new(10, 10);
+        assert_eq!(bus.publish("a", EventDetail::PoolCreated), 1);
+        assert_eq!(bus.publish("b", EventDetail::PoolCreated), 2);
+        assert_eq!(bus.last_sequence(), 2);
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_followed() {
+        let bus = EventBus::new(10, 10);
+        publish_n(&bus, 5);
+        let sub = bus.subscribe(Some(3)).expect("resumable");
+        let replayed: Vec<u64> = sub.replay.iter().map(|e| e.sequence).collect();
+        assert_eq!(replayed, [4, 5]);
+        assert_eq!(sub.last_sequence, 5);
+        let sub = bus.subscribe(Some(5)).expect("nothing to replay");
+        assert!(sub.replay.is_empty());
+    }
+
+    #[test]
+    fn resume_from_an_evicted_or_unknown_sequence_is_refused() {
+        let bus = EventBus::new(4, 10);
+        publish_n(&bus, 10);
+        // Buffer holds 7..=10: resuming after 6 is fine, after 5 is not.
+        assert!(bus.subscribe(Some(6)).is_ok());
+        assert_eq!(
+            bus.subscribe(Some(5)).err(),
+            Some(ResumeError::TooOld {
+                requested: 5,
+                oldest: 7
+            })
+        );
+        assert_eq!(
+            bus.subscribe(Some(11)).err(),
+            Some(ResumeError::FromTheFuture {
+                requested: 11,
+                latest: 10
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn live_events_follow_the_replay_without_gap_or_repeat() {
+        let bus = EventBus::new(100, 100);
+        publish_n(&bus, 3);
+        let mut sub = bus.subscribe(Some(1)).expect("resumable");
+        publish_n(&bus, 2);
+        let mut seen: Vec<u64> = sub.replay.iter().map(|e| e.sequence).collect();
+        while let Ok(event) = sub.live.try_recv() {
+            seen.push(event.sequence);
+        }
+        assert_eq!(seen, [2, 3, 4, 5]);
+    }
+}

@@ -1,0 +1,91 @@
+//! The health probe: `SELECT 1` on a connection of its own, outside the
+//! pool's slots, so a pool that is busy (every connection leased) is not
+//! mistaken for a pool whose database is down, and a database that hangs is
+//! not mistaken for a busy pool. The connection is kept between probes and
+//! replaced after any failure. It shows in pg_stat_activity as
+//! `<application_name>/probe`.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::state::ProbeOutcome;
+use crate::config::PoolConfig;
+use crate::postgres::{Connector, DriverEnd};
+
+pub(crate) struct Probe {
+    connector: Connector,
+    client: Option<Client>,
+    timeout: Duration,
+}
+
+impl Probe {
+    pub(crate) fn new(config: &PoolConfig, timeout: Duration) -> Probe {
+        Probe {
+            connector: Connector::new(config, &probe_name(&config.application_name)),
+            client: None,
+            timeout,
+        }
+    }
+
+    /// One check: connect if needed, then `SELECT 1`, all within the timeout.
+    pub(crate) async fn run(&mut self) -> ProbeOutcome {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.check()).await;
+        match result {
+            Ok(Ok(())) => ProbeOutcome::Answered {
+                latency: started.elapsed(),
+            },
+            Ok(Err(error)) => {
+                self.client = None;
+                ProbeOutcome::Failed { error }
+            }
+            Err(_) => {
+                self.client = None;
+                ProbeOutcome::Failed {
+                    error: format!("no answer within {} ms", self.timeout.as_millis()),
+                }
+            }
+        }
+    }
+
+    async fn check(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let (client, _driver) = self
+                .connector
+                .open(|_: DriverEnd| {})
+                .await
+                .map_err(|err| err.to_string())?;
+            self.client = Some(client);
+        }
+        let client = self.client.as_ref().ok_or("probe connection missing")?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|err| crate::postgres::error_chain(&err))
+    }
+}
+
+/// `<application_name>/probe`, cut to PostgreSQL's 63 bytes on a character boundary.
+fn probe_name(application_name: &str) -> String {
+    let mut name = format!("{application_name}/probe");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_name_fits_postgres_limit() {
+        assert_eq!(probe_name("poolplane/main"), "poolplane/main/probe");
+        let long = "é".repeat(40);
+        let name = probe_name(&long);
+        assert!(name.len() <= 63);
+        assert!(name.is_char_boundary(name.len()));
+    }
+}
