@@ -51,7 +51,7 @@ impl Probe {
 
     async fn check(&mut self) -> Result<(), String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, _driver) = self
+            let (client, _closer) = self
                 .connector
                 .open(|_: DriverEnd| {})
                 .await

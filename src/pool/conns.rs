@@ -2,7 +2,7 @@
 //!
 //! mobc keeps idle connections in a private list; this table lets the
 //! maintenance loop see every connection anyway (age, idle time, whether it
-//! is leased) and close one at once by aborting its driver task. A small
+//! is leased) and close one at once through its stream's closer. A small
 //! state machine per connection settles races between maintenance and a
 //! checkout: a connection is IDLE, LEASED or CLOSING, and only a CAS from
 //! IDLE moves it to either of the others.
@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::task::AbortHandle;
 use tokio_postgres::Client;
+
+use crate::postgres::Closer;
 
 const IDLE: u8 = 0;
 const LEASED: u8 = 1;
@@ -46,7 +47,7 @@ pub(crate) struct ConnEntry {
     idle_since_us: AtomicU64,
     checked_at_us: AtomicU64,
     client: Mutex<Weak<Client>>,
-    driver: Mutex<Option<AbortHandle>>,
+    closer: Mutex<Option<Closer>>,
 }
 
 impl ConnEntry {
@@ -61,7 +62,7 @@ impl ConnEntry {
             idle_since_us: AtomicU64::new(0),
             checked_at_us: AtomicU64::new(0),
             client: Mutex::new(Weak::new()),
-            driver: Mutex::new(None),
+            closer: Mutex::new(None),
         }
     }
 
@@ -73,12 +74,12 @@ impl ConnEntry {
         u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    pub(crate) fn attach(&self, client: &Arc<Client>, driver: AbortHandle) {
+    pub(crate) fn attach(&self, client: &Arc<Client>, closer: Closer) {
         if let Ok(mut slot) = self.client.lock() {
             *slot = Arc::downgrade(client);
         }
-        if let Ok(mut slot) = self.driver.lock() {
-            *slot = Some(driver);
+        if let Ok(mut slot) = self.closer.lock() {
+            *slot = Some(closer);
         }
     }
 
@@ -130,8 +131,8 @@ impl ConnEntry {
         self.created.elapsed() >= max_lifetime.mul_f64(1.0 - self.lifetime_jitter)
     }
 
-    /// Closes an idle connection now: IDLE → CLOSING, then abort the driver
-    /// (the socket closes, the backend ends, the slot frees). False if it
+    /// Closes an idle connection now: IDLE → CLOSING, then close its
+    /// socket (the backend ends, then the driver and its slot). False if it
     /// was leased meanwhile; then it is marked to close when it comes back.
     pub(crate) fn close_if_idle(&self) -> bool {
         if self
@@ -142,8 +143,8 @@ impl ConnEntry {
             self.discard();
             return false;
         }
-        if let Some(driver) = self.driver.lock().ok().and_then(|mut slot| slot.take()) {
-            driver.abort();
+        if let Some(closer) = self.closer.lock().ok().and_then(|mut slot| slot.take()) {
+            closer.close();
         }
         true
     }

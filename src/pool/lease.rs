@@ -10,6 +10,7 @@ use tokio_postgres::CancelToken;
 use super::conns::{CancelReason, ConnEntry};
 use super::managed::Inflight;
 use super::manager::{PgConn, PgManager};
+use crate::postgres::Endpoint;
 
 pub struct Lease {
     conn: mobc::Connection<PgManager>,
@@ -26,7 +27,8 @@ pub struct Lease {
 pub struct LeaseCanceller {
     token: CancelToken,
     entry: Arc<ConnEntry>,
-    /// Bounds the cancel request's own connect (the server may be unreachable).
+    endpoint: Arc<Endpoint>,
+    /// Bounds the whole cancel request (the server may be unreachable).
     timeout: std::time::Duration,
 }
 
@@ -35,6 +37,7 @@ impl LeaseCanceller {
         LeaseCanceller {
             token: conn.cancel_token(),
             entry: conn.entry(),
+            endpoint: conn.endpoint(),
             timeout,
         }
     }
@@ -43,12 +46,10 @@ impl LeaseCanceller {
     /// whatever it is running. Returns whether the cancel request was sent.
     pub async fn cancel(&self, reason: CancelReason) -> bool {
         self.entry.cancelled(reason);
-        match tokio::time::timeout(self.timeout, self.token.cancel_query(tokio_postgres::NoTls))
-            .await
-        {
+        match tokio::time::timeout(self.timeout, self.endpoint.cancel(&self.token)).await {
             Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cancel request to PostgreSQL failed");
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cancel request to PostgreSQL failed");
                 false
             }
             Err(_) => {

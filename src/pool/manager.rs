@@ -24,13 +24,14 @@ use super::conns::{ConnEntry, ConnTable};
 use super::stats::PoolStats;
 use crate::config::PoolConfig;
 use crate::events::{EventBus, EventDetail};
-use crate::postgres::{Connector, DriverEnd, OpenError};
+use crate::postgres::{Connector, DriverEnd, Endpoint, OpenError};
 
 /// One open server connection.
 pub struct PgConn {
     client: Arc<Client>,
     cancel: CancelToken,
     entry: Arc<ConnEntry>,
+    endpoint: Arc<Endpoint>,
 }
 
 impl PgConn {
@@ -44,6 +45,10 @@ impl PgConn {
 
     pub(crate) fn entry(&self) -> Arc<ConnEntry> {
         Arc::clone(&self.entry)
+    }
+
+    pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
+        Arc::clone(&self.endpoint)
     }
 }
 
@@ -173,15 +178,16 @@ impl mobc::Manager for PgManager {
         };
         self.shared.stats.connection_opening();
         match self.connector.open(on_end).await {
-            Ok((client, driver)) => {
+            Ok((client, closer)) => {
                 self.shared.stats.connection_opened(started.elapsed());
                 self.shared.record_error(None);
                 let client = Arc::new(client);
-                entry.attach(&client, driver);
+                entry.attach(&client, closer);
                 Ok(PgConn {
                     cancel: client.cancel_token(),
                     client,
                     entry,
+                    endpoint: self.connector.endpoint(),
                 })
             }
             Err(err) => {

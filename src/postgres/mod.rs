@@ -5,14 +5,18 @@
 //! Used by the pool's mobc manager and by the health probe; knows nothing
 //! about pooling.
 
+mod stream;
 mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{CancelToken, Client, NoTls};
 
 use crate::config::PoolConfig;
+pub(crate) use stream::Closer;
+use stream::TrackedStream;
 use tls::Tls;
 
 /// Opens connections for one pool.
@@ -20,6 +24,30 @@ pub(crate) struct Connector {
     pg: tokio_postgres::Config,
     /// `Err` holds why TLS could not be set up; every open reports it.
     tls: Result<Tls, String>,
+    endpoint: Arc<Endpoint>,
+}
+
+/// Where a pool's server listens; also where cancel requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Endpoint {
+    /// Sends PostgreSQL a cancel request for the statement `token`'s
+    /// connection runs (over plain TCP, which PostgreSQL accepts for
+    /// cancel requests whatever pg_hba.conf says).
+    pub(crate) async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
+        let stream = stream::connect(&self.host, self.port, self.connect_timeout)
+            .await
+            .map_err(|err| err.to_string())?;
+        token
+            .cancel_query_raw(stream, NoTls)
+            .await
+            .map_err(|err| error_chain(&err))
+    }
 }
 
 /// How a connection's driver task ended.
@@ -29,7 +57,7 @@ pub(crate) enum DriverEnd {
     Closed,
     /// The server or the network ended it: the error says how.
     Failed(String),
-    /// We aborted the driver to close the socket at once.
+    /// The driver task was dropped without finishing (runtime shutdown).
     Aborted,
 }
 
@@ -39,6 +67,8 @@ pub enum OpenError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl Connector {
@@ -50,12 +80,8 @@ impl Connector {
             .dbname(&config.database)
             .user(&config.user)
             .application_name(application_name)
-            .connect_timeout(config.limits.connection_timeout)
-            // Keepalives and the user timeout make a dead peer show up as an
-            // error instead of a hang (DESIGN.md, mobc facts).
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            .tcp_user_timeout(Duration::from_secs(30))
+            // The socket itself (connect timeout, keepalives, user timeout)
+            // is set up in `stream::connect`.
             .ssl_mode(tls::driver_mode(config.sslmode));
         // tokio-postgres redacts the password in its own Debug output; it
         // is never logged from here.
@@ -68,31 +94,76 @@ impl Connector {
         Connector {
             pg,
             tls: tls::connector(config),
+            endpoint: Arc::new(Endpoint {
+                host: config.host.clone(),
+                port: config.port,
+                connect_timeout: config.limits.connection_timeout,
+            }),
         }
+    }
+
+    pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
+        Arc::clone(&self.endpoint)
     }
 
     /// Connects and spawns the connection's driver task. `on_end` runs
-    /// exactly once when the driver ends, however it ends (also on abort),
-    /// so whatever it releases is released.
-    pub(crate) async fn open<F>(&self, on_end: F) -> Result<(Client, AbortHandle), OpenError>
+    /// exactly once, when the driver ends (the backend is gone by then, see
+    /// `stream.rs`), however it ends, so whatever it releases is released.
+    /// The [`Closer`] closes the connection from outside.
+    pub(crate) async fn open<F>(&self, on_end: F) -> Result<(Client, Closer), OpenError>
     where
         F: FnOnce(DriverEnd) + Send + 'static,
     {
-        match &self.tls {
-            Err(why) => Err(OpenError::Tls(why.clone())),
+        let timeout = self.endpoint.connect_timeout;
+        let timed_out = || {
+            OpenError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "connection setup timed out after {} ms",
+                    timeout.as_millis()
+                ),
+            ))
+        };
+        tokio::time::timeout(timeout, self.open_within(on_end))
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    async fn open_within<F>(&self, on_end: F) -> Result<(Client, Closer), OpenError>
+    where
+        F: FnOnce(DriverEnd) + Send + 'static,
+    {
+        let tcp = stream::connect(
+            &self.endpoint.host,
+            self.endpoint.port,
+            self.endpoint.connect_timeout,
+        )
+        .await?;
+        let closer = Closer::default();
+        let stream = TrackedStream::new(tcp, closer.clone());
+        let client = match &self.tls {
+            Err(why) => return Err(OpenError::Tls(why.clone())),
             Ok(Tls::Plain) => {
-                let (client, connection) = self.pg.connect(NoTls).await?;
-                Ok((client, spawn_driver(connection, on_end)))
+                let (client, connection) = self.pg.connect_raw(stream, NoTls).await?;
+                spawn_driver(connection, closer.clone(), on_end);
+                client
             }
-            Ok(Tls::Rustls(connector)) => {
-                let (client, connection) = self.pg.connect(connector.clone()).await?;
-                Ok((client, spawn_driver(connection, on_end)))
+            Ok(Tls::Rustls(make)) => {
+                let tls = MakeTlsConnect::<TrackedStream>::make_tls_connect(
+                    &mut make.clone(),
+                    &self.endpoint.host,
+                )
+                .map_err(|err| OpenError::Tls(err.to_string()))?;
+                let (client, connection) = self.pg.connect_raw(stream, tls).await?;
+                spawn_driver(connection, closer.clone(), on_end);
+                client
             }
-        }
+        };
+        Ok((client, closer))
     }
 }
 
-fn spawn_driver<S, T, F>(connection: tokio_postgres::Connection<S, T>, on_end: F) -> AbortHandle
+fn spawn_driver<S, T, F>(connection: tokio_postgres::Connection<S, T>, closer: Closer, on_end: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -102,11 +173,12 @@ where
     tokio::spawn(async move {
         let end = match connection.await {
             Ok(()) => DriverEnd::Closed,
+            // Closed on our request: the driver sees end-of-file, which is no failure.
+            Err(_) if closer.requested() => DriverEnd::Closed,
             Err(err) => DriverEnd::Failed(error_chain(&err)),
         };
         guard.finish(end);
-    })
-    .abort_handle()
+    });
 }
 
 /// Calls `on_end` with `Aborted` if the task is dropped before finishing.

@@ -10,6 +10,7 @@
 //! (client disconnect), the same cancel is sent from a drop guard.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::{pin_mut, TryStreamExt};
 use tokio::time::Instant;
@@ -58,7 +59,11 @@ pub async fn execute(
     if statement.sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
-    with_lease(pool, deadline, move |lease| run_statement(lease, statement)).await
+    let statement = Arc::new(statement);
+    with_lease(pool, deadline, move |lease| {
+        run_statement(lease, Arc::clone(&statement))
+    })
+    .await
 }
 
 /// Runs one statement once per parameter set, in one transaction.
@@ -71,28 +76,70 @@ pub async fn execute_batch(
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
+    let sql = Arc::new(sql);
+    let parameter_sets = Arc::new(parameter_sets);
     with_lease(pool, deadline, move |lease| {
-        run_batch(lease, sql, parameter_sets)
+        run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
     })
     .await
 }
 
-/// Borrows a connection and runs `work` on it within `deadline`.
+/// Stale connections usually come in groups (a server restart, a mass
+/// `pg_terminate_backend`); a few retries cover a group, and each costs
+/// only a failed prepare.
+const STALE_RETRIES: usize = 3;
+
+/// How one attempt on one connection ended.
+enum Attempt<T> {
+    Done(Result<T, QueryError>),
+    /// The connection turned out dead before the statement reached the
+    /// server (it failed at prepare, which has no effects): another
+    /// connection may try, invisibly to the caller.
+    StaleConnection(QueryError),
+}
+
+/// Borrows a connection and runs `work` on it within `deadline`; another
+/// connection is tried (up to `STALE_RETRIES` times) if one was stale: a
+/// backend that ended while idle, before its driver noticed.
 async fn with_lease<T, F, Fut>(
     pool: &ManagedPool,
     deadline: Option<Instant>,
     work: F,
 ) -> Result<T, QueryError>
 where
-    F: FnOnce(Lease) -> Fut,
-    Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
+    F: Fn(Lease) -> Fut,
+    Fut: Future<Output = Attempt<T>> + Send + 'static,
     T: Send + 'static,
 {
-    let lease = match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, pool.acquire())
-            .await
-            .map_err(|_| QueryError::DeadlineExceeded)??,
-        None => pool.acquire().await?,
+    let mut attempt = once(pool, deadline, &work).await;
+    for _ in 0..STALE_RETRIES {
+        if !matches!(attempt, Attempt::StaleConnection(_)) {
+            break;
+        }
+        attempt = once(pool, deadline, &work).await;
+    }
+    match attempt {
+        Attempt::Done(result) => result,
+        Attempt::StaleConnection(error) => Err(error),
+    }
+}
+
+async fn once<T, F, Fut>(pool: &ManagedPool, deadline: Option<Instant>, work: &F) -> Attempt<T>
+where
+    F: Fn(Lease) -> Fut,
+    Fut: Future<Output = Attempt<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let acquired = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, pool.acquire()).await {
+            Ok(acquired) => acquired,
+            Err(_) => return Attempt::Done(Err(QueryError::DeadlineExceeded)),
+        },
+        None => pool.acquire().await,
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
+        Err(err) => return Attempt::Done(Err(err.into())),
     };
     let canceller = lease.canceller();
     let mut task = tokio::spawn(work(lease));
@@ -103,18 +150,50 @@ where
     };
     guard.disarm();
     match joined {
-        Ok(Ok(result)) => result,
+        Ok(Ok(attempt)) => attempt,
         Ok(Err(join_error)) => {
             tracing::error!(error = %join_error, "statement task failed");
-            Err(QueryError::ConnectionLost(
+            Attempt::Done(Err(QueryError::ConnectionLost(
                 "the statement task ended unexpectedly".into(),
-            ))
+            )))
         }
         Err(_elapsed) => {
             // The cancel goes out from its own task: an unreachable server
             // must not hold the caller past its deadline.
             canceller.cancel_in_background(CancelReason::Deadline);
-            Err(QueryError::DeadlineExceeded)
+            Attempt::Done(Err(QueryError::DeadlineExceeded))
+        }
+    }
+}
+
+/// Prepares `sql`; a connection that died while idle shows up here first,
+/// either as a closed connection or as the FATAL report the server queued
+/// while ending it (e.g. 57P01 after `pg_terminate_backend`).
+async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, Attempt<()>> {
+    lease.conn().client().prepare(sql).await.map_err(|err| {
+        let fatal = err
+            .as_db_error()
+            .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+        if fatal {
+            lease.discard();
+            return Attempt::StaleConnection(QueryError::from_postgres(&err));
+        }
+        match driver_error(lease, &err) {
+            error @ QueryError::ConnectionLost(_) => Attempt::StaleConnection(error),
+            other => Attempt::Done(Err(other)),
+        }
+    })
+}
+
+impl Attempt<()> {
+    /// The same failure for an attempt that would have produced a `T`.
+    fn retype<T>(self) -> Attempt<T> {
+        match self {
+            Attempt::StaleConnection(error) => Attempt::StaleConnection(error),
+            Attempt::Done(Err(error)) => Attempt::Done(Err(error)),
+            Attempt::Done(Ok(())) => Attempt::Done(Err(QueryError::ConnectionLost(
+                "prepare reported neither a statement nor an error".into(),
+            ))),
         }
     }
 }
@@ -137,25 +216,33 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_statement(lease: Lease, statement: Statement) -> Result<QueryResult, QueryError> {
+async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<QueryResult> {
+    let prepared = match prepare(&lease, &statement.sql).await {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure.retype(),
+    };
+    Attempt::Done(run_prepared(&lease, &statement, &prepared).await)
+}
+
+async fn run_prepared(
+    lease: &Lease,
+    statement: &Statement,
+    prepared: &tokio_postgres::Statement,
+) -> Result<QueryResult, QueryError> {
     let client = lease.conn().client();
-    let prepared = client
-        .prepare(&statement.sql)
-        .await
-        .map_err(|err| driver_error(&lease, &err))?;
     let params = encode_params("params", &statement.params, prepared.params())?;
     let columns = describe_columns(prepared.columns())?;
     let stream = client
-        .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+        .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
         .await
-        .map_err(|err| driver_error(&lease, &err))?;
+        .map_err(|err| driver_error(lease, &err))?;
     pin_mut!(stream);
     let limit = statement.max_rows as usize;
     let mut rows = Vec::new();
     while let Some(row) = stream
         .try_next()
         .await
-        .map_err(|err| driver_error(&lease, &err))?
+        .map_err(|err| driver_error(lease, &err))?
     {
         if rows.len() == limit {
             if !statement.allow_truncation {
@@ -188,15 +275,21 @@ async fn run_statement(lease: Lease, statement: Statement) -> Result<QueryResult
 
 async fn run_batch(
     lease: Lease,
-    sql: String,
-    parameter_sets: Vec<Vec<SqlValue>>,
+    sql: Arc<String>,
+    parameter_sets: Arc<Vec<Vec<SqlValue>>>,
+) -> Attempt<BatchResult> {
+    let prepared = match prepare(&lease, &sql).await {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure.retype(),
+    };
+    Attempt::Done(run_batch_prepared(&lease, &parameter_sets, &prepared).await)
+}
+
+async fn run_batch_prepared(
+    lease: &Lease,
+    parameter_sets: &[Vec<SqlValue>],
+    prepared: &tokio_postgres::Statement,
 ) -> Result<BatchResult, QueryError> {
-    let prepared = lease
-        .conn()
-        .client()
-        .prepare(&sql)
-        .await
-        .map_err(|err| driver_error(&lease, &err))?;
     // Every set is checked before BEGIN, so a bad parameter costs no round trip.
     let encoded = parameter_sets
         .iter()
@@ -209,13 +302,13 @@ async fn run_batch(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let result = run_in_transaction(lease.conn().client(), &prepared, &encoded).await;
+    let result = run_in_transaction(lease.conn().client(), prepared, &encoded).await;
     result.map_err(|(index, err)| {
         let mut error = QueryError::from_postgres(&err);
         if let QueryError::Sql(sql_error) = &mut error {
             sql_error.batch_index = index;
         }
-        classify(&lease, error)
+        classify(lease, error)
     })
 }
 

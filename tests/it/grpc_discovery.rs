@@ -1,6 +1,8 @@
 //! Standard gRPC discovery: the health protocol and server reflection in
 //! both versions grpcurl and newer tools speak, with no proto files.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -15,30 +17,94 @@ const SERVICES: [&str; 3] = [
     "grpc.health.v1.Health",
 ];
 
+async fn serving_status(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> Result<i32, tonic::Status> {
+    health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reports_serving_for_the_server_and_each_service() {
-    let server = TestServer::start(&config_yaml(&[PoolSpec::new("discovery", 1)])).await;
+async fn health_reports_liveness_and_honest_readiness_per_pool() {
+    let dead_port = crate::support::free_port();
+    let yaml = crate::support::config_yaml_with(
+        &[PoolSpec::new("discovery", 1), PoolSpec::new("discovery_dead", 1).port(dead_port)],
+        "  health_monitoring:\n    check_interval_ms: 100\n    connection_timeout_ms: 500\n    failure_threshold: 2\n",
+    );
+    let server = TestServer::start(&yaml).await;
     let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "poolplane.v1.Query", "poolplane.v1.PoolAdmin"] {
-        let response = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("health of `{service}`: {s:?}"))
-            .into_inner();
+    for service in ["", "poolplane.v1.PoolAdmin", "poolplane.v1.PoolEvents"] {
         assert_eq!(
-            response.status,
+            serving_status(&mut health, service)
+                .await
+                .expect("known service"),
             ServingStatus::Serving as i32,
             "service `{service}`"
         );
     }
-    let status = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
+    // Readiness follows the pools' health: the Query service is ready once
+    // a pool is, and each pool has its own entry.
+    crate::support::eventually("the live pool is ready", Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            serving_status(&mut health, "poolplane.v1.Query/discovery")
+                .await
+                .is_ok_and(|s| s == ServingStatus::Serving as i32)
+        }
+    })
+    .await;
+    crate::support::eventually(
+        "the dead pool is not ready",
+        Duration::from_secs(10),
+        || {
+            let mut health = health.clone();
+            async move {
+                serving_status(&mut health, "poolplane.v1.Query/discovery_dead")
+                    .await
+                    .is_ok_and(|s| s == ServingStatus::NotServing as i32)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        serving_status(&mut health, "poolplane.v1.Query")
+            .await
+            .expect("query"),
+        ServingStatus::Serving as i32,
+        "one ready pool makes the Query service ready"
+    );
+
+    // Without its only live pool, the Query service is not ready.
+    server
+        .admin()
+        .await
+        .delete_pool(poolplane::proto::DeletePoolRequest {
+            name: "discovery".into(),
+            ..Default::default()
         })
         .await
-        .expect_err("unknown service");
+        .expect("delete");
+    crate::support::eventually("Query not ready", Duration::from_secs(5), || {
+        let mut health = health.clone();
+        async move {
+            serving_status(&mut health, "poolplane.v1.Query")
+                .await
+                .is_ok_and(|s| s == ServingStatus::NotServing as i32)
+        }
+    })
+    .await;
+    let status = serving_status(&mut health, "poolplane.v1.Query/discovery")
+        .await
+        .expect_err("a removed pool has no entry");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = serving_status(&mut health, "no.such.Service")
+        .await
+        .expect_err("unknown");
     assert_eq!(status.code(), tonic::Code::NotFound);
     server.stop().await;
 }

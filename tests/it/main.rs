@@ -1,6 +1,7 @@
 //! Integration tests: one binary, so one build and one shared PostgreSQL
 //! cluster for every behaviour below (see `support`).
 
+mod proxy;
 mod support;
 
 mod admin_api;
@@ -8,6 +9,7 @@ mod config_validation;
 mod deadline;
 mod drain;
 mod grpc_discovery;
+mod health_recovery;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;

@@ -32,7 +32,8 @@ pub struct PgCluster {
 
 static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 
-/// The binary's shared cluster, started on first use.
+/// The binary's shared cluster, started on first use. Tests must not stop
+/// it: a test that breaks its server uses [`PgCluster::private`].
 pub fn cluster() -> &'static PgCluster {
     CLUSTER.get_or_init(PgCluster::start)
 }
@@ -99,6 +100,12 @@ pub fn free_port() -> u16 {
 }
 
 impl PgCluster {
+    /// A cluster of the caller's own, to stop and start at will; removed
+    /// when dropped (its watchdog's pipe closes).
+    pub fn private() -> PgCluster {
+        PgCluster::start()
+    }
+
     fn start() -> PgCluster {
         let bin = find_bin_dir();
         let dir = std::env::temp_dir().join(format!(
@@ -334,6 +341,11 @@ pub struct PoolSpec<'a> {
     pub max: u32,
     pub min: u32,
     pub connection_timeout_ms: u64,
+    /// Where the pool connects (the shared cluster by default; a proxy's or
+    /// a private cluster's port in fault tests).
+    pub port: Option<u16>,
+    /// More `key: value` lines for this pool.
+    pub extra: Vec<String>,
 }
 
 impl<'a> PoolSpec<'a> {
@@ -344,12 +356,29 @@ impl<'a> PoolSpec<'a> {
             max,
             min: 0,
             connection_timeout_ms: 5000,
+            port: None,
+            extra: Vec::new(),
         }
+    }
+
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    pub fn with(mut self, line: &str) -> Self {
+        self.extra.push(line.to_string());
+        self
     }
 }
 
 /// A configuration for the shared cluster with the given pools.
 pub fn config_yaml(pools: &[PoolSpec<'_>]) -> String {
+    config_yaml_with(pools, "")
+}
+
+/// As [`config_yaml`], with more sections (indented under `connection_pool`).
+pub fn config_yaml_with(pools: &[PoolSpec<'_>], sections: &str) -> String {
     let cluster = cluster();
     let mut yaml = format!(
         "connection_pool:\n  default_pool:\n    host: 127.0.0.1\n    port: {port}\n    user: postgres\n    password_file: {pw}\n  pools:\n",
@@ -361,14 +390,26 @@ pub fn config_yaml(pools: &[PoolSpec<'_>]) -> String {
             "    - name: {}\n      database: {}\n      max_connections: {}\n      min_connections: {}\n      connection_timeout_ms: {}\n",
             pool.name, pool.database, pool.max, pool.min, pool.connection_timeout_ms
         ));
+        if let Some(port) = pool.port {
+            yaml.push_str(&format!("      port: {port}\n"));
+        }
+        for line in &pool.extra {
+            yaml.push_str(&format!("      {line}\n"));
+        }
     }
-    yaml.push_str("  server:\n    grpc_listen: 127.0.0.1:0\n    max_result_rows: 1000\n    shutdown_timeout_ms: 5000\n    drain_timeout_ms: 5000\n");
+    if !sections.contains("  server:") {
+        yaml.push_str("  server:\n    grpc_listen: 127.0.0.1:0\n    max_result_rows: 1000\n    shutdown_timeout_ms: 5000\n    drain_timeout_ms: 5000\n");
+    }
+    yaml.push_str(sections);
     yaml
 }
 
 /// A poolplane server running in this process on a loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's core, for what a test cannot do over gRPC (publishing
+    /// many events quickly).
+    pub app: std::sync::Arc<poolplane::App>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -382,11 +423,17 @@ impl TestServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(poolplane::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let app = poolplane::App::start(&config);
+        let handle = tokio::spawn(poolplane::serve(
+            std::sync::Arc::clone(&app),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             addr,
+            app,
             stop: Some(stop),
             handle: Some(handle),
         }
@@ -406,6 +453,10 @@ impl TestServer {
 
     pub async fn query(&self) -> QueryClient<Channel> {
         QueryClient::new(self.channel().await)
+    }
+
+    pub async fn events(&self) -> poolplane::proto::pool_events_client::PoolEventsClient<Channel> {
+        poolplane::proto::pool_events_client::PoolEventsClient::new(self.channel().await)
     }
 
     /// Stops the server and asserts it shut down cleanly.
@@ -521,5 +572,94 @@ pub fn meta(status: &tonic::Status, key: &str) -> Option<String> {
             .get(key)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    }
+}
+
+/// A pool's health state as GetPool reports it.
+pub async fn health_state(server: &TestServer, pool: &str) -> poolplane::proto::HealthState {
+    let pool = server
+        .admin()
+        .await
+        .get_pool(poolplane::proto::GetPoolRequest { name: pool.into() })
+        .await
+        .expect("get pool")
+        .into_inner();
+    pool.health
+        .and_then(|h| poolplane::proto::HealthState::try_from(h.state).ok())
+        .unwrap_or(poolplane::proto::HealthState::Unspecified)
+}
+
+/// Waits (bounded) until the pool reaches `state`; returns how long it took.
+pub async fn wait_for_health(
+    server: &TestServer,
+    pool: &str,
+    state: poolplane::proto::HealthState,
+    timeout: Duration,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    eventually(&format!("{pool} becomes {state:?}"), timeout, || async {
+        health_state(server, pool).await == state
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Collects a Watch stream's events in the background.
+pub struct EventLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<poolplane::proto::Event>>>,
+    task: JoinHandle<()>,
+}
+
+impl EventLog {
+    pub async fn start(server: &TestServer, request: poolplane::proto::WatchRequest) -> EventLog {
+        let mut stream = server
+            .events()
+            .await
+            .watch(request)
+            .await
+            .expect("watch")
+            .into_inner();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&events);
+        let task = tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                sink.lock().expect("event log").push(event);
+            }
+        });
+        EventLog { events, task }
+    }
+
+    pub fn events(&self) -> Vec<poolplane::proto::Event> {
+        self.events.lock().expect("event log").clone()
+    }
+
+    pub fn has(
+        &self,
+        kind: poolplane::proto::EventKind,
+        matches: impl Fn(&poolplane::proto::Event) -> bool,
+    ) -> bool {
+        self.events()
+            .iter()
+            .any(|e| e.kind == kind as i32 && matches(e))
+    }
+
+    /// Waits (bounded) until an event of `kind` satisfying `matches` arrived.
+    pub async fn wait_for(
+        &self,
+        kind: poolplane::proto::EventKind,
+        timeout: Duration,
+        matches: impl Fn(&poolplane::proto::Event) -> bool,
+    ) {
+        eventually(&format!("a {kind:?} event"), timeout, || {
+            let found = self.has(kind, &matches);
+            async move { found }
+        })
+        .await;
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

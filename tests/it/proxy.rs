@@ -1,0 +1,91 @@
+//! A TCP proxy for fault tests: forwards loopback connections to a target
+//! port, and can be switched to hold all traffic (a blackhole: accepted,
+//! never answered) or to add latency, then back to normal.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Forward,
+    /// Hold every byte in both directions and every new connection.
+    Blackhole,
+    /// Delay every chunk by this much.
+    Latency(Duration),
+}
+
+pub struct Proxy {
+    pub port: u16,
+    mode: watch::Sender<Mode>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (mode, watcher) = watch::channel(Mode::Forward);
+        let target = SocketAddr::from(([127, 0, 0, 1], target_port));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, target, watcher.clone()));
+            }
+        });
+        Proxy { port, mode, task }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    // A blackholed proxy accepts but does not even connect onwards.
+    if mode.wait_for(|m| *m != Mode::Blackhole).await.is_err() {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::join!(
+        pump(client_read, server_write, mode.clone()),
+        pump(server_read, client_write, mode)
+    );
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let current = match mode.wait_for(|m| *m != Mode::Blackhole).await {
+            Ok(current) => *current,
+            Err(_) => break,
+        };
+        if let Mode::Latency(delay) = current {
+            tokio::time::sleep(delay).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
