@@ -5,14 +5,17 @@ mod proxy;
 mod support;
 
 mod admin_api;
+mod check_health;
 mod config_validation;
 mod deadline;
 mod drain;
 mod grpc_discovery;
 mod health_recovery;
+mod maintenance;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;
 mod serve_binary;
 mod status_codes;
 mod tls;
+mod watch;
