@@ -110,6 +110,30 @@ async fn health_reports_liveness_and_honest_readiness_per_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_announced_as_not_serving() {
+    let mut server = TestServer::start(&config_yaml(&[PoolSpec::new("goodbye", 1)])).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = updates.message().await.expect("ok").expect("first status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    server.begin_stop();
+    let next = tokio::time::timeout(Duration::from_secs(5), updates.message())
+        .await
+        .expect("an update before the server goes")
+        .expect("ok")
+        .expect("status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop(updates);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     let server = TestServer::start(&config_yaml(&[PoolSpec::new("discovery2", 1)])).await;
 

@@ -459,6 +459,13 @@ impl TestServer {
         poolplane::proto::pool_events_client::PoolEventsClient::new(self.channel().await)
     }
 
+    /// Signals shutdown without waiting for it (see [`TestServer::stop`]).
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and asserts it shut down cleanly.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
