@@ -8,9 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::Weak;
+use std::time::SystemTime;
+
 use crate::config::{Config, HealthConfig, PoolConfig, ServerConfig};
 use crate::events::{EventBus, EventDetail};
 use crate::health::{HealthReport, Monitor};
+use crate::monitor::{
+    Alert, AlertChange, AlertError, AlertFilter, MetricsSample, Monitoring, PoolObservation,
+};
 use crate::pool::{DrainReport, LimitsUpdate, ManagedPool, PoolError, PoolInfo, Registry};
 
 pub struct App {
@@ -18,7 +24,9 @@ pub struct App {
     monitors: Mutex<HashMap<String, Monitor>>,
     events: Arc<EventBus>,
     health: HealthConfig,
+    monitoring: Monitoring,
     server: ServerConfig,
+    collector: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl App {
@@ -34,8 +42,16 @@ impl App {
             monitors: Mutex::new(HashMap::new()),
             events,
             health: config.health.clone(),
+            monitoring: Monitoring::new(&config.monitoring),
             server: config.server.clone(),
+            collector: Mutex::new(None),
         });
+        if config.monitoring.enabled {
+            let task = tokio::spawn(collect(Arc::downgrade(&app)));
+            if let Ok(mut slot) = app.collector.lock() {
+                *slot = Some(task);
+            }
+        }
         if config.enabled {
             for pool in &config.pools {
                 if let Err(err) = app.create_pool(pool.clone(), false) {
@@ -101,8 +117,90 @@ impl App {
         let monitor = self.lock_monitors().remove(name);
         drop(monitor);
         let result = self.registry.delete(name, drain_timeout, force).await?;
+        let ended = self.monitoring.forget_pool(name, SystemTime::now());
+        self.publish_alert_changes(ended);
         self.events.publish(name, EventDetail::PoolRemoved);
         Ok(result)
+    }
+
+    pub fn monitoring(&self) -> &Monitoring {
+        &self.monitoring
+    }
+
+    /// A pool's metrics samples in a time range.
+    pub fn metrics_history(
+        &self,
+        pool: &str,
+        from: Option<SystemTime>,
+        to: Option<SystemTime>,
+    ) -> Result<Vec<MetricsSample>, PoolError> {
+        self.registry.get(pool)?;
+        Ok(self.monitoring.history(pool, from, to).unwrap_or_default())
+    }
+
+    pub fn alerts(&self, filter: &AlertFilter) -> Vec<Alert> {
+        self.monitoring.alerts(filter)
+    }
+
+    pub fn acknowledge_alert(&self, id: u64, by: &str) -> Result<Alert, AlertError> {
+        let change = self.monitoring.acknowledge(id, by)?;
+        Ok(self.publish_alert_change(change))
+    }
+
+    pub fn clear_alert(&self, id: u64) -> Result<Alert, AlertError> {
+        let change = self.monitoring.clear(id)?;
+        Ok(self.publish_alert_change(change))
+    }
+
+    /// One collection: a sample of every pool, alerts evaluated, events out.
+    pub fn collect_now(&self) {
+        let observations = self
+            .registry
+            .names()
+            .iter()
+            .filter_map(|name| self.registry.get(name).ok())
+            .map(|pool| {
+                let config = pool.config();
+                PoolObservation {
+                    name: config.name.clone(),
+                    stats: pool.info().stats,
+                    max: config.limits.max_connections,
+                    thresholds: config.alerts,
+                    health: self.health(&config.name).state,
+                }
+            })
+            .collect();
+        let (samples, changes) = self.monitoring.observe(observations, SystemTime::now());
+        for sample in samples {
+            let pool = sample.pool.clone();
+            self.events
+                .publish(&pool, EventDetail::MetricsSnapshot(sample));
+        }
+        self.publish_alert_changes(changes);
+    }
+
+    fn publish_alert_changes(&self, changes: Vec<AlertChange>) {
+        for change in changes {
+            self.publish_alert_change(change);
+        }
+    }
+
+    fn publish_alert_change(&self, change: AlertChange) -> Alert {
+        let (detail, alert) = match change {
+            AlertChange::Triggered(alert) => {
+                tracing::warn!(pool = %alert.pool, rule = alert.rule.as_str(), message = %alert.message, "alert triggered");
+                (EventDetail::AlertTriggered(alert.clone()), alert)
+            }
+            AlertChange::Acknowledged(alert) => {
+                (EventDetail::AlertAcknowledged(alert.clone()), alert)
+            }
+            AlertChange::Ended(alert) => {
+                tracing::info!(pool = %alert.pool, rule = alert.rule.as_str(), "alert ended");
+                (EventDetail::AlertResolved(alert.clone()), alert)
+            }
+        };
+        self.events.publish(&alert.pool, detail);
+        alert
     }
 
     /// The last health report of a pool (UNKNOWN when not monitored).
@@ -157,6 +255,9 @@ impl App {
 
     /// Stops monitors and drains every pool (shutdown).
     pub async fn shutdown(&self, drain_timeout: Duration) {
+        if let Some(task) = self.collector.lock().ok().and_then(|mut slot| slot.take()) {
+            task.abort();
+        }
         let monitors: Vec<Monitor> = self.lock_monitors().drain().map(|(_, m)| m).collect();
         drop(monitors);
         let names = self.registry.names();
@@ -170,6 +271,25 @@ impl App {
         match self.monitors.lock() {
             Ok(monitors) => monitors,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// The metrics collector: one sample of every pool per
+/// `monitoring.collection_interval_ms`, until the app is gone.
+async fn collect(app: Weak<App>) {
+    let interval = match app.upgrade() {
+        Some(app) => app.monitoring.config().collection_interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match app.upgrade() {
+            Some(app) => app.collect_now(),
+            None => return,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::health::HealthState;
+use crate::monitor::{Alert, MetricsSample};
 
 /// One thing that happened to one pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,12 @@ pub enum EventDetail {
         latency: Option<Duration>,
         error: Option<String>,
     },
+    AlertTriggered(Alert),
+    AlertAcknowledged(Alert),
+    /// Resolved, or cleared by hand (the alert's state says which).
+    AlertResolved(Alert),
+    /// Opt-in for subscribers: one per pool per collection interval.
+    MetricsSnapshot(MetricsSample),
 }
 
 /// The kind of an event, for filtering.
@@ -62,6 +69,10 @@ pub enum EventKind {
     ConnectionLost,
     ConnectionRecovered,
     CheckCompleted,
+    AlertTriggered,
+    AlertAcknowledged,
+    AlertResolved,
+    MetricsSnapshot,
 }
 
 impl EventDetail {
@@ -74,6 +85,10 @@ impl EventDetail {
             EventDetail::ConnectionLost { .. } => EventKind::ConnectionLost,
             EventDetail::ConnectionRecovered { .. } => EventKind::ConnectionRecovered,
             EventDetail::CheckCompleted { .. } => EventKind::CheckCompleted,
+            EventDetail::AlertTriggered(_) => EventKind::AlertTriggered,
+            EventDetail::AlertAcknowledged(_) => EventKind::AlertAcknowledged,
+            EventDetail::AlertResolved(_) => EventKind::AlertResolved,
+            EventDetail::MetricsSnapshot(_) => EventKind::MetricsSnapshot,
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod app;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod http;
+pub mod monitor;
 pub mod pool;
 mod postgres;
 pub mod query;
@@ -31,5 +33,5 @@ pub mod proto {
         tonic::include_file_descriptor_set!("poolplane_descriptor");
 }
 
-pub use api::{run, serve};
+pub use api::{run, serve, Listeners};
 pub use app::App;

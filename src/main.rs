@@ -31,6 +31,9 @@ enum Command {
         /// Override connection_pool.server.grpc_listen.
         #[arg(long)]
         grpc_listen: Option<SocketAddr>,
+        /// Override connection_pool.server.http_listen (/metrics).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
     },
     /// Validate a configuration file: prints OK or every error.
     CheckConfig {
@@ -46,9 +49,10 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             grpc_listen,
+            http_listen,
         } => {
             init_logging();
-            match serve(&config, grpc_listen) {
+            match serve(&config, grpc_listen, http_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -83,19 +87,33 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
-fn serve(path: &std::path::Path, grpc_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+fn serve(
+    path: &std::path::Path,
+    grpc_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let addr = grpc_listen.unwrap_or(config.server.grpc_listen);
-        let listener = tokio::net::TcpListener::bind(addr)
+        let grpc_addr = grpc_listen.unwrap_or(config.server.grpc_listen);
+        let http_addr = http_listen.unwrap_or(config.server.http_listen);
+        let grpc = tokio::net::TcpListener::bind(grpc_addr)
             .await
-            .with_context(|| format!("binding the gRPC listener on {addr}"))?;
-        tracing::info!(%addr, "gRPC listening");
-        poolplane::run(config, listener, shutdown_signal()).await
+            .with_context(|| format!("binding the gRPC listener on {grpc_addr}"))?;
+        let http = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {http_addr}"))?;
+        tracing::info!(%grpc_addr, "gRPC listening");
+        tracing::info!(%http_addr, "HTTP listening (/metrics)");
+        poolplane::run(
+            config,
+            poolplane::Listeners { grpc, http },
+            shutdown_signal(),
+        )
+        .await
     })
 }
 

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{health_to_proto, pool_to_proto};
-use super::status::{invalid_argument, invalid_config, pool_status};
+use super::convert::{
+    alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, severity_from_proto,
+};
+use super::status::{alert_status, invalid_argument, invalid_config, pool_status};
 use crate::app::App;
 use crate::config::{pool_from_request, PoolRequest, Secret};
+use crate::monitor::AlertFilter;
 use crate::pool::{LimitsUpdate, PoolInfo};
 use crate::proto::{self, pool_admin_server::PoolAdmin};
 
@@ -93,6 +96,9 @@ impl PoolAdmin for AdminService {
             health_check_interval_ms: r.health_check_interval_ms,
             statement_timeout_ms: r.statement_timeout_ms,
             max_lifetime_ms: r.max_lifetime_ms,
+            utilization_alert_threshold: r.utilization_alert_threshold,
+            error_rate_alert_threshold: r.error_rate_alert_threshold,
+            acquire_wait_alert_threshold_ms: r.acquire_wait_alert_threshold_ms,
         };
         let config = pool_from_request(pool_request, self.app.registry().defaults())
             .map_err(|errors| invalid_config(&errors))?;
@@ -118,6 +124,11 @@ impl PoolAdmin for AdminService {
                 .statement_timeout_ms
                 .map(|ms| (ms > 0).then(|| Duration::from_millis(ms))),
             max_lifetime: r.max_lifetime_ms.map(Duration::from_millis),
+            utilization_alert_threshold: r.utilization_alert_threshold,
+            error_rate_alert_threshold: r.error_rate_alert_threshold,
+            acquire_wait_alert_threshold: r
+                .acquire_wait_alert_threshold_ms
+                .map(Duration::from_millis),
         };
         let info = self
             .app
@@ -187,4 +198,73 @@ impl PoolAdmin for AdminService {
             .collect();
         Ok(Response::new(proto::CheckHealthResponse { results }))
     }
+
+    async fn get_metrics_history(
+        &self,
+        request: Request<proto::GetMetricsHistoryRequest>,
+    ) -> Result<Response<proto::GetMetricsHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let from = r.from.map(|t| system_time("from", t)).transpose()?;
+        let to = r.to.map(|t| system_time("to", t)).transpose()?;
+        let samples = self
+            .app
+            .metrics_history(required_name(&r.pool)?, from, to)
+            .map_err(pool_status)?;
+        let config = self.app.monitoring().config();
+        Ok(Response::new(proto::GetMetricsHistoryResponse {
+            samples: samples.iter().map(sample_to_proto).collect(),
+            collection_interval_ms: millis(config.collection_interval),
+            retention_period_ms: millis(config.retention_period),
+        }))
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<proto::ListAlertsRequest>,
+    ) -> Result<Response<proto::ListAlertsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = AlertFilter {
+            include_ended: r.include_ended,
+            pool: non_empty(r.pool),
+            severity: severity_from_proto(r.severity)?,
+        };
+        let alerts = self
+            .app
+            .alerts(&filter)
+            .iter()
+            .map(alert_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListAlertsResponse { alerts }))
+    }
+
+    async fn acknowledge_alert(
+        &self,
+        request: Request<proto::AcknowledgeAlertRequest>,
+    ) -> Result<Response<proto::Alert>, Status> {
+        let r = request.into_inner();
+        let alert = self
+            .app
+            .acknowledge_alert(r.id, &r.by)
+            .map_err(alert_status)?;
+        Ok(Response::new(alert_to_proto(&alert)))
+    }
+
+    async fn clear_alert(
+        &self,
+        request: Request<proto::ClearAlertRequest>,
+    ) -> Result<Response<proto::Alert>, Status> {
+        let alert = self
+            .app
+            .clear_alert(request.into_inner().id)
+            .map_err(alert_status)?;
+        Ok(Response::new(alert_to_proto(&alert)))
+    }
+}
+
+fn system_time(
+    field: &str,
+    timestamp: prost_types::Timestamp,
+) -> Result<std::time::SystemTime, Status> {
+    std::time::SystemTime::try_from(timestamp)
+        .map_err(|_| invalid_argument(field, "not a valid timestamp"))
 }

@@ -8,6 +8,7 @@ use tonic::Status;
 use super::status::invalid_argument;
 use crate::events::{Event, EventDetail, EventKind};
 use crate::health::{HealthReport, HealthState};
+use crate::monitor::{Alert, AlertRule, AlertState, MetricsSample, Severity};
 use crate::pool::{PoolInfo, PoolState, StatsSnapshot};
 use crate::proto::{self, event::Detail, value::Kind};
 use crate::query::{Column, Instant, Interval, QueryResult, SqlValue};
@@ -146,6 +147,9 @@ pub(crate) fn pool_to_proto(info: PoolInfo, health: &HealthReport) -> proto::Poo
             statement_timeout_ms: limits.statement_timeout.map(millis).unwrap_or(0),
             password_source: config.password_source.to_string(),
             max_lifetime_ms: millis(limits.max_lifetime),
+            utilization_alert_threshold: config.alerts.utilization,
+            error_rate_alert_threshold: config.alerts.error_rate,
+            acquire_wait_alert_threshold_ms: millis(config.alerts.acquire_wait),
         }),
         state: state_to_proto(info.state) as i32,
         statistics: Some(stats_to_proto(&info.stats, limits.max_connections)),
@@ -195,6 +199,10 @@ pub(crate) fn event_kind_from_proto(kind: i32) -> Result<Option<EventKind>, Stat
         proto::EventKind::ConnectionLost => Some(EventKind::ConnectionLost),
         proto::EventKind::ConnectionRecovered => Some(EventKind::ConnectionRecovered),
         proto::EventKind::CheckCompleted => Some(EventKind::CheckCompleted),
+        proto::EventKind::AlertTriggered => Some(EventKind::AlertTriggered),
+        proto::EventKind::AlertAcknowledged => Some(EventKind::AlertAcknowledged),
+        proto::EventKind::AlertResolved => Some(EventKind::AlertResolved),
+        proto::EventKind::MetricsSnapshot => Some(EventKind::MetricsSnapshot),
         proto::EventKind::Snapshot | proto::EventKind::SnapshotEnd | proto::EventKind::Lagged => {
             None
         }
@@ -242,6 +250,22 @@ pub(crate) fn event_to_proto(event: &Event) -> proto::Event {
                 error: error.clone().unwrap_or_default(),
             })),
         ),
+        EventDetail::AlertTriggered(alert) => (
+            proto::EventKind::AlertTriggered,
+            Some(Detail::Alert(alert_to_proto(alert))),
+        ),
+        EventDetail::AlertAcknowledged(alert) => (
+            proto::EventKind::AlertAcknowledged,
+            Some(Detail::Alert(alert_to_proto(alert))),
+        ),
+        EventDetail::AlertResolved(alert) => (
+            proto::EventKind::AlertResolved,
+            Some(Detail::Alert(alert_to_proto(alert))),
+        ),
+        EventDetail::MetricsSnapshot(sample) => (
+            proto::EventKind::MetricsSnapshot,
+            Some(Detail::Metrics(sample_to_proto(sample))),
+        ),
     };
     proto::Event {
         sequence: event.sequence,
@@ -262,9 +286,11 @@ pub(crate) fn lagged_event(lost: u64) -> proto::Event {
     }
 }
 
-/// One SNAPSHOT event per pool, then SNAPSHOT_END at `last_sequence`.
+/// One SNAPSHOT event per pool and per active alert, then SNAPSHOT_END
+/// at `last_sequence`.
 pub(crate) fn snapshot_events(
     pools: Vec<(PoolInfo, HealthReport)>,
+    alerts: Vec<Alert>,
     last_sequence: u64,
 ) -> Vec<proto::Event> {
     let now = timestamp(SystemTime::now());
@@ -278,6 +304,13 @@ pub(crate) fn snapshot_events(
             detail: Some(Detail::Snapshot(pool_to_proto(info, &health))),
         })
         .collect();
+    events.extend(alerts.iter().map(|alert| proto::Event {
+        sequence: 0,
+        time: Some(now),
+        pool: alert.pool.clone(),
+        kind: proto::EventKind::Snapshot as i32,
+        detail: Some(Detail::Alert(alert_to_proto(alert))),
+    }));
     events.push(proto::Event {
         sequence: 0,
         time: Some(now),
@@ -317,6 +350,8 @@ fn stats_to_proto(stats: &StatsSnapshot, max: u32) -> proto::PoolStatistics {
         broken_connections: stats.broken_connections,
         uptime_ms: millis(stats.uptime),
         reset_at: Some(timestamp(stats.reset_at)),
+        acquire_rejected: stats.acquire_rejected,
+        acquire_cancelled: stats.acquire_cancelled,
     }
 }
 
@@ -334,4 +369,78 @@ fn saturating_u32(value: u64) -> u32 {
 
 fn timestamp(at: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(at)
+}
+
+pub(crate) fn sample_to_proto(sample: &MetricsSample) -> proto::MetricsSample {
+    proto::MetricsSample {
+        pool: sample.pool.clone(),
+        time: Some(timestamp(sample.time)),
+        acquisitions_per_second: sample.acquisitions_per_second,
+        connections_created_per_second: sample.connections_created_per_second,
+        average_acquire_wait_ms: ms_f64(sample.average_acquire_wait),
+        utilization_ratio: sample.utilization,
+        error_rate_ratio: sample.error_rate,
+        active: saturating_u32(sample.active),
+        idle: saturating_u32(sample.idle),
+        total: saturating_u32(sample.total),
+        pending: saturating_u32(sample.pending),
+        max: sample.max,
+        peak_connections: saturating_u32(sample.peak_connections),
+        uptime_ms: millis(sample.uptime),
+        acquire_timeouts: sample.acquire_timeouts,
+        health: health_state_to_proto(sample.health) as i32,
+    }
+}
+
+pub(crate) fn alert_to_proto(alert: &Alert) -> proto::Alert {
+    proto::Alert {
+        id: alert.id,
+        pool: alert.pool.clone(),
+        rule: rule_to_proto(alert.rule) as i32,
+        severity: severity_to_proto(alert.severity) as i32,
+        state: match alert.state {
+            AlertState::Firing => proto::AlertState::Firing,
+            AlertState::Acknowledged => proto::AlertState::Acknowledged,
+            AlertState::Resolved => proto::AlertState::Resolved,
+            AlertState::Cleared => proto::AlertState::Cleared,
+        } as i32,
+        message: alert.message.clone(),
+        value: alert.value,
+        threshold: alert.threshold,
+        fired_at: Some(timestamp(alert.fired_at)),
+        acknowledged_at: alert.acknowledged_at.map(timestamp),
+        acknowledged_by: alert.acknowledged_by.clone(),
+        ended_at: alert.ended_at.map(timestamp),
+    }
+}
+
+fn rule_to_proto(rule: AlertRule) -> proto::AlertRule {
+    match rule {
+        AlertRule::HighUtilization => proto::AlertRule::HighUtilization,
+        AlertRule::HighErrorRate => proto::AlertRule::HighErrorRate,
+        AlertRule::PoolUnhealthy => proto::AlertRule::PoolUnhealthy,
+        AlertRule::SlowAcquire => proto::AlertRule::SlowAcquire,
+        AlertRule::PoolExhausted => proto::AlertRule::PoolExhausted,
+    }
+}
+
+fn severity_to_proto(severity: Severity) -> proto::AlertSeverity {
+    match severity {
+        Severity::Warning => proto::AlertSeverity::Warning,
+        Severity::Error => proto::AlertSeverity::Error,
+        Severity::Critical => proto::AlertSeverity::Critical,
+    }
+}
+
+/// A severity filter: unspecified means every severity.
+pub(crate) fn severity_from_proto(severity: i32) -> Result<Option<Severity>, Status> {
+    let severity = proto::AlertSeverity::try_from(severity).map_err(|_| {
+        invalid_argument("severity", &format!("{severity} is not an AlertSeverity"))
+    })?;
+    Ok(match severity {
+        proto::AlertSeverity::Unspecified => None,
+        proto::AlertSeverity::Warning => Some(Severity::Warning),
+        proto::AlertSeverity::Error => Some(Severity::Error),
+        proto::AlertSeverity::Critical => Some(Severity::Critical),
+    })
 }

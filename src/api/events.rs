@@ -36,9 +36,15 @@ struct Filter {
 }
 
 impl Filter {
+    /// Metrics snapshots are opt-in: only subscribers naming the kind get them.
     fn matches(&self, event: &Event) -> bool {
-        (self.pools.is_empty() || self.pools.contains(&event.pool))
-            && (self.kinds.is_empty() || self.kinds.contains(&event.detail.kind()))
+        let kind = event.detail.kind();
+        let kind_wanted = if self.kinds.is_empty() {
+            kind != EventKind::MetricsSnapshot
+        } else {
+            self.kinds.contains(&kind)
+        };
+        kind_wanted && (self.pools.is_empty() || self.pools.contains(&event.pool))
     }
 
     fn matches_pool(&self, pool: &str) -> bool {
@@ -123,7 +129,14 @@ impl PoolEvents for EventsService {
                 .into_iter()
                 .filter(|(info, _)| filter.matches_pool(&info.config.name))
                 .collect();
-            queued.extend(snapshot_events(pools, subscription.last_sequence));
+            let alerts = self
+                .app
+                .monitoring()
+                .active_alerts()
+                .into_iter()
+                .filter(|alert| filter.matches_pool(&alert.pool))
+                .collect();
+            queued.extend(snapshot_events(pools, alerts, subscription.last_sequence));
         }
         queued.extend(
             subscription

@@ -1,6 +1,6 @@
 //! The gRPC surface: thin tonic services that translate protobuf to the
 //! application core (`app`) and back, plus health and reflection, and
-//! [`serve`], which runs them until shutdown.
+//! [`serve`], which runs them (and the HTTP listener) until shutdown.
 //!
 //! Invariant: the services hold no logic beyond translation; every domain
 //! error becomes a `tonic::Status` in `status.rs` and nowhere else.
@@ -22,28 +22,54 @@ use tonic::transport::Server;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::http::{GrpcMetrics, GrpcMetricsLayer, HttpState};
 use crate::proto::pool_admin_server::PoolAdminServer;
 use crate::proto::pool_events_server::PoolEventsServer;
 use crate::proto::query_server::QueryServer;
 
-/// Starts the core from `config` and serves it on `listener` until
-/// `shutdown` completes (see [`serve`]).
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    serve(App::start(&config), listener, shutdown).await
+/// The sockets the server answers on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    /// gRPC: PoolAdmin, Query, PoolEvents, health, reflection.
+    pub grpc: TcpListener,
+    /// HTTP: `/metrics`.
+    pub http: TcpListener,
 }
 
-/// Serves the gRPC API for `app` on `listener` until `shutdown` completes,
-/// then reports NOT_SERVING, ends Watch streams, lets in-flight calls
-/// finish (bounded by `server.shutdown_timeout_ms`) and drains every pool.
-pub async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
+/// Starts the core from `config` and serves it until `shutdown` completes
+/// (see [`serve`]).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve(App::start(&config), listeners, shutdown).await
+}
+
+/// Serves the gRPC API and `/metrics` for `app` until `shutdown` completes,
+/// then reports NOT_SERVING, ends Watch streams, lets in-flight calls
+/// finish (bounded by `server.shutdown_timeout_ms`), drains every pool and
+/// stops the HTTP listener last.
+pub async fn serve(
+    app: Arc<App>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let grpc_metrics = GrpcMetrics::register(&registry)?;
+    let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(crate::http::serve(
+        HttpState {
+            app: Arc::clone(&app),
+            registry,
+        },
+        listeners.http,
+        async {
+            let _ = http_stop.await;
+        },
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = tokio::spawn(readiness::track(Arc::clone(&app), health.clone()));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -59,6 +85,7 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .layer(GrpcMetricsLayer::new(grpc_metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -70,7 +97,7 @@ pub async fn serve(
             Arc::clone(&app),
             stopping,
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
@@ -94,6 +121,12 @@ pub async fn serve(
         }
     }
     app.shutdown(shutdown_timeout).await;
+    let _ = http_stop_tx.send(());
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "HTTP listener ended with an error"),
+        Err(err) => tracing::warn!(error = %err, "HTTP listener task failed"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use crate::config::ConfigError;
 use crate::events::ResumeError;
+use crate::monitor::AlertError;
 use crate::pool::PoolError;
 use crate::query::{QueryError, SqlError};
 
@@ -48,6 +49,22 @@ pub(crate) fn invalid_config(errors: &[ConfigError]) -> Status {
         message,
         &[("poolplane-field", field)],
     )
+}
+
+pub(crate) fn alert_status(err: AlertError) -> Status {
+    let message = err.to_string();
+    match err {
+        AlertError::NotFound(id) => with(
+            Code::NotFound,
+            message,
+            &[("poolplane-alert", id.to_string())],
+        ),
+        AlertError::Ended(id) => with(
+            Code::FailedPrecondition,
+            message,
+            &[("poolplane-alert", id.to_string())],
+        ),
+    }
 }
 
 /// A Watch that cannot resume where it asked: OUT_OF_RANGE, with the

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use secret::{PasswordSource, Secret};
 pub use tls::{TlsFiles, TlsMaterial};
-pub(crate) use validate::check_limits;
+pub(crate) use validate::{check_limits, check_thresholds};
 pub use validate::{pool_from_request, PoolRequest};
 
 /// The whole, validated configuration.
@@ -53,6 +53,18 @@ pub struct PoolConfig {
     pub tls: TlsFiles,
     pub limits: PoolLimits,
     pub recovery: RecoveryConfig,
+    pub alerts: AlertThresholds,
+}
+
+/// When a pool's alerts fire; changeable live (UpdatePool).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertThresholds {
+    /// Active / max connections above this fires high-utilization.
+    pub utilization: f64,
+    /// Pool-side failures / acquisition attempts above this fires high-error-rate.
+    pub error_rate: f64,
+    /// Average acquire wait above this fires slow-acquire.
+    pub acquire_wait: Duration,
 }
 
 /// How a pool reconnects after its database became unreachable.
@@ -95,6 +107,7 @@ pub struct PoolDefaults {
     pub tls: TlsFiles,
     pub limits: PoolLimits,
     pub recovery: RecoveryConfig,
+    pub alerts: AlertThresholds,
 }
 
 /// `connection_pool.health_monitoring` (used by the health monitor).
@@ -121,6 +134,13 @@ pub struct MonitoringConfig {
     pub enable_alerts: bool,
     pub utilization_threshold: f64,
     pub error_rate_threshold: f64,
+    pub acquire_wait_threshold: Duration,
+    /// Samples in a row a condition must hold before its alert fires.
+    pub fire_after_samples: u32,
+    /// Samples in a row a condition must be clear before its alert resolves.
+    pub resolve_after_samples: u32,
+    /// Ended alerts kept for ListAlerts.
+    pub alert_history: u32,
 }
 
 /// `connection_pool.security`.
@@ -140,6 +160,8 @@ pub struct SecurityConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
+    /// `/metrics` and `/status`.
+    pub http_listen: SocketAddr,
     /// The most rows one Execute may return.
     pub max_result_rows: u32,
     /// How long shutdown waits for in-flight calls.

@@ -52,6 +52,9 @@ pub(crate) struct RawPool {
     pub(crate) max_retries: Option<i64>,
     pub(crate) retry_delay_ms: Option<i64>,
     pub(crate) max_retry_delay_ms: Option<i64>,
+    pub(crate) utilization_alert_threshold: Option<f64>,
+    pub(crate) error_rate_alert_threshold: Option<f64>,
+    pub(crate) acquire_wait_alert_threshold_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +79,10 @@ pub(crate) struct RawMonitoring {
     pub(crate) enable_alerts: Option<bool>,
     pub(crate) connection_utilization_threshold: Option<f64>,
     pub(crate) error_rate_threshold: Option<f64>,
+    pub(crate) acquire_wait_threshold_ms: Option<i64>,
+    pub(crate) alert_fire_after_samples: Option<i64>,
+    pub(crate) alert_resolve_after_samples: Option<i64>,
+    pub(crate) alert_history: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +115,7 @@ pub(crate) struct RawAuthentication {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub(crate) grpc_listen: Option<String>,
+    pub(crate) http_listen: Option<String>,
     pub(crate) max_result_rows: Option<i64>,
     pub(crate) shutdown_timeout_ms: Option<i64>,
     pub(crate) drain_timeout_ms: Option<i64>,

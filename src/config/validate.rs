@@ -13,8 +13,8 @@ use super::schema::{FileRoot, RawPool, RawRoot, RawSsl};
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
-    Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits,
-    RecoveryConfig, SecurityConfig, ServerConfig, SslMode,
+    AlertThresholds, Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults,
+    PoolLimits, RecoveryConfig, SecurityConfig, ServerConfig, SslMode,
 };
 
 const ROOT: &str = "connection_pool";
@@ -63,6 +63,9 @@ pub struct PoolRequest {
     pub health_check_interval_ms: Option<u64>,
     pub statement_timeout_ms: Option<u64>,
     pub max_lifetime_ms: Option<u64>,
+    pub utilization_alert_threshold: Option<f64>,
+    pub error_rate_alert_threshold: Option<f64>,
+    pub acquire_wait_alert_threshold_ms: Option<u64>,
 }
 
 /// Validates a pool from an API request with the same rules as the file.
@@ -92,6 +95,11 @@ pub fn pool_from_request(
         max_retries: None,
         retry_delay_ms: None,
         max_retry_delay_ms: None,
+        utilization_alert_threshold: request.utilization_alert_threshold,
+        error_rate_alert_threshold: request.error_rate_alert_threshold,
+        acquire_wait_alert_threshold_ms: request
+            .acquire_wait_alert_threshold_ms
+            .map(saturating_i64),
     };
     let mut checker = Checker {
         index: LineIndex::default(),
@@ -132,6 +140,35 @@ pub(crate) fn check_limits(limits: &PoolLimits) -> Result<(), Vec<ConfigError>> 
     }
 }
 
+/// Checks alert thresholds changed by UpdatePool with the same rules as the file.
+pub(crate) fn check_thresholds(thresholds: &AlertThresholds) -> Result<(), Vec<ConfigError>> {
+    let mut checker = Checker {
+        index: LineIndex::default(),
+        errors: Vec::new(),
+        tls_failed: false,
+    };
+    checker.ratio(
+        "",
+        "utilization_alert_threshold",
+        Some(thresholds.utilization),
+        0.8,
+    );
+    checker.ratio(
+        "",
+        "error_rate_alert_threshold",
+        Some(thresholds.error_rate),
+        0.05,
+    );
+    if thresholds.acquire_wait.is_zero() {
+        checker.error("acquire_wait_alert_threshold_ms", "must be positive".into());
+    }
+    if checker.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(checker.errors)
+    }
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -157,7 +194,8 @@ impl Checker {
     fn root(&mut self, raw: RawRoot) -> Config {
         let security = self.security(&raw.security);
         let health = self.health(&raw.health_monitoring);
-        let defaults = self.defaults(&raw.default_pool, &security, &health);
+        let monitoring = self.monitoring(&raw.monitoring);
+        let defaults = self.defaults(&raw.default_pool, &security, &health, &monitoring);
         let mut pools = Vec::new();
         let mut seen = HashSet::new();
         for (i, raw_pool) in raw.pools.iter().enumerate() {
@@ -182,7 +220,7 @@ impl Checker {
             pools,
             defaults,
             health,
-            monitoring: self.monitoring(&raw.monitoring),
+            monitoring,
             security,
             server: self.server(&raw.server),
         }
@@ -193,6 +231,7 @@ impl Checker {
         raw: &RawPool,
         security: &SecurityConfig,
         health: &HealthConfig,
+        monitoring: &MonitoringConfig,
     ) -> PoolDefaults {
         let path = format!("{ROOT}.default_pool");
         if raw.name.is_some() {
@@ -213,6 +252,11 @@ impl Checker {
         }
         builtin.tls = security.tls.clone();
         builtin.recovery.max_attempts = health.max_recovery_attempts;
+        builtin.alerts = AlertThresholds {
+            utilization: monitoring.utilization_threshold,
+            error_rate: monitoring.error_rate_threshold,
+            acquire_wait: monitoring.acquire_wait_threshold,
+        };
         let limits = self.limits(&path, raw, &builtin.limits);
         PoolDefaults {
             host: self.host(&path, raw.host.as_deref(), &builtin.host),
@@ -224,6 +268,7 @@ impl Checker {
             tls: builtin.tls.clone(),
             limits,
             recovery: self.recovery(&path, raw, &builtin.recovery),
+            alerts: self.alert_thresholds(&path, raw, &builtin.alerts),
         }
     }
 
@@ -268,6 +313,7 @@ impl Checker {
             tls: defaults.tls.clone(),
             limits,
             recovery: self.recovery(path, raw, &defaults.recovery),
+            alerts: self.alert_thresholds(path, raw, &defaults.alerts),
             name,
         })
     }
@@ -305,6 +351,34 @@ impl Checker {
                 self.error(&key(&section, field), message);
                 (PasswordSource::None, None)
             }
+        }
+    }
+
+    fn alert_thresholds(
+        &mut self,
+        path: &str,
+        raw: &RawPool,
+        inherited: &AlertThresholds,
+    ) -> AlertThresholds {
+        AlertThresholds {
+            utilization: self.ratio(
+                path,
+                "utilization_alert_threshold",
+                raw.utilization_alert_threshold,
+                inherited.utilization,
+            ),
+            error_rate: self.ratio(
+                path,
+                "error_rate_alert_threshold",
+                raw.error_rate_alert_threshold,
+                inherited.error_rate,
+            ),
+            acquire_wait: self.duration(
+                path,
+                "acquire_wait_alert_threshold_ms",
+                raw.acquire_wait_alert_threshold_ms,
+                duration_ms(inherited.acquire_wait),
+            ),
         }
     }
 
@@ -643,6 +717,29 @@ impl Checker {
                 raw.error_rate_threshold,
                 0.05,
             ),
+            acquire_wait_threshold: self.duration(
+                &path,
+                "acquire_wait_threshold_ms",
+                raw.acquire_wait_threshold_ms,
+                1_000,
+            ),
+            fire_after_samples: self.count(
+                &path,
+                "alert_fire_after_samples",
+                raw.alert_fire_after_samples,
+                2,
+                1,
+                1_000,
+            ),
+            resolve_after_samples: self.count(
+                &path,
+                "alert_resolve_after_samples",
+                raw.alert_resolve_after_samples,
+                2,
+                1,
+                1_000,
+            ),
+            alert_history: self.count(&path, "alert_history", raw.alert_history, 1_000, 0, 100_000),
         }
     }
 
@@ -761,8 +858,19 @@ impl Checker {
                 SocketAddr::from(([127, 0, 0, 1], 50051))
             }),
         };
+        let http_listen = match raw.http_listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], 9464)),
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(
+                    &key(&path, "http_listen"),
+                    format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:9464 or 0.0.0.0:9464"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9464))
+            }),
+        };
         ServerConfig {
             grpc_listen,
+            http_listen,
             max_result_rows: self.count(
                 &path,
                 "max_result_rows",
@@ -820,6 +928,11 @@ fn builtin_defaults() -> PoolDefaults {
             max_attempts: 3,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
+        },
+        alerts: AlertThresholds {
+            utilization: 0.8,
+            error_rate: 0.05,
+            acquire_wait: Duration::from_secs(1),
         },
     }
 }

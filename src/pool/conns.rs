@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::stats::CloseReason;
 use crate::postgres::Closer;
 
 const IDLE: u8 = 0;
@@ -29,6 +30,8 @@ pub enum CancelReason {
     Drain,
 }
 
+const NO_REASON: u8 = u8::MAX;
+
 const FATE_KEEP: u8 = 0;
 const FATE_DISCARD: u8 = 1;
 const FATE_CANCELLED_DEADLINE: u8 = 2;
@@ -43,6 +46,8 @@ pub(crate) struct ConnEntry {
     lifetime_jitter: f64,
     state: AtomicU8,
     fate: AtomicU8,
+    /// Why it is being closed, once decided (first decision wins).
+    close_reason: AtomicU8,
     /// Microseconds since `created` when it last went idle / was last checked.
     idle_since_us: AtomicU64,
     checked_at_us: AtomicU64,
@@ -59,6 +64,7 @@ impl ConnEntry {
             // A new connection goes straight to the caller that opened it.
             state: AtomicU8::new(LEASED),
             fate: AtomicU8::new(FATE_KEEP),
+            close_reason: AtomicU8::new(NO_REASON),
             idle_since_us: AtomicU64::new(0),
             checked_at_us: AtomicU64::new(0),
             client: Mutex::new(Weak::new()),
@@ -131,22 +137,43 @@ impl ConnEntry {
         self.created.elapsed() >= max_lifetime.mul_f64(1.0 - self.lifetime_jitter)
     }
 
+    /// Records why the connection is closing; the first reason given stays.
+    pub(crate) fn set_close_reason(&self, reason: CloseReason) {
+        let _ = self.close_reason.compare_exchange(
+            NO_REASON,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        CloseReason::from_index(self.close_reason.load(Ordering::Acquire))
+    }
+
     /// Closes an idle connection now: IDLE → CLOSING, then close its
     /// socket (the backend ends, then the driver and its slot). False if it
     /// was leased meanwhile; then it is marked to close when it comes back.
-    pub(crate) fn close_if_idle(&self) -> bool {
+    pub(crate) fn close_if_idle(&self, reason: CloseReason) -> bool {
         if self
             .state
             .compare_exchange(IDLE, CLOSING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            self.discard();
+            self.retire_when_returned(reason);
             return false;
         }
+        self.set_close_reason(reason);
         if let Some(closer) = self.closer.lock().ok().and_then(|mut slot| slot.take()) {
             closer.close();
         }
         true
+    }
+
+    /// Close it when its lease ends, for `reason`.
+    pub(crate) fn retire_when_returned(&self, reason: CloseReason) {
+        self.set_close_reason(reason);
+        self.discard();
     }
 
     /// Never reuse the connection (a result abandoned half-read, a broken
@@ -222,14 +249,24 @@ mod tests {
         let table = ConnTable::default();
         let entry = table.add(0.0);
         assert!(entry.try_lease(), "new connections are already leased");
-        assert!(!entry.close_if_idle(), "a leased connection is not closed");
+        assert!(
+            !entry.close_if_idle(CloseReason::Idle),
+            "a leased connection is not closed"
+        );
         assert!(!entry.reusable(), "but it will not be reused");
+        assert_eq!(entry.close_reason(), Some(CloseReason::Idle));
 
         let entry = table.add(0.0);
         entry.release();
         assert!(entry.is_idle());
-        assert!(entry.close_if_idle());
+        assert!(entry.close_if_idle(CloseReason::Lifetime));
         assert!(!entry.try_lease(), "closing wins over a late checkout");
+        entry.set_close_reason(CloseReason::Broken);
+        assert_eq!(
+            entry.close_reason(),
+            Some(CloseReason::Lifetime),
+            "the first reason stays"
+        );
     }
 
     #[test]

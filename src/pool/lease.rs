@@ -111,13 +111,14 @@ impl Lease {
         &self.pool_name
     }
 
-    pub fn held_for(&self) -> std::time::Duration {
-        self.acquired_at.elapsed()
+    /// Records how long a statement on this lease took.
+    pub fn statement_ran(&self, duration: std::time::Duration) {
+        self.inflight.statement_ran(duration);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.inflight.finish();
+        self.inflight.finish(self.acquired_at.elapsed());
     }
 }

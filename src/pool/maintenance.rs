@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use super::conns::ConnEntry;
 use super::managed::ManagedPool;
+use super::stats::CloseReason;
 use crate::config::PoolLimits;
 
 pub(crate) async fn run(pool: Weak<ManagedPool>) {
@@ -51,7 +52,7 @@ async fn maintain(pool: &ManagedPool) {
     let mut to_ping = Vec::new();
     for entry in entries {
         if entry.lifetime_over(limits.max_lifetime) {
-            if entry.close_if_idle() {
+            if entry.close_if_idle(CloseReason::Lifetime) {
                 open = open.saturating_sub(1);
             }
             continue;
@@ -60,7 +61,7 @@ async fn maintain(pool: &ManagedPool) {
             continue;
         }
         if entry.idle_for() >= limits.idle_timeout && open > min {
-            if entry.close_if_idle() {
+            if entry.close_if_idle(CloseReason::Idle) {
                 open = open.saturating_sub(1);
             }
             continue;
@@ -92,7 +93,7 @@ async fn ping(pool: &ManagedPool, entry: Arc<ConnEntry>, timeout: Duration) {
             if !client.is_closed() {
                 pool.shared().connection_broke(error);
             }
-            entry.close_if_idle();
+            entry.close_if_idle(CloseReason::Broken);
         }
     }
 }

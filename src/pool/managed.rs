@@ -24,7 +24,7 @@ use super::error::PoolError;
 use super::lease::{Lease, LeaseCanceller};
 use super::maintenance;
 use super::manager::{ConnectError, PgManager, Shared};
-use super::stats::{PoolStats, StatsSnapshot};
+use super::stats::{AcquireOutcome, CloseReason, HistogramSnapshot, PoolStats, StatsSnapshot};
 use crate::config::{PoolConfig, PoolLimits};
 use crate::events::EventBus;
 
@@ -46,6 +46,19 @@ pub struct DrainReport {
     /// Leases whose statements were cancelled because the drain ran out of time (or was forced).
     pub cancelled: u32,
     pub connections_closed: u64,
+}
+
+/// The duration histograms of one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolHistograms {
+    /// Time to get a connection (every acquisition, whatever its outcome).
+    pub acquire_wait: HistogramSnapshot,
+    /// Time a caller held a connection.
+    pub hold: HistogramSnapshot,
+    /// Time to open a server connection.
+    pub setup: HistogramSnapshot,
+    /// Time statements ran.
+    pub statement: HistogramSnapshot,
 }
 
 /// Everything `GetPool` reports.
@@ -77,6 +90,9 @@ pub struct ManagedPool {
     /// derived from the settings.
     config_version: AtomicU64,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held by the one warm-up that may run at a time, so two (start and
+    /// maintenance, say) cannot both open the minimum.
+    warming: tokio::sync::Mutex<()>,
 }
 
 struct Generation {
@@ -109,6 +125,7 @@ impl ManagedPool {
             fail_fast: RwLock::new(None),
             config_version: AtomicU64::new(0),
             maintenance: Mutex::new(None),
+            warming: tokio::sync::Mutex::new(()),
         });
         pool.spawn_warm_up();
         let task = tokio::spawn(maintenance::run(Arc::downgrade(&pool)));
@@ -116,6 +133,15 @@ impl ManagedPool {
             *slot = Some(task);
         }
         pool
+    }
+
+    /// Changes when this pool's alerts fire; connections are untouched.
+    pub fn set_alert_thresholds(&self, thresholds: crate::config::AlertThresholds) {
+        match self.config.write() {
+            Ok(mut config) => config.alerts = thresholds,
+            Err(poisoned) => poisoned.into_inner().alerts = thresholds,
+        }
+        self.config_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Makes calls fail at once with `reason` (the database is
@@ -182,32 +208,44 @@ impl ManagedPool {
         }
     }
 
+    /// The pool's duration histograms, read now.
+    pub fn histograms(&self) -> PoolHistograms {
+        let stats = &self.shared.stats;
+        PoolHistograms {
+            acquire_wait: stats.acquire_wait.snapshot(),
+            hold: stats.hold.snapshot(),
+            setup: stats.setup.snapshot(),
+            statement: stats.statement.snapshot(),
+        }
+    }
+
     pub fn reset_statistics(&self) {
         self.shared.stats.reset();
     }
 
     /// Borrows a connection, waiting at most the pool's connection timeout.
+    /// Every call ends in exactly one acquisition outcome in the statistics.
     pub async fn acquire(&self) -> Result<Lease, PoolError> {
+        let stats = &self.shared.stats;
+        let attempt = stats.begin_acquire();
         if self.state() != PoolState::Serving {
+            attempt.finish(AcquireOutcome::Rejected);
             return Err(PoolError::Draining(self.name()));
         }
         if let Some(last_error) = self.fail_fast_reason() {
-            self.shared.stats.acquire_failed();
+            attempt.finish(AcquireOutcome::Error);
             return Err(PoolError::Unavailable {
                 pool: self.name(),
                 last_error,
             });
         }
-        let stats = &self.shared.stats;
-        let _pending = stats.pending_guard();
         let (timeout, max) = {
             let limits = self.config().limits;
             (limits.connection_timeout, limits.max_connections)
         };
-        let started = Instant::now();
         let conn = loop {
             let generation = self.current_generation();
-            let remaining = timeout.saturating_sub(started.elapsed());
+            let remaining = timeout.saturating_sub(attempt.elapsed());
             match generation.pool.get_timeout(remaining).await {
                 Ok(conn) => break conn,
                 // A resize retired the generation we were queued on: queue
@@ -217,70 +255,58 @@ impl ManagedPool {
                 {
                     continue
                 }
-                Err(err) => return Err(self.acquire_error(err, started.elapsed(), max)),
+                Err(err) => {
+                    let (outcome, error) = self.acquire_error(err, attempt.elapsed(), max);
+                    attempt.finish(outcome);
+                    return Err(error);
+                }
             }
         };
-        let waited = started.elapsed();
         if self.state() != PoolState::Serving {
             // The drain began while we waited; the connection goes straight back.
+            attempt.finish(AcquireOutcome::Rejected);
             return Err(PoolError::Draining(self.name()));
         }
-        stats.acquired(waited);
+        attempt.finish(AcquireOutcome::Success);
         let canceller = LeaseCanceller::for_conn(&conn, timeout);
         let inflight = self.inflight.register(canceller);
         Ok(Lease::new(conn, inflight, Arc::clone(&self.name), timeout))
     }
 
+    /// The outcome and the caller's error for a failed mobc `get`.
     fn acquire_error(
         &self,
         err: mobc::Error<ConnectError>,
         waited: Duration,
         max: u32,
-    ) -> PoolError {
-        let stats = &self.shared.stats;
+    ) -> (AcquireOutcome, PoolError) {
+        let exhausted = || PoolError::Exhausted {
+            pool: self.name(),
+            waited,
+            max,
+        };
+        let unavailable = |last_error: String| PoolError::Unavailable {
+            pool: self.name(),
+            last_error,
+        };
         match err {
-            mobc::Error::Timeout => {
-                stats.acquire_timed_out();
-                // A connect that keeps failing also ends in mobc's timeout;
-                // say so rather than blaming the pool's size.
-                match self.shared.last_error() {
-                    Some(last_error) if stats.open_connections() == 0 => PoolError::Unavailable {
-                        pool: self.name(),
-                        last_error,
-                    },
-                    _ => PoolError::Exhausted {
-                        pool: self.name(),
-                        waited,
-                        max,
-                    },
+            // A connect that keeps failing also ends in mobc's timeout;
+            // say so rather than blaming the pool's size.
+            mobc::Error::Timeout => match self.shared.last_error() {
+                Some(last_error) if self.shared.stats.open_connections() == 0 => {
+                    (AcquireOutcome::Error, unavailable(last_error))
                 }
-            }
+                _ => (AcquireOutcome::Timeout, exhausted()),
+            },
             mobc::Error::Inner(ConnectError::Retired) | mobc::Error::PoolClosed => {
-                stats.acquire_failed();
-                PoolError::Draining(self.name())
+                (AcquireOutcome::Rejected, PoolError::Draining(self.name()))
             }
-            mobc::Error::Inner(ConnectError::NoSlot(_)) => {
-                stats.acquire_timed_out();
-                PoolError::Exhausted {
-                    pool: self.name(),
-                    waited,
-                    max,
-                }
-            }
-            mobc::Error::Inner(err) => {
-                stats.acquire_failed();
-                PoolError::Unavailable {
-                    pool: self.name(),
-                    last_error: err.to_string(),
-                }
-            }
-            mobc::Error::BadConn => {
-                stats.acquire_failed();
-                PoolError::Unavailable {
-                    pool: self.name(),
-                    last_error: "connections kept failing their check".into(),
-                }
-            }
+            mobc::Error::Inner(ConnectError::NoSlot(_)) => (AcquireOutcome::Timeout, exhausted()),
+            mobc::Error::Inner(err) => (AcquireOutcome::Error, unavailable(err.to_string())),
+            mobc::Error::BadConn => (
+                AcquireOutcome::Error,
+                unavailable("connections kept failing their check".into()),
+            ),
         }
     }
 
@@ -419,6 +445,9 @@ impl ManagedPool {
     /// Opens connections until `min_connections` are open (not while the
     /// pool fails fast: the database is known to be down).
     pub(crate) async fn warm_up(&self) {
+        let Ok(_warming) = self.warming.try_lock() else {
+            return;
+        };
         let limits = self.config().limits;
         let open = self.shared.stats.open_connections();
         let min = u64::from(limits.min_connections);
@@ -476,7 +505,11 @@ impl Generation {
     async fn close_idle(&self) {
         loop {
             match self.pool.get_timeout(Duration::from_millis(20)).await {
-                Ok(conn) => drop(conn.into_inner()),
+                Ok(conn) => {
+                    let conn = conn.into_inner();
+                    conn.entry().set_close_reason(CloseReason::Retired);
+                    drop(conn);
+                }
                 Err(_) => return,
             }
         }
@@ -549,11 +582,15 @@ impl InflightTable {
 }
 
 impl Inflight {
-    pub(crate) fn finish(&self) {
+    pub(crate) fn statement_ran(&self, duration: Duration) {
+        self.table.stats.statement_ran(duration);
+    }
+
+    pub(crate) fn finish(&self, held: Duration) {
         if let Ok(mut leases) = self.table.leases.lock() {
             leases.remove(&self.id);
         }
-        self.table.stats.released();
+        self.table.stats.released(held);
         self.table.idle.notify_waiters();
     }
 }

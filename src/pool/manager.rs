@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::{CancelToken, Client};
 
 use super::conns::{ConnEntry, ConnTable};
-use super::stats::PoolStats;
+use super::stats::{CloseReason, PoolStats};
 use crate::config::PoolConfig;
 use crate::events::{EventBus, EventDetail};
 use crate::postgres::{Connector, DriverEnd, Endpoint, OpenError};
@@ -166,13 +166,18 @@ impl mobc::Manager for PgManager {
         let entry = self.shared.conns.add(fastrand::f64() * 0.1);
         let on_end = {
             let shared = Arc::clone(&self.shared);
-            let id = entry.id();
+            let entry = Arc::clone(&entry);
             move |end: DriverEnd| {
-                shared.conns.remove(id);
-                if let DriverEnd::Failed(error) = end {
-                    shared.connection_broke(error);
-                }
-                shared.stats.connection_closed();
+                shared.conns.remove(entry.id());
+                let reason = match (entry.close_reason(), end) {
+                    (Some(reason), _) => reason,
+                    (None, DriverEnd::Failed(error)) => {
+                        shared.connection_broke(error);
+                        CloseReason::Broken
+                    }
+                    (None, DriverEnd::Closed | DriverEnd::Aborted) => CloseReason::Discarded,
+                };
+                shared.stats.connection_closed(reason);
                 drop(slot);
             }
         };
@@ -203,6 +208,7 @@ impl mobc::Manager for PgManager {
 
     async fn check(&self, conn: PgConn) -> Result<PgConn, ConnectError> {
         if !conn.entry.try_lease() || conn.client.is_closed() || !conn.entry.reusable() {
+            conn.entry.set_close_reason(CloseReason::Broken);
             return Err(ConnectError::Unusable);
         }
         if conn.entry.unchecked_for() < self.check_after {
@@ -215,10 +221,12 @@ impl mobc::Manager for PgManager {
             }
             Ok(Err(err)) => {
                 let error = crate::postgres::error_chain(&err);
+                conn.entry.set_close_reason(CloseReason::Broken);
                 self.shared.connection_broke(error.clone());
                 Err(ConnectError::CheckFailed(error))
             }
             Err(_) => {
+                conn.entry.set_close_reason(CloseReason::Broken);
                 self.shared
                     .connection_broke(format!("check timed out after {:?}", self.check_timeout));
                 Err(ConnectError::CheckTimeout(self.check_timeout))
@@ -227,12 +235,24 @@ impl mobc::Manager for PgManager {
     }
 
     fn validate(&self, conn: &mut PgConn) -> bool {
-        let keep = !conn.client.is_closed()
-            && conn.entry.reusable()
-            && !self.retired.load(Ordering::Acquire);
-        if keep {
-            conn.entry.release();
+        let reason = if conn.client.is_closed() {
+            Some(CloseReason::Broken)
+        } else if !conn.entry.reusable() {
+            Some(CloseReason::Discarded)
+        } else if self.retired.load(Ordering::Acquire) {
+            Some(CloseReason::Retired)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                conn.entry.set_close_reason(reason);
+                false
+            }
+            None => {
+                conn.entry.release();
+                true
+            }
         }
-        keep
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::error::PoolError;
 use super::managed::{DrainReport, ManagedPool, PoolInfo};
-use crate::config::{PoolConfig, PoolDefaults, PoolLimits};
+use crate::config::{AlertThresholds, PoolConfig, PoolDefaults, PoolLimits};
 use crate::events::EventBus;
 
 pub struct Registry {
@@ -27,9 +27,26 @@ pub struct LimitsUpdate {
     /// `Some(None)` removes the statement timeout.
     pub statement_timeout: Option<Option<Duration>>,
     pub max_lifetime: Option<Duration>,
+    pub utilization_alert_threshold: Option<f64>,
+    pub error_rate_alert_threshold: Option<f64>,
+    pub acquire_wait_alert_threshold: Option<Duration>,
 }
 
 impl LimitsUpdate {
+    fn apply_thresholds(&self, current: AlertThresholds) -> AlertThresholds {
+        AlertThresholds {
+            utilization: self
+                .utilization_alert_threshold
+                .unwrap_or(current.utilization),
+            error_rate: self
+                .error_rate_alert_threshold
+                .unwrap_or(current.error_rate),
+            acquire_wait: self
+                .acquire_wait_alert_threshold
+                .unwrap_or(current.acquire_wait),
+        }
+    }
+
     fn apply(&self, current: PoolLimits) -> PoolLimits {
         PoolLimits {
             max_connections: self.max_connections.unwrap_or(current.max_connections),
@@ -104,10 +121,18 @@ impl Registry {
         pools.iter().map(|pool| pool.info()).collect()
     }
 
+    /// Applies an update: limits and timeouts through a new generation (only
+    /// if they changed), alert thresholds in place.
     pub async fn update(&self, name: &str, update: LimitsUpdate) -> Result<PoolInfo, PoolError> {
         let pool = self.get(name)?;
-        let limits = update.apply(pool.config().limits);
-        pool.update_limits(limits).await?;
+        let config = pool.config();
+        let limits = update.apply(config.limits);
+        let thresholds = update.apply_thresholds(config.alerts);
+        crate::config::check_thresholds(&thresholds).map_err(PoolError::InvalidConfig)?;
+        if limits != config.limits {
+            pool.update_limits(limits).await?;
+        }
+        pool.set_alert_thresholds(thresholds);
         tracing::info!(
             pool = %name,
             max_connections = limits.max_connections,

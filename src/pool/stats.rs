@@ -1,11 +1,153 @@
 //! Per-pool statistics kept by poolplane itself, because mobc's own are
 //! unlabelled and drift under cancellation (DESIGN.md). Every counter moves
-//! in exactly one place, and gauges move through guards so a cancelled
-//! future still puts them back.
+//! in exactly one place, gauges move through guards so a cancelled future
+//! still puts them back, and every acquisition attempt ends in exactly one
+//! outcome (a dropped attempt counts as cancelled).
+//!
+//! Histograms are fixed-bucket atomics, read at scrape time; recording one
+//! value is a short scan and two relaxed atomic adds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+/// Upper bounds of the histogram buckets, in microseconds (0.5 ms … 30 s).
+pub(crate) const BUCKET_BOUNDS_US: [u64; 15] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// How an acquisition attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    Success,
+    /// No connection within the acquire timeout.
+    Timeout,
+    /// A connect failed, or the pool failed fast (database unreachable).
+    Error,
+    /// The pool was draining.
+    Rejected,
+    /// The caller went away while waiting.
+    Cancelled,
+}
+
+impl AcquireOutcome {
+    pub const ALL: [AcquireOutcome; 5] = [
+        AcquireOutcome::Success,
+        AcquireOutcome::Timeout,
+        AcquireOutcome::Error,
+        AcquireOutcome::Rejected,
+        AcquireOutcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcquireOutcome::Success => "success",
+            AcquireOutcome::Timeout => "timeout",
+            AcquireOutcome::Error => "error",
+            AcquireOutcome::Rejected => "rejected",
+            AcquireOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a server connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle longer than `idle_timeout` above `min_connections`.
+    Idle,
+    /// Older than `max_lifetime`.
+    Lifetime,
+    /// The server or the network ended it, or a check failed.
+    Broken,
+    /// Its work was cancelled or abandoned, so it is not reused.
+    Discarded,
+    /// Its pool generation was retired (resize) or the pool drained.
+    Retired,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Idle,
+        CloseReason::Lifetime,
+        CloseReason::Broken,
+        CloseReason::Discarded,
+        CloseReason::Retired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Broken => "broken",
+            CloseReason::Discarded => "discarded",
+            CloseReason::Retired => "retired",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_index(index: u8) -> Option<CloseReason> {
+        CloseReason::ALL.get(usize::from(index)).copied()
+    }
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Non-cumulative counts; the last is above the largest bound.
+    counts: [AtomicU64; BUCKET_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A histogram read: cumulative counts per bound, then the total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations at or below it)
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub(crate) fn record(&self, value: Duration) {
+        let us = micros(value);
+        let index = BUCKET_BOUNDS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(BUCKET_BOUNDS_US.len());
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        for count in &self.counts {
+            count.store(0, Ordering::Relaxed);
+        }
+        self.sum_us.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKET_BOUNDS_US.len());
+        for (bound, count) in BUCKET_BOUNDS_US.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            buckets.push((*bound as f64 / 1e6, cumulative));
+        }
+        let count = cumulative + self.counts[BUCKET_BOUNDS_US.len()].load(Ordering::Relaxed);
+        HistogramSnapshot {
+            buckets,
+            count,
+            sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
 
 /// Live counters of one pool, shared by the pool, its leases and its
 /// connection driver tasks.
@@ -18,16 +160,16 @@ pub(crate) struct PoolStats {
     /// Server connections open (connected, driver task still running).
     open: AtomicU64,
     peak_open: AtomicU64,
-    acquired: AtomicU64,
-    acquire_timeouts: AtomicU64,
-    acquire_errors: AtomicU64,
+    outcomes: [AtomicU64; 5],
     created: AtomicU64,
-    closed: AtomicU64,
+    closed: [AtomicU64; 5],
     /// Connections found broken (by their driver, a checkout check or a keepalive).
     broken: AtomicU64,
-    wait_total_us: AtomicU64,
     wait_max_us: AtomicU64,
-    setup_total_us: AtomicU64,
+    pub(crate) acquire_wait: Histogram,
+    pub(crate) hold: Histogram,
+    pub(crate) setup: Histogram,
+    pub(crate) statement: Histogram,
     reset_at: Mutex<SystemTime>,
     started: Instant,
 }
@@ -42,15 +184,89 @@ pub struct StatsSnapshot {
     pub acquisitions_succeeded: u64,
     pub acquire_timeouts: u64,
     pub acquire_errors: u64,
+    pub acquire_rejected: u64,
+    pub acquire_cancelled: u64,
     pub connections_created: u64,
     pub connections_closed: u64,
+    /// Closed connections by reason, in `CloseReason::ALL` order.
+    pub closed_by_reason: [u64; 5],
     pub broken_connections: u64,
     pub average_acquire_wait: Duration,
+    /// Sum of every acquisition's wait (for averages over an interval).
+    pub acquire_wait_total: Duration,
     pub max_acquire_wait: Duration,
     pub average_connection_setup: Duration,
     pub peak_connections: u64,
     pub uptime: Duration,
     pub reset_at: SystemTime,
+}
+
+impl StatsSnapshot {
+    /// All zeros: the statistics of a pool before anything happened.
+    pub fn zero() -> StatsSnapshot {
+        StatsSnapshot {
+            active: 0,
+            idle: 0,
+            total: 0,
+            pending: 0,
+            acquisitions_succeeded: 0,
+            acquire_timeouts: 0,
+            acquire_errors: 0,
+            acquire_rejected: 0,
+            acquire_cancelled: 0,
+            connections_created: 0,
+            connections_closed: 0,
+            closed_by_reason: [0; 5],
+            broken_connections: 0,
+            average_acquire_wait: Duration::ZERO,
+            acquire_wait_total: Duration::ZERO,
+            max_acquire_wait: Duration::ZERO,
+            average_connection_setup: Duration::ZERO,
+            peak_connections: 0,
+            uptime: Duration::ZERO,
+            reset_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Acquisition attempts that ended, whatever the outcome.
+    pub fn acquisition_attempts(&self) -> u64 {
+        self.acquisitions_succeeded
+            + self.acquire_timeouts
+            + self.acquire_errors
+            + self.acquire_rejected
+            + self.acquire_cancelled
+    }
+}
+
+/// One acquisition in progress: counted as pending until it ends, and it
+/// ends in exactly one outcome (cancelled if dropped unfinished).
+pub(crate) struct AcquireAttempt<'a> {
+    stats: &'a PoolStats,
+    started: Instant,
+    finished: bool,
+}
+
+impl AcquireAttempt<'_> {
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn finish(mut self, outcome: AcquireOutcome) -> Duration {
+        self.finished = true;
+        let waited = self.started.elapsed();
+        self.stats.record_outcome(outcome, waited);
+        waited
+    }
+}
+
+impl Drop for AcquireAttempt<'_> {
+    fn drop(&mut self) {
+        self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            self.stats
+                .record_outcome(AcquireOutcome::Cancelled, self.started.elapsed());
+        }
+    }
 }
 
 impl PoolStats {
@@ -60,43 +276,42 @@ impl PoolStats {
             pending: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak_open: AtomicU64::new(0),
-            acquired: AtomicU64::new(0),
-            acquire_timeouts: AtomicU64::new(0),
-            acquire_errors: AtomicU64::new(0),
+            outcomes: Default::default(),
             created: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
+            closed: Default::default(),
             broken: AtomicU64::new(0),
-            wait_total_us: AtomicU64::new(0),
             wait_max_us: AtomicU64::new(0),
-            setup_total_us: AtomicU64::new(0),
+            acquire_wait: Histogram::default(),
+            hold: Histogram::default(),
+            setup: Histogram::default(),
+            statement: Histogram::default(),
             reset_at: Mutex::new(SystemTime::now()),
             started: Instant::now(),
         }
     }
 
-    pub(crate) fn pending_guard(&self) -> GaugeGuard<'_> {
+    pub(crate) fn begin_acquire(&self) -> AcquireAttempt<'_> {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        GaugeGuard(&self.pending)
+        AcquireAttempt {
+            stats: self,
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
-    pub(crate) fn acquired(&self, waited: Duration) {
-        let us = micros(waited);
-        self.acquired.fetch_add(1, Ordering::Relaxed);
-        self.wait_total_us.fetch_add(us, Ordering::Relaxed);
-        self.wait_max_us.fetch_max(us, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
+    fn record_outcome(&self, outcome: AcquireOutcome, waited: Duration) {
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.acquire_wait.record(waited);
+        self.wait_max_us
+            .fetch_max(micros(waited), Ordering::Relaxed);
+        if outcome == AcquireOutcome::Success {
+            self.active.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn released(&self) {
+    pub(crate) fn released(&self, held: Duration) {
+        self.hold.record(held);
         self.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn acquire_timed_out(&self) {
-        self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn acquire_failed(&self) {
-        self.acquire_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection is being opened: it counts as open from now on, so
@@ -108,8 +323,7 @@ impl PoolStats {
 
     pub(crate) fn connection_opened(&self, setup: Duration) {
         self.created.fetch_add(1, Ordering::Relaxed);
-        self.setup_total_us
-            .fetch_add(micros(setup), Ordering::Relaxed);
+        self.setup.record(setup);
     }
 
     pub(crate) fn connection_not_opened(&self) {
@@ -120,30 +334,33 @@ impl PoolStats {
         self.broken.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn connection_closed(&self) {
-        self.closed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn connection_closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn statement_ran(&self, duration: Duration) {
+        self.statement.record(duration);
     }
 
     pub(crate) fn open_connections(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Zeroes counters and averages; gauges (active, pending, open) are
-    /// facts about now and stay, and the peak restarts from the current count.
+    /// Zeroes counters, averages and histograms; gauges (active, pending,
+    /// open) are facts about now and stay, and the peak restarts from the
+    /// current count.
     pub(crate) fn reset(&self) {
-        for counter in [
-            &self.acquired,
-            &self.acquire_timeouts,
-            &self.acquire_errors,
+        let counters = self.outcomes.iter().chain(&self.closed).chain([
             &self.created,
-            &self.closed,
             &self.broken,
-            &self.wait_total_us,
             &self.wait_max_us,
-            &self.setup_total_us,
-        ] {
+        ]);
+        for counter in counters {
             counter.store(0, Ordering::Relaxed);
+        }
+        for histogram in [&self.acquire_wait, &self.hold, &self.setup, &self.statement] {
+            histogram.reset();
         }
         self.peak_open
             .store(self.open.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -155,8 +372,11 @@ impl PoolStats {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let active = self.active.load(Ordering::Relaxed);
         let total = self.open.load(Ordering::Relaxed);
-        let acquired = self.acquired.load(Ordering::Relaxed);
-        let created = self.created.load(Ordering::Relaxed);
+        let outcome = |o: AcquireOutcome| self.outcomes[o.index()].load(Ordering::Relaxed);
+        let closed_by_reason =
+            CloseReason::ALL.map(|r| self.closed[r.index()].load(Ordering::Relaxed));
+        let wait = self.acquire_wait.snapshot();
+        let setup = self.setup.snapshot();
         StatsSnapshot {
             active,
             // A lease can outlive its connection's driver (a broken connection
@@ -164,15 +384,19 @@ impl PoolStats {
             idle: total.saturating_sub(active),
             total,
             pending: self.pending.load(Ordering::Relaxed),
-            acquisitions_succeeded: acquired,
-            acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
-            acquire_errors: self.acquire_errors.load(Ordering::Relaxed),
-            connections_created: created,
-            connections_closed: self.closed.load(Ordering::Relaxed),
+            acquisitions_succeeded: outcome(AcquireOutcome::Success),
+            acquire_timeouts: outcome(AcquireOutcome::Timeout),
+            acquire_errors: outcome(AcquireOutcome::Error),
+            acquire_rejected: outcome(AcquireOutcome::Rejected),
+            acquire_cancelled: outcome(AcquireOutcome::Cancelled),
+            connections_created: self.created.load(Ordering::Relaxed),
+            connections_closed: closed_by_reason.iter().sum(),
+            closed_by_reason,
             broken_connections: self.broken.load(Ordering::Relaxed),
-            average_acquire_wait: average(self.wait_total_us.load(Ordering::Relaxed), acquired),
+            average_acquire_wait: average(wait.sum_seconds, wait.count),
+            acquire_wait_total: Duration::from_secs_f64(wait.sum_seconds),
             max_acquire_wait: Duration::from_micros(self.wait_max_us.load(Ordering::Relaxed)),
-            average_connection_setup: average(self.setup_total_us.load(Ordering::Relaxed), created),
+            average_connection_setup: average(setup.sum_seconds, setup.count),
             peak_connections: self.peak_open.load(Ordering::Relaxed),
             uptime: self.started.elapsed(),
             reset_at: self
@@ -184,22 +408,16 @@ impl PoolStats {
     }
 }
 
-/// Decrements its gauge when dropped, including when the future holding it
-/// is cancelled.
-pub(crate) struct GaugeGuard<'a>(&'a AtomicU64);
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn average(total_us: u64, count: u64) -> Duration {
-    Duration::from_micros(total_us.checked_div(count).unwrap_or(0))
+fn average(sum_seconds: f64, count: u64) -> Duration {
+    if count == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(sum_seconds / count as f64)
+    }
 }
 
 #[cfg(test)]
@@ -207,12 +425,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_gauge_returns_when_guard_drops() {
+    fn a_dropped_attempt_is_cancelled_and_no_longer_pending() {
         let stats = PoolStats::new();
-        let guard = stats.pending_guard();
+        let attempt = stats.begin_acquire();
         assert_eq!(stats.snapshot().pending, 1);
-        drop(guard);
-        assert_eq!(stats.snapshot().pending, 0);
+        drop(attempt);
+        let snap = stats.snapshot();
+        assert_eq!((snap.pending, snap.acquire_cancelled), (0, 1));
+        assert_eq!(stats.acquire_wait.snapshot().count, 1);
+    }
+
+    #[test]
+    fn every_outcome_is_counted_once_and_timed() {
+        let stats = PoolStats::new();
+        for outcome in AcquireOutcome::ALL {
+            stats.begin_acquire().finish(outcome);
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.acquisition_attempts(), 5);
+        assert_eq!(snap.acquisitions_succeeded, 1);
+        assert_eq!(snap.active, 1);
+        assert_eq!(stats.acquire_wait.snapshot().count, 5);
     }
 
     #[test]
@@ -222,29 +455,47 @@ mod tests {
             stats.connection_opening();
             stats.connection_opened(Duration::from_millis(setup));
         }
-        stats.connection_closed();
-        stats.acquired(Duration::from_millis(10));
+        stats.connection_closed(CloseReason::Idle);
+        stats.begin_acquire().finish(AcquireOutcome::Success);
         stats.reset();
         let snap = stats.snapshot();
         assert_eq!(snap.total, 1);
         assert_eq!(snap.active, 1);
         assert_eq!(snap.peak_connections, 1);
         assert_eq!(snap.connections_created, 0);
+        assert_eq!(snap.connections_closed, 0);
         assert_eq!(snap.acquisitions_succeeded, 0);
-        assert_eq!(snap.average_acquire_wait, Duration::ZERO);
+        assert_eq!(stats.setup.snapshot().count, 0);
     }
 
     #[test]
-    fn averages_divide_by_their_own_counts() {
+    fn histogram_buckets_are_cumulative() {
+        let histogram = Histogram::default();
+        for ms in [0, 3, 3, 40, 60_000] {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let snap = histogram.snapshot();
+        assert_eq!(snap.count, 5);
+        assert_eq!(snap.buckets[0], (0.0005, 1));
+        assert_eq!(snap.buckets[3], (0.005, 3));
+        assert_eq!(snap.buckets[6], (0.05, 4));
+        assert_eq!(
+            snap.buckets.last(),
+            Some(&(30.0, 4)),
+            "60 s is above every bound"
+        );
+        assert!((snap.sum_seconds - 60.046).abs() < 1e-9);
+    }
+
+    #[test]
+    fn closes_are_counted_by_reason() {
         let stats = PoolStats::new();
-        stats.acquired(Duration::from_millis(10));
-        stats.acquired(Duration::from_millis(30));
         stats.connection_opening();
-        stats.connection_opened(Duration::from_millis(6));
+        stats.connection_opening();
+        stats.connection_closed(CloseReason::Lifetime);
+        stats.connection_closed(CloseReason::Broken);
         let snap = stats.snapshot();
-        assert_eq!(snap.average_acquire_wait, Duration::from_millis(20));
-        assert_eq!(snap.max_acquire_wait, Duration::from_millis(30));
-        assert_eq!(snap.average_connection_setup, Duration::from_millis(6));
-        assert_eq!(snap.peak_connections, 1);
+        assert_eq!(snap.connections_closed, 2);
+        assert_eq!(snap.closed_by_reason, [0, 1, 1, 0, 0]);
     }
 }

@@ -45,6 +45,7 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         .args(["serve", "--config"])
         .arg(&path)
         .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

@@ -407,6 +407,8 @@ pub fn config_yaml_with(pools: &[PoolSpec<'_>], sections: &str) -> String {
 /// A poolplane server running in this process on a loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP listener (`/metrics`).
+    pub http_addr: SocketAddr,
     /// The server's core, for what a test cannot do over gRPC (publishing
     /// many events quickly).
     pub app: std::sync::Arc<poolplane::App>,
@@ -422,17 +424,26 @@ impl TestServer {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let http_addr = http.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let app = poolplane::App::start(&config);
+        let listeners = poolplane::Listeners {
+            grpc: listener,
+            http,
+        };
         let handle = tokio::spawn(poolplane::serve(
             std::sync::Arc::clone(&app),
-            listener,
+            listeners,
             async {
                 let _ = stopped.await;
             },
         ));
         TestServer {
             addr,
+            http_addr,
             app,
             stop: Some(stop),
             handle: Some(handle),

@@ -1,0 +1,60 @@
+//! The HTTP listener: `GET /metrics` (Prometheus text exposition) for the
+//! monitoring stack. Thin: the values come from `metrics.rs`.
+//!
+//! Invariant: no pool logic here; it reads the application core.
+
+mod grpc_metrics;
+mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer};
+pub use metrics::render;
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    pub app: Arc<App>,
+    pub registry: prometheus::Registry,
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes.
+pub async fn serve(
+    state: HttpState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn scrape(State(state): State<HttpState>) -> impl IntoResponse {
+    match render(&state.app, &state.registry) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "rendering /metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
+        }
+    }
+}
