@@ -221,7 +221,10 @@ async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<Query
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };
-    Attempt::Done(run_prepared(&lease, &statement, &prepared).await)
+    let started = std::time::Instant::now();
+    let result = run_prepared(&lease, &statement, &prepared).await;
+    lease.statement_ran(started.elapsed());
+    Attempt::Done(result)
 }
 
 async fn run_prepared(
@@ -282,7 +285,10 @@ async fn run_batch(
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };
-    Attempt::Done(run_batch_prepared(&lease, &parameter_sets, &prepared).await)
+    let started = std::time::Instant::now();
+    let result = run_batch_prepared(&lease, &parameter_sets, &prepared).await;
+    lease.statement_ran(started.elapsed());
+    Attempt::Done(result)
 }
 
 async fn run_batch_prepared(

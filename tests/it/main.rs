@@ -12,6 +12,7 @@ mod drain;
 mod grpc_discovery;
 mod health_recovery;
 mod maintenance;
+mod metrics;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;

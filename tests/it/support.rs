@@ -681,3 +681,59 @@ impl Drop for EventLog {
         self.task.abort();
     }
 }
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("read response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Scrapes the test server's `/metrics`.
+pub async fn scrape(server: &TestServer) -> String {
+    let (status, body) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "scrape failed: {body}");
+    body
+}
+
+/// The value of the series `name` whose labels include `labels`, from a
+/// text exposition; `None` if no such series.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (series_name == name).then_some((series_labels, value))
+        })
+        .find(|(series_labels, _)| {
+            labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            })
+        })
+        .and_then(|(_, value)| value.parse().ok())
+}

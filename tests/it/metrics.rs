@@ -1,0 +1,236 @@
+//! /metrics against what the test did: exact counts, utilization while
+//! connections are held, histograms counting every acquisition, gRPC server
+//! metrics; promtool's lint on a live scrape; a real Prometheus scraping it.
+
+use std::time::Duration;
+
+use crate::support::{
+    config_yaml, eventually, exec, free_port, http_get, metric, scrape, PoolSpec, TestServer,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_values_match_what_happened() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("scraped", 4)])).await;
+    let mut client = server.query().await;
+    for _ in 0..7 {
+        client
+            .execute(exec("scraped", "SELECT 1", vec![]))
+            .await
+            .expect("select");
+    }
+    let _ = client
+        .execute(exec("scraped", "SELECT 1/0", vec![]))
+        .await
+        .expect_err("sql error");
+    let _ = client
+        .execute(exec("nope", "SELECT 1", vec![]))
+        .await
+        .expect_err("unknown pool");
+
+    let text = scrape(&server).await;
+    let p = ("pool", "scraped");
+    let value = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    assert_eq!(
+        value(
+            "poolplane_pool_acquisitions_total",
+            &[p, ("outcome", "success")]
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        value(
+            "poolplane_pool_acquisitions_total",
+            &[p, ("outcome", "timeout")]
+        ),
+        Some(0.0)
+    );
+    // Every acquisition is in the wait histogram; every statement and every
+    // returned lease in theirs.
+    assert_eq!(
+        value("poolplane_pool_acquire_wait_seconds_count", &[p]),
+        Some(8.0)
+    );
+    assert_eq!(
+        value(
+            "poolplane_pool_acquire_wait_seconds_bucket",
+            &[p, ("le", "+Inf")]
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        value("poolplane_pool_statement_duration_seconds_count", &[p]),
+        Some(8.0)
+    );
+    assert_eq!(
+        value("poolplane_pool_connection_hold_seconds_count", &[p]),
+        Some(8.0)
+    );
+    let created = value("poolplane_pool_connections_created_total", &[p]).expect("created");
+    assert_eq!(
+        value("poolplane_pool_connection_setup_seconds_count", &[p]),
+        Some(created)
+    );
+    assert_eq!(value("poolplane_pool_max_connections", &[p]), Some(4.0));
+    assert_eq!(
+        value("poolplane_pool_connections", &[p, ("state", "active")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("poolplane_pool_health_state", &[p, ("state", "healthy")]).unwrap_or(0.0)
+            + value("poolplane_pool_health_state", &[p, ("state", "unknown")]).unwrap_or(0.0),
+        1.0
+    );
+    let grpc = |method: &str, code: &str| {
+        value(
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", "poolplane.v1.Query"),
+                ("grpc_method", method),
+                ("grpc_code", code),
+                ("grpc_type", "unary"),
+            ],
+        )
+    };
+    assert_eq!(grpc("Execute", "OK"), Some(7.0));
+    assert_eq!(grpc("Execute", "InvalidArgument"), Some(1.0));
+    assert_eq!(grpc("Execute", "NotFound"), Some(1.0));
+    assert!(value("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+
+    // Three connections held by sleeping statements: utilization 3/4.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.query().await;
+        holders.push(tokio::spawn(async move {
+            client
+                .execute(exec("scraped", "SELECT pg_sleep(1)", vec![]))
+                .await
+        }));
+    }
+    eventually("three connections held", Duration::from_secs(5), || async {
+        let text = scrape(&server).await;
+        metric(
+            &text,
+            "poolplane_pool_connections",
+            &[p, ("state", "active")],
+        ) == Some(3.0)
+    })
+    .await;
+    let text = scrape(&server).await;
+    assert_eq!(
+        metric(&text, "poolplane_pool_utilization_ratio", &[p]),
+        Some(0.75)
+    );
+    for holder in holders {
+        holder.await.expect("join").expect("sleep");
+    }
+
+    // A removed pool's series go away.
+    server
+        .admin()
+        .await
+        .delete_pool(poolplane::proto::DeletePoolRequest {
+            name: "scraped".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let text = scrape(&server).await;
+    assert_eq!(metric(&text, "poolplane_pool_max_connections", &[p]), None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_a_live_scrape() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("linted", 2)])).await;
+    server
+        .query()
+        .await
+        .execute(exec("linted", "SELECT 1", vec![]))
+        .await
+        .expect("select");
+    let text = scrape(&server).await;
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("promtool not runnable ({err}): apt-get install prometheus")
+            });
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("promtool")
+    })
+    .await
+    .expect("join");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_and_answers_promql() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("promql", 3)])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: poolplane\n    static_configs:\n      - targets: ['{}']\n",
+            server.http_addr
+        ),
+    )
+    .expect("write prometheus config");
+    let port = free_port();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("prometheus not runnable ({err}): apt-get install prometheus")
+        });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let query = "/api/v1/query?query=poolplane_pool_max_connections%7Bpool%3D%22promql%22%7D";
+    let result = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    eventually(
+        "Prometheus has scraped the pool",
+        Duration::from_secs(30),
+        || {
+            let result = std::sync::Arc::clone(&result);
+            async move {
+                if tokio::net::TcpStream::connect(addr).await.is_err() {
+                    return false;
+                }
+                let (status, body) = http_get(addr, query).await;
+                let found = status == 200 && body.contains("\"result\":[{");
+                *result.lock().expect("result") = body;
+                found
+            }
+        },
+    )
+    .await;
+    let body = result.lock().expect("result").clone();
+    let json: serde_json::Value = serde_json::from_str(&body).expect("Prometheus answers JSON");
+    assert_eq!(json["data"]["result"][0]["metric"]["pool"], "promql");
+    assert_eq!(json["data"]["result"][0]["value"][1], "3");
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    server.stop().await;
+}
