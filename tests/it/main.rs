@@ -5,6 +5,7 @@ mod proxy;
 mod support;
 
 mod admin_api;
+mod alerts;
 mod check_health;
 mod config_validation;
 mod deadline;
