@@ -40,12 +40,35 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
+    /// Measure the statistics cost per acquisition and /metrics with many pools.
+    Bench {
+        /// Pools to configure for the scrape measurement.
+        #[arg(long, default_value_t = 1000)]
+        pools: usize,
+        /// Scrapes to time.
+        #[arg(long, default_value_t = 50)]
+        scrapes: usize,
+        /// Acquisitions to time for the statistics cost.
+        #[arg(long, default_value_t = 10_000_000)]
+        iterations: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Bench {
+            pools,
+            scrapes,
+            iterations,
+        } => match bench(pools, scrapes, iterations) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("poolplane bench: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve {
             config,
             grpc_listen,
@@ -80,6 +103,34 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(poolplane::bench::run(pools, scrapes, iterations))?;
+    println!(
+        "statistics per acquisition: {:.1} ns ({} iterations)",
+        report.stats_ns_per_acquisition, report.stats_iterations
+    );
+    println!(
+        "/metrics with {} pools: mean {:.2} ms, max {:.2} ms over {} scrapes, {} bytes",
+        report.pools,
+        report.scrape_mean.as_secs_f64() * 1000.0,
+        report.scrape_max.as_secs_f64() * 1000.0,
+        report.scrapes,
+        report.scrape_bytes
+    );
+    if let (Some(before), Some(after)) = (report.rss_before_kib, report.rss_after_kib) {
+        println!(
+            "resident memory: {:.1} MiB before the pools, {:.1} MiB with them",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 fn init_logging() {

@@ -19,4 +19,4 @@ pub use lease::{Lease, LeaseCanceller};
 pub use managed::{DrainReport, ManagedPool, PoolHistograms, PoolInfo, PoolState};
 pub use manager::{ConnectError, PgConn};
 pub use registry::{LimitsUpdate, Registry};
-pub use stats::{AcquireOutcome, CloseReason, HistogramSnapshot, StatsSnapshot};
+pub use stats::{AcquireOutcome, CloseReason, HistogramSnapshot, StatsBench, StatsSnapshot};
