@@ -26,7 +26,11 @@ pub struct BenchReport {
 
 /// Runs both measurements; `pools` pools point at a closed local port (no
 /// database is needed: the series are the same with or without one).
-pub async fn run(pools: usize, scrapes: usize, stats_iterations: u64) -> anyhow::Result<BenchReport> {
+pub async fn run(
+    pools: usize,
+    scrapes: usize,
+    stats_iterations: u64,
+) -> anyhow::Result<BenchReport> {
     let stats_ns_per_acquisition = StatsBench::run(stats_iterations);
     let rss_before_kib = resident_kib();
     let config = Config::parse(&many_pools(pools), "bench")?;
@@ -62,7 +66,9 @@ fn many_pools(pools: usize) -> String {
         "connection_pool:\n  default_pool:\n    host: 127.0.0.1\n    port: 1\n    max_connections: 10\n  health_monitoring:\n    enabled: false\n  monitoring:\n    collection_interval_ms: 3600000\n  pools:\n",
     );
     for i in 0..pools {
-        yaml.push_str(&format!("    - name: bench_{i:05}\n      database: db_{i}\n"));
+        yaml.push_str(&format!(
+            "    - name: bench_{i:05}\n      database: db_{i}\n"
+        ));
     }
     yaml
 }

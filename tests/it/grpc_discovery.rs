@@ -127,7 +127,9 @@ async fn shutdown_is_announced_as_not_serving() {
     let announced = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match updates.message().await {
-                Ok(Some(update)) if update.status == ServingStatus::NotServing as i32 => return true,
+                Ok(Some(update)) if update.status == ServingStatus::NotServing as i32 => {
+                    return true
+                }
                 Ok(Some(_)) => continue,
                 _ => return false,
             }
