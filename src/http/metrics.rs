@@ -14,7 +14,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::app::App;
 use crate::health::HealthState;
 use crate::monitor::AlertRule;
-use crate::pool::{AcquireOutcome, CloseReason, HistogramSnapshot};
+use crate::pool::{AcquireOutcome, CloseReason, HistogramSnapshot, SQLSTATE_CLASSES};
 
 /// Renders the text exposition of everything poolplane exports.
 pub fn render(app: &App, registry: &Registry) -> Result<String, prometheus::Error> {
@@ -167,6 +167,11 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         "Server connections closed, by reason.",
         COUNTER,
     );
+    let mut sql_errors = Family::new(
+        "poolplane_pool_sql_errors_total",
+        "Errors of the callers' own SQL by SQLSTATE class (not pool failures; `other` for classes PostgreSQL does not define).",
+        COUNTER,
+    );
     let mut broken = Family::new(
         "poolplane_pool_broken_connections_total",
         "Connections found broken (server or network ended them, or a check failed).",
@@ -260,6 +265,11 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
             closed.value(&[("pool", p), ("reason", reason.as_str())], count as f64);
         }
         broken.value(&[("pool", p)], stats.broken_connections as f64);
+        for (class, count) in SQLSTATE_CLASSES.iter().zip(pool.sql_errors()) {
+            if count > 0 {
+                sql_errors.value(&[("pool", p), ("sqlstate_class", class)], count as f64);
+            }
+        }
         let histograms = pool.histograms();
         wait.histogram(&[("pool", p)], &histograms.acquire_wait);
         hold.histogram(&[("pool", p)], &histograms.hold);

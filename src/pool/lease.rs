@@ -111,6 +111,11 @@ impl Lease {
         &self.pool_name
     }
 
+    /// Counts an error of the caller's own SQL (not a pool failure).
+    pub fn sql_error(&self, sqlstate: &str) {
+        self.inflight.sql_error(sqlstate);
+    }
+
     /// Records how long a statement on this lease took.
     pub fn statement_ran(&self, duration: std::time::Duration) {
         self.inflight.statement_ran(duration);

@@ -208,6 +208,11 @@ impl ManagedPool {
         }
     }
 
+    /// Errors of callers' SQL by SQLSTATE class (`SQLSTATE_CLASSES` order).
+    pub fn sql_errors(&self) -> Vec<u64> {
+        self.shared.stats.sql_errors()
+    }
+
     /// The pool's duration histograms, read now.
     pub fn histograms(&self) -> PoolHistograms {
         let stats = &self.shared.stats;
@@ -584,6 +589,10 @@ impl InflightTable {
 impl Inflight {
     pub(crate) fn statement_ran(&self, duration: Duration) {
         self.table.stats.statement_ran(duration);
+    }
+
+    pub(crate) fn sql_error(&self, sqlstate: &str) {
+        self.table.stats.sql_error(sqlstate);
     }
 
     pub(crate) fn finish(&self, held: Duration) {

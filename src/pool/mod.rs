@@ -19,4 +19,6 @@ pub use lease::{Lease, LeaseCanceller};
 pub use managed::{DrainReport, ManagedPool, PoolHistograms, PoolInfo, PoolState};
 pub use manager::{ConnectError, PgConn};
 pub use registry::{LimitsUpdate, Registry};
-pub use stats::{AcquireOutcome, CloseReason, HistogramSnapshot, StatsBench, StatsSnapshot};
+pub use stats::{
+    AcquireOutcome, CloseReason, HistogramSnapshot, StatsBench, StatsSnapshot, SQLSTATE_CLASSES,
+};

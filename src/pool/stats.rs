@@ -98,6 +98,24 @@ impl CloseReason {
     }
 }
 
+/// SQLSTATE classes PostgreSQL defines (appendix A of its manual). A code
+/// outside them (a custom `RAISE ... USING ERRCODE`) counts as `other`, so
+/// the label stays a closed set.
+pub const SQLSTATE_CLASSES: [&str; 44] = [
+    "00", "01", "02", "03", "08", "09", "0A", "0B", "0F", "0L", "0P", "0Z", "20", "21", "22", "23",
+    "24", "25", "26", "27", "28", "2B", "2D", "2F", "34", "38", "39", "3B", "3D", "3F", "40", "42",
+    "44", "53", "54", "55", "57", "58", "72", "F0", "HV", "P0", "XX", "other",
+];
+
+/// The index in [`SQLSTATE_CLASSES`] of a SQLSTATE's class.
+fn sqlstate_class_index(sqlstate: &str) -> usize {
+    let class = sqlstate.get(..2).unwrap_or("");
+    SQLSTATE_CLASSES
+        .iter()
+        .position(|known| *known == class)
+        .unwrap_or(SQLSTATE_CLASSES.len() - 1)
+}
+
 /// A fixed-bucket histogram of durations.
 #[derive(Debug, Default)]
 pub(crate) struct Histogram {
@@ -165,6 +183,8 @@ pub(crate) struct PoolStats {
     closed: [AtomicU64; 5],
     /// Connections found broken (by their driver, a checkout check or a keepalive).
     broken: AtomicU64,
+    /// Errors of the callers' own SQL, by SQLSTATE class: not pool failures.
+    sql_errors: [AtomicU64; SQLSTATE_CLASSES.len()],
     wait_max_us: AtomicU64,
     pub(crate) acquire_wait: Histogram,
     pub(crate) hold: Histogram,
@@ -280,6 +300,7 @@ impl PoolStats {
             created: AtomicU64::new(0),
             closed: Default::default(),
             broken: AtomicU64::new(0),
+            sql_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             wait_max_us: AtomicU64::new(0),
             acquire_wait: Histogram::default(),
             hold: Histogram::default(),
@@ -341,6 +362,18 @@ impl PoolStats {
 
     pub(crate) fn statement_ran(&self, duration: Duration) {
         self.statement.record(duration);
+    }
+
+    pub(crate) fn sql_error(&self, sqlstate: &str) {
+        self.sql_errors[sqlstate_class_index(sqlstate)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// SQL errors by class, in [`SQLSTATE_CLASSES`] order.
+    pub(crate) fn sql_errors(&self) -> Vec<u64> {
+        self.sql_errors
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect()
     }
 
     pub(crate) fn open_connections(&self) -> u64 {
@@ -507,6 +540,22 @@ mod tests {
             "60 s is above every bound"
         );
         assert!((snap.sum_seconds - 60.046).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sql_errors_are_counted_by_known_class_or_other() {
+        let stats = PoolStats::new();
+        stats.sql_error("22012");
+        stats.sql_error("22P02");
+        stats.sql_error("ZZ999");
+        let counts = stats.sql_errors();
+        let at = |class: &str| {
+            counts[SQLSTATE_CLASSES
+                .iter()
+                .position(|c| *c == class)
+                .unwrap_or(0)]
+        };
+        assert_eq!((at("22"), at("other"), at("42")), (2, 1, 0));
     }
 
     #[test]

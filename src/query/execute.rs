@@ -180,7 +180,11 @@ async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, 
         }
         match driver_error(lease, &err) {
             error @ QueryError::ConnectionLost(_) => Attempt::StaleConnection(error),
-            other => Attempt::Done(Err(other)),
+            other => {
+                let failed = Err(other);
+                count_sql_error(lease, &failed);
+                Attempt::Done(failed)
+            }
         }
     })
 }
@@ -224,7 +228,15 @@ async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<Query
     let started = std::time::Instant::now();
     let result = run_prepared(&lease, &statement, &prepared).await;
     lease.statement_ran(started.elapsed());
+    count_sql_error(&lease, &result);
     Attempt::Done(result)
+}
+
+/// The caller's SQL failing is not the pool failing: counted by class.
+fn count_sql_error<T>(lease: &Lease, result: &Result<T, QueryError>) {
+    if let Err(QueryError::Sql(sql)) = result {
+        lease.sql_error(&sql.sqlstate);
+    }
 }
 
 async fn run_prepared(
@@ -288,6 +300,7 @@ async fn run_batch(
     let started = std::time::Instant::now();
     let result = run_batch_prepared(&lease, &parameter_sets, &prepared).await;
     lease.statement_ran(started.elapsed());
+    count_sql_error(&lease, &result);
     Attempt::Done(result)
 }
 
