@@ -28,7 +28,7 @@ pub(crate) async fn run(pool: Weak<ManagedPool>) {
         let period = match pool.upgrade() {
             Some(pool) => {
                 maintain(&pool).await;
-                cadence(&pool.config().limits)
+                cadence(&pool.limits())
             }
             None => return,
         };
@@ -45,7 +45,7 @@ fn cadence(limits: &PoolLimits) -> Duration {
 }
 
 async fn maintain(pool: &ManagedPool) {
-    let limits = pool.config().limits;
+    let limits = pool.limits();
     let entries = pool.shared().conns.snapshot();
     let mut open = entries.len() as u64;
     let min = u64::from(limits.min_connections);

@@ -190,6 +190,15 @@ impl ManagedPool {
         }
     }
 
+    /// The current limits, without copying the rest of the settings (this
+    /// is on every acquisition's path).
+    pub fn limits(&self) -> PoolLimits {
+        match self.config.read() {
+            Ok(config) => config.limits,
+            Err(poisoned) => poisoned.into_inner().limits,
+        }
+    }
+
     pub fn state(&self) -> PoolState {
         match self.state.load(Ordering::Acquire) {
             STATE_SERVING => PoolState::Serving,
@@ -245,7 +254,7 @@ impl ManagedPool {
             });
         }
         let (timeout, max) = {
-            let limits = self.config().limits;
+            let limits = self.limits();
             (limits.connection_timeout, limits.max_connections)
         };
         let conn = loop {
@@ -453,7 +462,7 @@ impl ManagedPool {
         let Ok(_warming) = self.warming.try_lock() else {
             return;
         };
-        let limits = self.config().limits;
+        let limits = self.limits();
         let open = self.shared.stats.open_connections();
         let min = u64::from(limits.min_connections);
         if open >= min || self.fail_fast_reason().is_some() || self.state() != PoolState::Serving {
