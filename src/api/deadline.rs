@@ -16,7 +16,8 @@ pub(crate) fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<I
     let header = metadata.get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_timeout(header)?;
     let margin = (timeout / 10).min(MAX_MARGIN);
-    Some(Instant::now() + timeout - margin)
+    // A deadline too far to represent is no deadline.
+    Instant::now().checked_add(timeout - margin)
 }
 
 /// Parses the gRPC wire format: up to 8 digits and a unit (H M S m u n).
