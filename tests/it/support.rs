@@ -628,15 +628,22 @@ pub struct EventLog {
     task: JoinHandle<()>,
 }
 
+/// Opens a Watch stream on the server.
+pub async fn watch(
+    server: &TestServer,
+    request: poolplane::proto::WatchRequest,
+) -> Result<tonic::Streaming<poolplane::proto::Event>, tonic::Status> {
+    server
+        .events()
+        .await
+        .watch(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 impl EventLog {
     pub async fn start(server: &TestServer, request: poolplane::proto::WatchRequest) -> EventLog {
-        let mut stream = server
-            .events()
-            .await
-            .watch(request)
-            .await
-            .expect("watch")
-            .into_inner();
+        let mut stream = watch(server, request).await.expect("watch");
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&events);
         let task = tokio::spawn(async move {

@@ -8,7 +8,7 @@ use poolplane::events::EventDetail;
 use poolplane::proto::{event, EventKind, UpdatePoolRequest, WatchRequest};
 use tonic::Code;
 
-use crate::support::{config_yaml_with, meta, PoolSpec, TestServer};
+use crate::support::{config_yaml_with, meta, watch, PoolSpec, TestServer};
 
 /// No health checks (their events would interleave) and small buffers.
 fn quiet(replay: u32, subscriber: u32) -> String {
@@ -42,17 +42,16 @@ async fn next(stream: &mut tonic::Streaming<poolplane::proto::Event>) -> poolpla
 async fn filters_pick_pools_and_kinds() {
     let pools = [PoolSpec::new("watch_a", 1), PoolSpec::new("watch_b", 1)];
     let server = TestServer::start(&config_yaml_with(&pools, &quiet(100, 100))).await;
-    let mut stream = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let mut stream = watch(
+        &server,
+        WatchRequest {
             pools: vec!["watch_a".into()],
             kinds: vec![EventKind::PoolUpdated as i32],
             ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("watch");
     touch(&server, "watch_b").await;
     touch(&server, "watch_a").await;
     let event = next(&mut stream).await;
@@ -62,15 +61,15 @@ async fn filters_pick_pools_and_kinds() {
     );
     assert!(event.sequence > 0 && event.time.is_some());
 
-    let status = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let status = watch(
+        &server,
+        WatchRequest {
             kinds: vec![EventKind::Unspecified as i32],
             ..Default::default()
-        })
-        .await
-        .expect_err("unspecified kind");
+        },
+    )
+    .await
+    .expect_err("unspecified kind");
     assert_eq!(status.code(), Code::InvalidArgument);
     server.stop().await;
 }
@@ -79,17 +78,16 @@ async fn filters_pick_pools_and_kinds() {
 async fn snapshot_comes_first_then_live_events_after_its_sequence() {
     let pools = [PoolSpec::new("snap_a", 1), PoolSpec::new("snap_b", 1)];
     let server = TestServer::start(&config_yaml_with(&pools, &quiet(100, 100))).await;
-    let mut stream = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let mut stream = watch(
+        &server,
+        WatchRequest {
             pools: vec!["snap_a".into()],
             snapshot: true,
             ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("watch");
     let first = next(&mut stream).await;
     assert_eq!(first.kind, EventKind::Snapshot as i32);
     let Some(event::Detail::Snapshot(pool)) = first.detail else {
@@ -108,16 +106,16 @@ async fn snapshot_comes_first_then_live_events_after_its_sequence() {
     assert_eq!(live.kind, EventKind::PoolUpdated as i32);
     assert_eq!(live.sequence, end.sequence + 1);
 
-    let status = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let status = watch(
+        &server,
+        WatchRequest {
             snapshot: true,
             resume_after: Some(1),
             ..Default::default()
-        })
-        .await
-        .expect_err("snapshot and resume together");
+        },
+    )
+    .await
+    .expect_err("snapshot and resume together");
     assert_eq!(status.code(), Code::InvalidArgument);
     server.stop().await;
 }
@@ -133,16 +131,15 @@ async fn resume_replays_what_followed_and_refuses_what_is_gone() {
     for _ in 0..5 {
         touch(&server, "resume").await;
     }
-    let mut stream = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let mut stream = watch(
+        &server,
+        WatchRequest {
             resume_after: Some(3),
             ..Default::default()
-        })
-        .await
-        .expect("resumable")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("resumable");
     let replayed: Vec<u64> = [
         next(&mut stream).await,
         next(&mut stream).await,
@@ -163,15 +160,15 @@ async fn resume_replays_what_followed_and_refuses_what_is_gone() {
     for _ in 0..10 {
         touch(&server, "resume").await;
     }
-    let status = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let status = watch(
+        &server,
+        WatchRequest {
             resume_after: Some(3),
             ..Default::default()
-        })
-        .await
-        .expect_err("too old");
+        },
+    )
+    .await
+    .expect_err("too old");
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(
         meta(&status, "poolplane-oldest-sequence").as_deref(),
@@ -182,28 +179,28 @@ async fn resume_replays_what_followed_and_refuses_what_is_gone() {
         "{}",
         status.message()
     );
-    let ok = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let ok = watch(
+        &server,
+        WatchRequest {
             resume_after: Some(9),
             ..Default::default()
-        })
-        .await;
+        },
+    )
+    .await;
     assert!(
         ok.is_ok(),
         "resuming right before the oldest buffered event works"
     );
 
-    let status = server
-        .events()
-        .await
-        .watch(WatchRequest {
+    let status = watch(
+        &server,
+        WatchRequest {
             resume_after: Some(1000),
             ..Default::default()
-        })
-        .await
-        .expect_err("from the future");
+        },
+    )
+    .await
+    .expect_err("from the future");
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(
         meta(&status, "poolplane-latest-sequence").as_deref(),
@@ -224,20 +221,22 @@ async fn a_slow_subscriber_is_told_what_it_lost_and_slows_nobody() {
         kinds: vec![EventKind::PoolUpdated as i32],
         ..Default::default()
     };
-    let mut slow = server
-        .events()
+    // A tiny HTTP/2 window: the server can send the slow subscriber only a
+    // few events before it must wait for a read that never comes, so it
+    // lags however fast this machine is.
+    let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
         .await
+        .expect("connect");
+    let mut slow = poolplane::proto::pool_events_client::PoolEventsClient::new(slow_channel)
         .watch(request.clone())
         .await
         .expect("watch")
         .into_inner();
-    let mut fast = server
-        .events()
-        .await
-        .watch(request)
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut fast = watch(&server, request).await.expect("watch");
     let first = server.app.events().last_sequence() + 1;
     let last = first + EVENTS - 1;
 
