@@ -1,6 +1,6 @@
 //! The event bus: every event gets a server-wide increasing sequence number
-//! and a timestamp, goes into a bounded replay buffer, and is broadcast to
-//! live subscribers.
+//! and a timestamp, goes into a bounded replay buffer (except periodic
+//! telemetry, which is live-only), and is broadcast to live subscribers.
 //!
 //! A subscriber that falls behind by more than its buffer loses the oldest
 //! events it has not read and is told how many (tokio's broadcast lag), so
@@ -75,6 +75,15 @@ pub enum EventKind {
     MetricsSnapshot,
 }
 
+impl EventKind {
+    /// Periodic telemetry (one per check, one per collection interval per
+    /// pool): sent live but not kept for replay, so it cannot crowd the
+    /// changes a resuming subscriber needs out of the replay buffer.
+    pub fn is_live_only(self) -> bool {
+        matches!(self, EventKind::CheckCompleted | EventKind::MetricsSnapshot)
+    }
+}
+
 impl EventDetail {
     pub fn kind(&self) -> EventKind {
         match self {
@@ -104,6 +113,8 @@ struct Ring {
     next: u64,
     events: VecDeque<Arc<Event>>,
     capacity: usize,
+    /// The sequence of the newest event dropped from the buffer (0: none).
+    evicted_through: u64,
 }
 
 /// What a new subscriber starts from: the buffered events it asked to
@@ -137,6 +148,7 @@ impl EventBus {
                 next: 1,
                 events: VecDeque::with_capacity(replay_capacity.min(4096)),
                 capacity: replay_capacity.max(1),
+                evicted_through: 0,
             }),
             live,
             lagged_events: AtomicU64::new(0),
@@ -153,10 +165,14 @@ impl EventBus {
             detail,
         });
         ring.next += 1;
-        if ring.events.len() == ring.capacity {
-            ring.events.pop_front();
+        if !event.detail.kind().is_live_only() {
+            if ring.events.len() == ring.capacity {
+                if let Some(evicted) = ring.events.pop_front() {
+                    ring.evicted_through = evicted.sequence;
+                }
+            }
+            ring.events.push_back(Arc::clone(&event));
         }
-        ring.events.push_back(Arc::clone(&event));
         // Sent under the lock, so a subscription taken under the same lock
         // sees each event exactly once: in its replay or live.
         let _no_subscribers = self.live.send(Arc::clone(&event));
@@ -164,7 +180,7 @@ impl EventBus {
     }
 
     /// Subscribes to live events, first replaying those after
-    /// `resume_after` (none when `None`).
+    /// `resume_after` (none when `None`). Live-only kinds are not replayed.
     pub fn subscribe(&self, resume_after: Option<u64>) -> Result<Subscription, ResumeError> {
         let ring = self.lock();
         let latest = ring.next - 1;
@@ -174,9 +190,11 @@ impl EventBus {
                 return Err(ResumeError::FromTheFuture { requested, latest })
             }
             Some(requested) => {
-                let oldest = ring.events.front().map_or(ring.next, |e| e.sequence);
-                if requested + 1 < oldest {
-                    return Err(ResumeError::TooOld { requested, oldest });
+                if requested < ring.evicted_through {
+                    return Err(ResumeError::TooOld {
+                        requested,
+                        oldest: ring.evicted_through + 1,
+                    });
                 }
                 ring.events
                     .iter()
@@ -265,6 +283,26 @@ mod tests {
                 latest: 10
             })
         );
+    }
+
+    #[test]
+    fn live_only_events_keep_their_sequence_but_not_a_replay_slot() {
+        let bus = EventBus::new(2, 10);
+        bus.publish("p", EventDetail::PoolCreated);
+        for _ in 0..100 {
+            bus.publish(
+                "p",
+                EventDetail::CheckCompleted {
+                    state: HealthState::Healthy,
+                    latency: None,
+                    error: None,
+                },
+            );
+        }
+        assert_eq!(bus.publish("p", EventDetail::PoolUpdated), 102);
+        let sub = bus.subscribe(Some(0)).expect("nothing durable was evicted");
+        let replayed: Vec<u64> = sub.replay.iter().map(|e| e.sequence).collect();
+        assert_eq!(replayed, [1, 102]);
     }
 
     #[tokio::test]
