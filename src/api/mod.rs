@@ -35,6 +35,19 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
+/// Accepted gRPC connections with Nagle's algorithm off: small responses
+/// must not wait for the client's delayed ACK (a 40 ms stall otherwise).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Starts the core from `config` and serves it until `shutdown` completes
 /// (see [`serve`]).
 pub async fn run(
@@ -97,7 +110,7 @@ pub async fn serve(
             Arc::clone(&app),
             stopping,
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async {
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
