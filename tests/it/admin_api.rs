@@ -229,3 +229,41 @@ async fn statistics_count_exactly_and_reset() {
     assert_eq!(status.code(), Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pool_can_be_created_again_under_its_name() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("phoenix", 2)])).await;
+    let mut admin = server.admin().await;
+    let mut query = server.query().await;
+    query
+        .execute(exec("phoenix", "SELECT 1", vec![]))
+        .await
+        .expect("first life");
+    admin
+        .delete_pool(poolplane::proto::DeletePoolRequest {
+            name: "phoenix".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let status = query
+        .execute(exec("phoenix", "SELECT 1", vec![]))
+        .await
+        .expect_err("gone");
+    assert_eq!(status.code(), Code::NotFound);
+    let reborn = admin
+        .create_pool(create_request("phoenix"))
+        .await
+        .expect("create again")
+        .into_inner();
+    let stats = reborn.statistics.expect("stats");
+    assert_eq!(
+        stats.acquisitions_succeeded, 0,
+        "a new pool starts with fresh statistics"
+    );
+    query
+        .execute(exec("phoenix", "SELECT 1", vec![]))
+        .await
+        .expect("second life");
+    server.stop().await;
+}
