@@ -429,6 +429,8 @@ impl ManagedPool {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.state.store(STATE_CLOSED, Ordering::Release);
+        // Nothing may open again; a pending slot-debt task ends too.
+        self.shared.slots.close();
         let closed_after = self.shared.stats.snapshot().connections_closed;
         DrainReport {
             cancelled,
