@@ -60,6 +60,12 @@ async fn every_sslmode_connects_as_it_says() {
         assert!(uses_tls(&mut client, pool).await, "{pool} is not encrypted");
     }
     server.stop().await;
+    // Closing a TLS connection also waits for its backend to be gone.
+    let admin = cluster().admin().await;
+    for pool in ["tls_require", "tls_verify_full"] {
+        let app = format!("poolplane/{pool}");
+        assert_eq!(crate::support::backends(&admin, &app).await, 0, "{app}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
