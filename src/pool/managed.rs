@@ -1,16 +1,19 @@
 //! A managed pool: one named pool's mobc pool plus everything mobc lacks
 //! (DESIGN.md): a hard limit on server connections that survives live
-//! resizes, a gate that refuses work while draining, exact statistics, and
-//! a close that waits until every backend is really gone.
+//! resizes, a gate that refuses work while draining, a fail-fast breaker the
+//! health monitor opens while the database is unreachable, exact
+//! statistics, and a close that waits until every backend is really gone.
 //!
-//! A resize (any `UpdatePool`) builds a new mobc *generation* with the new
-//! settings and retires the old one: the old generation's idle connections
-//! are closed at once and its busy ones when they come back. The server slot
-//! semaphore is shared by all generations, so old and new connections
-//! together never exceed the current `max_connections`.
+//! A resize (an `UpdatePool` that changes limits or timeouts) builds a new
+//! mobc *generation* with the new settings and retires the old one: the old
+//! generation's idle connections are closed at once and its busy ones when
+//! they come back. The server slot semaphore is shared by all generations,
+//! so old and new connections together never exceed the current
+//! `max_connections`.
 //!
-//! Background work: warming up `min_connections` at start and after each
-//! resize (one short-lived task each time).
+//! Background work: the maintenance loop (`maintenance.rs`, one per pool,
+//! stopped by the drain) and a short warm-up task at start, after each
+//! resize and after a recovery (one at a time).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};

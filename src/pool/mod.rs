@@ -1,5 +1,5 @@
 //! Pools: the registry of named pools, each a mobc pool wrapped with the
-//! limits, gate, statistics and drain that mobc lacks.
+//! limits, gate, breaker, maintenance, statistics and drain that mobc lacks.
 //!
 //! Invariant: nothing here knows about gRPC or HTTP; errors are
 //! [`PoolError`] and callers map them.
