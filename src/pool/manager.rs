@@ -169,14 +169,20 @@ impl mobc::Manager for PgManager {
             let entry = Arc::clone(&entry);
             move |end: DriverEnd| {
                 shared.conns.remove(entry.id());
-                let reason = match (entry.close_reason(), end) {
-                    (Some(reason), _) => reason,
-                    (None, DriverEnd::Failed(error)) => {
+                // A break is reported whatever else already decided to close
+                // the connection (a checkout may have seen it closed first).
+                let broke = match end {
+                    DriverEnd::Failed(error) => {
                         shared.connection_broke(error);
-                        CloseReason::Broken
+                        true
                     }
-                    (None, DriverEnd::Closed | DriverEnd::Aborted) => CloseReason::Discarded,
+                    DriverEnd::Closed | DriverEnd::Aborted => false,
                 };
+                let reason = entry.close_reason().unwrap_or(if broke {
+                    CloseReason::Broken
+                } else {
+                    CloseReason::Discarded
+                });
                 shared.stats.connection_closed(reason);
                 drop(slot);
             }
