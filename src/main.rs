@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             max_connections,
             seconds,
             ..
-        } => match bench_query(
+        } => bench_exit(bench_query(
             target,
             user,
             database,
@@ -93,26 +93,14 @@ fn main() -> ExitCode {
             clients,
             max_connections,
             seconds,
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("poolplane bench: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        )),
         Command::Bench {
             pools,
             scrapes,
             iterations,
             postgres: None,
             ..
-        } => match bench(pools, scrapes, iterations) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("poolplane bench: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        } => bench_exit(bench(pools, scrapes, iterations)),
         Command::Serve {
             config,
             grpc_listen,
@@ -145,6 +133,16 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn bench_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("poolplane bench: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

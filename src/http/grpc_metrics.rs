@@ -214,11 +214,51 @@ impl<B> Drop for MeteredBody<B> {
     }
 }
 
+/// Every method this server answers. Paths outside it are labelled
+/// `unknown`: label values must come from a closed set, or a client calling
+/// made-up paths would grow the series without bound.
+const KNOWN_METHODS: &[(&str, &[&str])] = &[
+    (
+        "poolplane.v1.PoolAdmin",
+        &[
+            "ListPools",
+            "GetPool",
+            "CreatePool",
+            "UpdatePool",
+            "DeletePool",
+            "ResetStatistics",
+            "CheckHealth",
+            "GetMetricsHistory",
+            "ListAlerts",
+            "AcknowledgeAlert",
+            "ClearAlert",
+        ],
+    ),
+    ("poolplane.v1.Query", &["Execute", "ExecuteBatch"]),
+    ("poolplane.v1.PoolEvents", &["Watch"]),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+];
+
 fn split_path(path: &str) -> (String, String) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_string();
-    let method = parts.next().unwrap_or_default().to_string();
-    (service, method)
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    let known = KNOWN_METHODS
+        .iter()
+        .any(|(s, methods)| *s == service && methods.contains(&method));
+    if known {
+        (service.to_string(), method.to_string())
+    } else {
+        ("unknown".to_string(), "unknown".to_string())
+    }
 }
 
 fn grpc_type(method: &str) -> &'static str {
@@ -263,10 +303,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_poolplane_method_is_known() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_else(|err| panic!("descriptor set: {err}"));
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = format!("{package}.{}", service.name.unwrap_or_default());
+                for method in service.method {
+                    let path = format!("/{service_name}/{}", method.name.unwrap_or_default());
+                    assert_ne!(
+                        split_path(&path).0,
+                        "unknown",
+                        "{path} missing from KNOWN_METHODS"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn paths_split_into_service_and_method() {
         assert_eq!(
             split_path("/poolplane.v1.Query/Execute"),
             ("poolplane.v1.Query".to_string(), "Execute".to_string())
+        );
+        assert_eq!(
+            split_path("/poolplane.v1.Query/Made-Up-123"),
+            ("unknown".to_string(), "unknown".to_string())
         );
         assert_eq!(grpc_type("Watch"), "server_stream");
         assert_eq!(
