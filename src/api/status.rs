@@ -105,6 +105,16 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-row-limit", limit.to_string())],
         ),
+        QueryError::NeedsSession { kind } => with(
+            Code::FailedPrecondition,
+            message,
+            &[("poolplane-statement-kind", kind.to_string())],
+        ),
+        QueryError::CopyUnsupported => with(
+            Code::Unimplemented,
+            message,
+            &[("poolplane-statement-kind", "COPY".to_string())],
+        ),
         QueryError::ConnectionLost(_) => Status::new(Code::Unavailable, message),
     }
 }

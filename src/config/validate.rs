@@ -507,8 +507,19 @@ impl Checker {
                 ),
             );
         }
-        if limits.max_connections == 0 {
-            self.error(&key(path, "max_connections"), "must be at least 1".into());
+        // The same ranges and words as `limits` uses for the file, so an
+        // UpdatePool is judged exactly like the config and CreatePool.
+        for (field, value, min) in [
+            ("max_connections", limits.max_connections, 1),
+            ("min_connections", limits.min_connections, 0),
+        ] {
+            let value = i64::from(value);
+            if !(min..=MAX_CONNECTIONS_CEILING).contains(&value) {
+                self.error(
+                    &key(path, field),
+                    format!("{value} is out of range: allowed {min} to {MAX_CONNECTIONS_CEILING}"),
+                );
+            }
         }
         for (field, value) in [
             ("connection_timeout_ms", Some(limits.connection_timeout)),

@@ -28,6 +28,9 @@ pub enum CancelReason {
     Deadline,
     /// The pool is being drained and the drain ran out of time (or was forced).
     Drain,
+    /// The caller stopped reading the result (a row or size limit): the
+    /// rest must not keep the backend busy.
+    ResultLimit,
 }
 
 const NO_REASON: u8 = u8::MAX;
@@ -36,6 +39,7 @@ const FATE_KEEP: u8 = 0;
 const FATE_DISCARD: u8 = 1;
 const FATE_CANCELLED_DEADLINE: u8 = 2;
 const FATE_CANCELLED_DRAIN: u8 = 3;
+const FATE_CANCELLED_RESULT_LIMIT: u8 = 4;
 
 /// One open connection as the table sees it.
 pub(crate) struct ConnEntry {
@@ -193,6 +197,7 @@ impl ConnEntry {
         let fate = match reason {
             CancelReason::Deadline => FATE_CANCELLED_DEADLINE,
             CancelReason::Drain => FATE_CANCELLED_DRAIN,
+            CancelReason::ResultLimit => FATE_CANCELLED_RESULT_LIMIT,
         };
         self.fate.store(fate, Ordering::Release);
     }
@@ -205,6 +210,7 @@ impl ConnEntry {
         match self.fate.load(Ordering::Acquire) {
             FATE_CANCELLED_DEADLINE => Some(CancelReason::Deadline),
             FATE_CANCELLED_DRAIN => Some(CancelReason::Drain),
+            FATE_CANCELLED_RESULT_LIMIT => Some(CancelReason::ResultLimit),
             _ => None,
         }
     }

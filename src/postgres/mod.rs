@@ -5,6 +5,7 @@
 //! Used by the pool's mobc manager and by the health probe; knows nothing
 //! about pooling.
 
+pub(crate) mod reset;
 mod stream;
 mod tls;
 

@@ -20,6 +20,13 @@ pub enum QueryError {
     DeadlineExceeded,
     #[error("the result has more than {limit} rows; raise max_rows (up to the server's limit) or set allow_truncation")]
     ResultTooLarge { limit: u32 },
+    /// Transaction control or a session-level statement, which only a
+    /// session may run: `kind` names the statement.
+    #[error("{kind} is not allowed in Execute or ExecuteBatch, which run in autocommit on a shared connection; open a Session to use transactions and session state")]
+    NeedsSession { kind: &'static str },
+    /// COPY to or from the client, which this API cannot carry.
+    #[error("COPY to or from the client is not supported through Execute; use INSERT ... SELECT, INSERT with ExecuteBatch, or server-side COPY to a file")]
+    CopyUnsupported,
     /// The server connection broke mid-call.
     #[error("connection to PostgreSQL lost: {0}")]
     ConnectionLost(String),

@@ -16,6 +16,7 @@ use futures::{pin_mut, TryStreamExt};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::classify::{self, Refusal};
 use super::error::QueryError;
 use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
 use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
@@ -56,9 +57,7 @@ pub async fn execute(
     statement: Statement,
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
-    if statement.sql.trim().is_empty() {
-        return Err(QueryError::invalid("sql", "must not be empty"));
-    }
+    admit(&statement.sql)?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, move |lease| {
         run_statement(lease, Arc::clone(&statement))
@@ -73,15 +72,29 @@ pub async fn execute_batch(
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
-    if sql.trim().is_empty() {
-        return Err(QueryError::invalid("sql", "must not be empty"));
-    }
+    admit(&sql)?;
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
     with_lease(pool, deadline, move |lease| {
         run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
     })
     .await
+}
+
+/// Refuses what must not run on a shared connection in autocommit.
+fn admit(sql: &str) -> Result<(), QueryError> {
+    if sql.trim().is_empty() {
+        return Err(QueryError::invalid("sql", "must not be empty"));
+    }
+    match classify::check(sql) {
+        Ok(()) => Ok(()),
+        Err(Refusal::NeedsSession(kind)) => Err(QueryError::NeedsSession { kind }),
+        Err(Refusal::Copy) => Err(QueryError::CopyUnsupported),
+        Err(Refusal::MultipleStatements(count)) => Err(QueryError::invalid(
+            "sql",
+            format!("holds {count} statements; send one statement per request"),
+        )),
+    }
 }
 
 /// Stale connections usually come in groups (a server restart, a mass
@@ -170,7 +183,9 @@ where
 /// either as a closed connection or as the FATAL report the server queued
 /// while ending it (e.g. 57P01 after `pg_terminate_backend`).
 async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, Attempt<()>> {
-    lease.conn().client().prepare(sql).await.map_err(|err| {
+    lease.client().prepare(sql).await.map_err(|err| {
+        // A failed Parse created nothing: the session is as it was.
+        lease.nothing_ran();
         let fatal = err
             .as_db_error()
             .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
@@ -226,10 +241,43 @@ async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<Query
         Err(failure) => return failure.retype(),
     };
     let started = std::time::Instant::now();
-    let result = run_prepared(&lease, &statement, &prepared).await;
+    let result = with_pipelined_reset(&lease, run_prepared(&lease, &statement, &prepared)).await;
     lease.statement_ran(started.elapsed());
     count_sql_error(&lease, &result);
     Attempt::Done(result)
+}
+
+/// Runs `work`, which sends one request on its first poll, with the session
+/// reset queued right behind it: both travel in one flight. When `work`
+/// ends with the connection still reusable, the reset's reply decides
+/// whether it goes back to the pool; otherwise the reset is not waited for
+/// (the connection is closed anyway).
+async fn with_pipelined_reset<T>(
+    lease: &Lease,
+    work: impl Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    let reset = lease.reset_request();
+    pin_mut!(work, reset);
+    let mut reset_reply = None;
+    let result = std::future::poll_fn(|cx| {
+        // `work` first, so its request is queued before the reset's.
+        let result = work.as_mut().poll(cx);
+        if reset_reply.is_none() {
+            if let std::task::Poll::Ready(reply) = reset.as_mut().poll(cx) {
+                reset_reply = Some(reply);
+            }
+        }
+        result
+    })
+    .await;
+    if lease.reusable() {
+        let reply = match reset_reply {
+            Some(reply) => reply,
+            None => reset.await,
+        };
+        lease.finish_reset(reply).await;
+    }
+    result
 }
 
 /// The caller's SQL failing is not the pool failing: counted by class.
@@ -244,7 +292,7 @@ async fn run_prepared(
     statement: &Statement,
     prepared: &tokio_postgres::Statement,
 ) -> Result<QueryResult, QueryError> {
-    let client = lease.conn().client();
+    let client = lease.client();
     let params = encode_params("params", &statement.params, prepared.params())?;
     let columns = describe_columns(prepared.columns())?;
     let stream = client
@@ -260,15 +308,17 @@ async fn run_prepared(
         .map_err(|err| driver_error(lease, &err))?
     {
         if rows.len() == limit {
+            // The rest of the result is still coming: cancel it in
+            // PostgreSQL (the backend must not stay busy producing rows
+            // nobody reads) and close the connection.
+            lease
+                .canceller()
+                .cancel_in_background(CancelReason::ResultLimit);
             if !statement.allow_truncation {
-                // The rest of the result is still on the wire: closing the
-                // connection is cheaper than reading it to the end.
-                lease.discard();
                 return Err(QueryError::ResultTooLarge {
                     limit: statement.max_rows,
                 });
             }
-            lease.discard();
             let rows_affected = rows.len() as u64;
             return Ok(QueryResult {
                 columns,
@@ -299,6 +349,9 @@ async fn run_batch(
     };
     let started = std::time::Instant::now();
     let result = run_batch_prepared(&lease, &parameter_sets, &prepared).await;
+    if lease.reusable() {
+        lease.reset().await;
+    }
     lease.statement_ran(started.elapsed());
     count_sql_error(&lease, &result);
     Attempt::Done(result)
@@ -321,7 +374,7 @@ async fn run_batch_prepared(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let result = run_in_transaction(lease.conn().client(), prepared, &encoded).await;
+    let result = run_in_transaction(lease.client(), prepared, &encoded).await;
     result.map_err(|(index, err)| {
         let mut error = QueryError::from_postgres(&err);
         if let QueryError::Sql(sql_error) = &mut error {

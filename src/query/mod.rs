@@ -4,11 +4,13 @@
 //! Invariant: nothing here knows about protobuf or gRPC; values are
 //! [`SqlValue`] and errors [`QueryError`].
 
+mod classify;
 mod error;
 mod execute;
 mod numeric;
 mod value;
 
+pub use classify::{check as classify, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use value::{is_supported, Instant, Interval, SqlValue};

@@ -110,6 +110,31 @@ async fn pools_are_listed_created_updated_and_reported() {
         .await
         .expect_err("min above max");
     assert_eq!(status.code(), Code::InvalidArgument);
+    // UpdatePool judges limits with the same rules and words as CreatePool.
+    for max in [0, 10_001] {
+        let mut create = create_request("admin_d");
+        create.max_connections = Some(max);
+        let created = admin.create_pool(create).await.expect_err("bad max");
+        let updated = admin
+            .update_pool(UpdatePoolRequest {
+                name: "admin_b".into(),
+                max_connections: Some(max),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad max");
+        assert_eq!(updated.code(), Code::InvalidArgument, "max {max}");
+        assert_eq!(
+            meta(&updated, "poolplane-field").as_deref(),
+            Some("max_connections")
+        );
+        assert_eq!(updated.message(), created.message(), "max {max}");
+        assert!(
+            updated.message().contains("allowed 1 to 10000"),
+            "{}",
+            updated.message()
+        );
+    }
     let status = admin
         .update_pool(UpdatePoolRequest {
             name: "admin_b".into(),

@@ -18,6 +18,7 @@ mod pool_lifecycle;
 mod pool_limits;
 mod query_types;
 mod serve_binary;
+mod session_hygiene;
 mod status_codes;
 mod tls;
 mod watch;

@@ -1,0 +1,286 @@
+//! What Execute and ExecuteBatch accept: each statement is parsed with
+//! PostgreSQL's own parser (libpg_query, through the `pg_query` crate) and
+//! refused before it reaches a connection if it would control the
+//! transaction or change the session, which a pooled connection must not
+//! carry to its next caller.
+//!
+//! This is the first line only. A function can change the session too
+//! (`set_config(..., false)`, `pg_advisory_lock`, `EXECUTE 'LISTEN ...'` in
+//! PL/pgSQL), and no parser sees that: the session reset after every call
+//! (`postgres::reset`) is what guarantees the next caller a clean session.
+//!
+//! Text the parser cannot read goes to PostgreSQL unchanged, which rejects
+//! it with its own syntax error.
+
+use pg_query::protobuf::{TransactionStmtKind, VariableSetKind};
+use pg_query::NodeRef;
+
+/// Why a statement is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// More than one statement in one request.
+    MultipleStatements(usize),
+    /// Transaction control or a session-level statement: it belongs in a
+    /// session, which holds one connection for its whole life.
+    NeedsSession(&'static str),
+    /// COPY to or from the client, which the request/response API cannot carry.
+    Copy,
+}
+
+/// `Ok` if `sql` may run through Execute/ExecuteBatch.
+pub fn check(sql: &str) -> Result<(), Refusal> {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return Ok(());
+    };
+    let statements = &parsed.protobuf.stmts;
+    if statements.len() > 1 {
+        return Err(Refusal::MultipleStatements(statements.len()));
+    }
+    let Some(node) = statements
+        .first()
+        .and_then(|raw| raw.stmt.as_ref())
+        .and_then(|stmt| stmt.node.as_ref())
+    else {
+        return Ok(());
+    };
+    if let Some(kind) = top_level_refusal(node.to_ref()) {
+        return Err(kind);
+    }
+    // Temporary objects can be created below the top (`EXPLAIN ANALYZE
+    // CREATE TEMP TABLE ... AS`, `WITH ... SELECT ... INTO TEMP`): a
+    // relation marked temporary anywhere in the tree is refused.
+    for (node, _depth, _context, _has_filter) in parsed.protobuf.nodes() {
+        if creates_temporary(node) {
+            return Err(Refusal::NeedsSession("CREATE TEMP"));
+        }
+    }
+    Ok(())
+}
+
+fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
+    let needs_session = |kind| Some(Refusal::NeedsSession(kind));
+    match node {
+        NodeRef::TransactionStmt(stmt) => needs_session(transaction_kind(stmt.kind())),
+        NodeRef::VariableSetStmt(stmt) => variable_set_refusal(stmt),
+        NodeRef::PrepareStmt(_) => needs_session("PREPARE"),
+        NodeRef::DeallocateStmt(_) => needs_session("DEALLOCATE"),
+        NodeRef::ListenStmt(_) => needs_session("LISTEN"),
+        NodeRef::UnlistenStmt(_) => needs_session("UNLISTEN"),
+        NodeRef::LoadStmt(_) => needs_session("LOAD"),
+        NodeRef::DiscardStmt(_) => needs_session("DISCARD"),
+        NodeRef::DeclareCursorStmt(stmt) if stmt.options & CURSOR_OPT_HOLD != 0 => {
+            needs_session("DECLARE ... WITH HOLD")
+        }
+        NodeRef::CopyStmt(stmt) if stmt.filename.is_empty() && !stmt.is_program => {
+            Some(Refusal::Copy)
+        }
+        NodeRef::CreateSeqStmt(stmt) if temporary(stmt.sequence.as_ref()) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::SelectStmt(stmt) if into_temporary(stmt.into_clause.as_deref()) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::CreateTableAsStmt(stmt) if into_temporary(stmt.into.as_deref()) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::ExplainStmt(stmt) => stmt
+            .query
+            .as_ref()
+            .and_then(|query| query.node.as_ref())
+            .and_then(|query| top_level_refusal(query.to_ref())),
+        NodeRef::CreateFunctionStmt(stmt) if in_temporary_schema(&stmt.funcname) => {
+            needs_session("CREATE FUNCTION pg_temp")
+        }
+        _ => None,
+    }
+}
+
+/// `CURSOR_OPT_HOLD` in PostgreSQL's `parsenodes.h`.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+fn transaction_kind(kind: TransactionStmtKind) -> &'static str {
+    match kind {
+        TransactionStmtKind::TransStmtBegin => "BEGIN",
+        TransactionStmtKind::TransStmtStart => "START TRANSACTION",
+        TransactionStmtKind::TransStmtCommit => "COMMIT",
+        TransactionStmtKind::TransStmtRollback => "ROLLBACK",
+        TransactionStmtKind::TransStmtSavepoint => "SAVEPOINT",
+        TransactionStmtKind::TransStmtRelease => "RELEASE SAVEPOINT",
+        TransactionStmtKind::TransStmtRollbackTo => "ROLLBACK TO SAVEPOINT",
+        TransactionStmtKind::TransStmtPrepare => "PREPARE TRANSACTION",
+        TransactionStmtKind::TransStmtCommitPrepared => "COMMIT PREPARED",
+        TransactionStmtKind::TransStmtRollbackPrepared => "ROLLBACK PREPARED",
+        TransactionStmtKind::Undefined => "transaction control",
+    }
+}
+
+/// `SET LOCAL` and `SET TRANSACTION` last only as long as the transaction
+/// (ExecuteBatch's, or the statement's own), so they are allowed; any other
+/// SET or RESET outlives the call.
+fn variable_set_refusal(stmt: &pg_query::protobuf::VariableSetStmt) -> Option<Refusal> {
+    if stmt.is_local {
+        return None;
+    }
+    let kind = match stmt.kind() {
+        VariableSetKind::VarSetMulti if stmt.name.starts_with("TRANSACTION") => return None,
+        VariableSetKind::VarSetMulti => "SET SESSION CHARACTERISTICS",
+        VariableSetKind::VarReset | VariableSetKind::VarResetAll => "RESET",
+        _ => match stmt.name.as_str() {
+            "role" => "SET ROLE",
+            "session_authorization" => "SET SESSION AUTHORIZATION",
+            _ => "SET",
+        },
+    };
+    Some(Refusal::NeedsSession(kind))
+}
+
+fn creates_temporary(node: NodeRef<'_>) -> bool {
+    match node {
+        NodeRef::RangeVar(range) => temporary(Some(range)),
+        _ => false,
+    }
+}
+
+fn into_temporary(into: Option<&pg_query::protobuf::IntoClause>) -> bool {
+    temporary(into.and_then(|into| into.rel.as_ref()))
+}
+
+fn temporary(range: Option<&pg_query::protobuf::RangeVar>) -> bool {
+    range
+        .is_some_and(|range| range.relpersistence == "t" || range.schemaname.starts_with("pg_temp"))
+}
+
+fn in_temporary_schema(name: &[pg_query::protobuf::Node]) -> bool {
+    match name.first().and_then(|part| part.node.as_ref()) {
+        Some(pg_query::NodeEnum::String(schema)) => schema.sval.starts_with("pg_temp"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_kind(sql: &str) -> Option<&'static str> {
+        match check(sql) {
+            Err(Refusal::NeedsSession(kind)) => Some(kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn transaction_control_is_refused_however_it_is_written() {
+        for (sql, kind) in [
+            ("BEGIN", "BEGIN"),
+            ("begin work", "BEGIN"),
+            (
+                "/* hi */ START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "START TRANSACTION",
+            ),
+            ("-- c\nCOMMIT", "COMMIT"),
+            ("END", "COMMIT"),
+            ("ABORT", "ROLLBACK"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("SAVEPOINT a", "SAVEPOINT"),
+            ("RELEASE a", "RELEASE SAVEPOINT"),
+            ("ROLLBACK TO SAVEPOINT a", "ROLLBACK TO SAVEPOINT"),
+            ("PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION"),
+            ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
+        ] {
+            assert_eq!(refused_kind(sql), Some(kind), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_level_statements_are_refused() {
+        for (sql, kind) in [
+            ("SET search_path = evil", "SET"),
+            ("SET SESSION statement_timeout = 0", "SET"),
+            ("set time zone 'UTC'", "SET"),
+            ("RESET ALL", "RESET"),
+            ("RESET search_path", "RESET"),
+            ("SET ROLE nobody", "SET ROLE"),
+            (
+                "SET SESSION AUTHORIZATION nobody",
+                "SET SESSION AUTHORIZATION",
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                "SET SESSION CHARACTERISTICS",
+            ),
+            ("PREPARE p AS SELECT 1", "PREPARE"),
+            ("DEALLOCATE ALL", "DEALLOCATE"),
+            ("LISTEN chan", "LISTEN"),
+            ("UNLISTEN *", "UNLISTEN"),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                "DECLARE ... WITH HOLD",
+            ),
+            ("LOAD 'auto_explain'", "LOAD"),
+            ("DISCARD ALL", "DISCARD"),
+            ("CREATE TEMP TABLE t (a int)", "CREATE TEMP"),
+            ("create temporary view v as select 1", "CREATE TEMP"),
+            ("CREATE TEMP SEQUENCE s", "CREATE TEMP"),
+            ("CREATE TABLE pg_temp.t (a int)", "CREATE TEMP"),
+            ("CREATE TEMP TABLE t AS SELECT 1", "CREATE TEMP"),
+            ("SELECT 1 AS a INTO TEMP t", "CREATE TEMP"),
+            (
+                "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+                "CREATE TEMP",
+            ),
+            (
+                "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                "CREATE FUNCTION pg_temp",
+            ),
+        ] {
+            assert_eq!(refused_kind(sql), Some(kind), "{sql}");
+        }
+    }
+
+    #[test]
+    fn copy_with_the_client_is_refused_but_server_side_copy_is_not() {
+        assert_eq!(check("COPY t TO STDOUT"), Err(Refusal::Copy));
+        assert_eq!(check("copy t from stdin"), Err(Refusal::Copy));
+        assert_eq!(check("COPY (SELECT 1) TO STDOUT"), Err(Refusal::Copy));
+        assert_eq!(check("COPY t TO '/tmp/x'"), Ok(()));
+    }
+
+    #[test]
+    fn more_than_one_statement_is_refused() {
+        assert_eq!(
+            check("SELECT 1; SELECT 2"),
+            Err(Refusal::MultipleStatements(2))
+        );
+        assert_eq!(
+            check("SELECT 1; BEGIN"),
+            Err(Refusal::MultipleStatements(2))
+        );
+    }
+
+    #[test]
+    fn ordinary_statements_and_transaction_scoped_settings_pass() {
+        for sql in [
+            "SELECT 1",
+            "select $1::int8 + 1",
+            "INSERT INTO t VALUES (1) RETURNING *",
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT count(*) FROM x",
+            "SET LOCAL search_path = x",
+            "SET LOCAL ROLE nobody",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "CREATE TABLE t (a int)",
+            "CREATE UNLOGGED TABLE t (a int)",
+            "SELECT * FROM public.t",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "CALL p()",
+            "NOTIFY chan",
+            "VACUUM t",
+            "SELECT 'BEGIN; SET ROLE x'",
+            "-- BEGIN\nSELECT 1",
+            // Not SQL PostgreSQL accepts: it reports its own syntax error.
+            "SELEC 1",
+        ] {
+            assert_eq!(check(sql), Ok(()), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Every caller gets a clean connection: whatever one caller does to its
+//! session (directly, through a function, a DO block or inside a batch),
+//! the next caller on the same pooled connection sees a fresh session, and
+//! nothing is left `idle in transaction`.
+
+use std::time::Duration;
+
+use poolplane::proto::value::Kind;
+use poolplane::proto::{ExecuteBatchRequest, ParameterSet};
+use tonic::Code;
+
+use crate::support::{cluster, config_yaml, eventually, exec, meta, v, PoolSpec, TestServer};
+
+/// The pool's role besides the superuser it connects as.
+const OTHER_ROLE: &str = "pp_hygiene_other";
+
+/// What the next caller sees of its session, one row.
+const FRESH_SESSION_PROBE: &str = "SELECT current_user::text, session_user::text, \
+    current_setting('search_path'), current_setting('statement_timeout'), \
+    current_setting('default_transaction_read_only'), \
+    (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()) \
+      + (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()), \
+    (SELECT count(*) FROM pg_prepared_statements WHERE from_sql), \
+    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+    (SELECT count(*) FROM pg_listening_channels()), \
+    (SELECT count(*) FROM pg_cursors WHERE name <> ''), \
+    pg_backend_pid()::int8";
+
+#[derive(Debug, PartialEq)]
+struct Session {
+    current_user: String,
+    session_user: String,
+    search_path: String,
+    statement_timeout: String,
+    read_only: String,
+    temp_objects: i64,
+    user_prepared_statements: i64,
+    advisory_locks: i64,
+    listening: i64,
+    cursors: i64,
+}
+
+fn text(value: &poolplane::proto::Value) -> String {
+    match &value.kind {
+        Some(Kind::TextValue(text)) => text.clone(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn int(value: &poolplane::proto::Value) -> i64 {
+    match &value.kind {
+        Some(Kind::IntValue(i)) => *i,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+/// The session a caller of `pool` gets now, and its backend's pid.
+async fn session_of(server: &TestServer, pool: &str) -> (Session, i64) {
+    let response = server
+        .query()
+        .await
+        .execute(exec(pool, FRESH_SESSION_PROBE, vec![]))
+        .await
+        .expect("the probe runs")
+        .into_inner();
+    let row = &response.rows[0].values;
+    let session = Session {
+        current_user: text(&row[0]),
+        session_user: text(&row[1]),
+        search_path: text(&row[2]),
+        statement_timeout: text(&row[3]),
+        read_only: text(&row[4]),
+        temp_objects: int(&row[5]),
+        user_prepared_statements: int(&row[6]),
+        advisory_locks: int(&row[7]),
+        listening: int(&row[8]),
+        cursors: int(&row[9]),
+    };
+    (session, int(&row[10]))
+}
+
+fn fresh() -> Session {
+    Session {
+        current_user: "postgres".into(),
+        session_user: "postgres".into(),
+        search_path: "\"$user\", public".into(),
+        statement_timeout: "30s".into(),
+        read_only: "off".into(),
+        temp_objects: 0,
+        user_prepared_statements: 0,
+        advisory_locks: 0,
+        listening: 0,
+        cursors: 0,
+    }
+}
+
+async fn hygiene_server(pool: &str) -> TestServer {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(&format!(
+            // Tests run in parallel: two may race to create it.
+            "DO $$ BEGIN CREATE ROLE {OTHER_ROLE}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .await
+        .expect("create the other role");
+    TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 1).with("statement_timeout_ms: 30000")
+    ]))
+    .await
+}
+
+/// No backend of `pool` is left inside a transaction.
+async fn assert_no_open_transaction(pool: &str) {
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    let states: Vec<String> = admin
+        .query(
+            "SELECT state FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .iter()
+        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect();
+    assert!(
+        states.iter().all(|state| state == "idle"),
+        "backends of {pool}: {states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_changed_by_functions_never_reaches_the_next_caller() {
+    let pool = "hygiene_fn";
+    let server = hygiene_server(pool).await;
+    let (session, first_pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh(), "a new connection is fresh");
+
+    // Each of these changes the session from inside a statement Execute
+    // allows; the connection is kept (same backend) and reset.
+    let changes = [
+        "SELECT set_config('search_path', 'pg_catalog', false)",
+        "SELECT set_config('statement_timeout', '1', false)",
+        "SELECT set_config('default_transaction_read_only', 'on', false)",
+        &format!("SELECT set_config('role', '{OTHER_ROLE}', false)"),
+        "SELECT pg_advisory_lock(4242)",
+        "SELECT pg_advisory_lock_shared(4243), pg_try_advisory_lock(4244)",
+        "DO $$ BEGIN PERFORM set_config('search_path', 'pg_catalog', false); END $$",
+        &format!("DO $$ BEGIN EXECUTE 'SET ROLE {OTHER_ROLE}'; END $$"),
+        "DO $$ BEGIN EXECUTE 'CREATE TEMP TABLE leak (a int)'; END $$",
+        "DO $$ BEGIN EXECUTE 'CREATE FUNCTION pg_temp.leak() RETURNS int LANGUAGE sql AS ''SELECT 1'''; END $$",
+        "DO $$ BEGIN EXECUTE 'LISTEN leak'; END $$",
+        "DO $$ BEGIN EXECUTE 'DECLARE leak CURSOR WITH HOLD FOR SELECT 1'; END $$",
+        "DO $$ BEGIN PERFORM pg_advisory_lock(4245); END $$",
+    ];
+    for sql in changes {
+        server
+            .query()
+            .await
+            .execute(exec(pool, sql, vec![]))
+            .await
+            .unwrap_or_else(|status| panic!("{sql}: {status:?}"));
+        let (session, pid) = session_of(&server, pool).await;
+        assert_eq!(session, fresh(), "after {sql}");
+        assert_eq!(pid, first_pid, "after {sql}: reset, not reconnected");
+        assert_no_open_transaction(pool).await;
+    }
+
+    // A prepared statement made by a function (its name is the driver's
+    // own naming scheme) cannot be told from the driver's: the connection
+    // is closed and the next caller gets a new one.
+    server
+        .query()
+        .await
+        .execute(exec(
+            pool,
+            "DO $$ BEGIN EXECUTE 'PREPARE s0 AS SELECT 1'; EXECUTE 'PREPARE s1 AS SELECT 2'; END $$",
+            vec![],
+        ))
+        .await
+        .expect("a DO block that prepares");
+    let (session, pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh(), "after PREPARE in a DO block");
+    assert_ne!(pid, first_pid, "that connection was closed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_changed_inside_a_batch_never_reaches_the_next_caller() {
+    let pool = "hygiene_batch";
+    let server = hygiene_server(pool).await;
+    let (_, first_pid) = session_of(&server, pool).await;
+    for sql in [
+        "SELECT set_config('search_path', $1, false)",
+        "SELECT pg_advisory_lock(hashtext($1))",
+        "SELECT set_config('role', $1, false)",
+    ] {
+        let value = if sql.contains("role") {
+            OTHER_ROLE
+        } else {
+            "pg_catalog"
+        };
+        server
+            .query()
+            .await
+            .execute_batch(ExecuteBatchRequest {
+                pool: pool.into(),
+                sql: sql.into(),
+                parameter_sets: vec![ParameterSet {
+                    params: vec![v::text(value)],
+                }],
+            })
+            .await
+            .unwrap_or_else(|status| panic!("{sql}: {status:?}"));
+        let (session, pid) = session_of(&server, pool).await;
+        assert_eq!(session, fresh(), "after the batch {sql}");
+        assert_eq!(
+            pid, first_pid,
+            "after the batch {sql}: reset, not reconnected"
+        );
+        assert_no_open_transaction(pool).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_control_and_session_statements_are_refused_with_failed_precondition() {
+    let pool = "hygiene_refused";
+    let server = hygiene_server(pool).await;
+    let (_, first_pid) = session_of(&server, pool).await;
+    let mut client = server.query().await;
+    for (sql, kind) in [
+        ("BEGIN", "BEGIN"),
+        ("start transaction read write", "START TRANSACTION"),
+        ("COMMIT", "COMMIT"),
+        ("ROLLBACK", "ROLLBACK"),
+        ("SAVEPOINT a", "SAVEPOINT"),
+        ("PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION"),
+        ("SET search_path = pg_catalog", "SET"),
+        ("RESET statement_timeout", "RESET"),
+        (
+            "/* comment */ set session authorization pp_hygiene_other",
+            "SET SESSION AUTHORIZATION",
+        ),
+        ("SET ROLE pp_hygiene_other", "SET ROLE"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("DEALLOCATE ALL", "DEALLOCATE"),
+        ("LISTEN chan", "LISTEN"),
+        ("UNLISTEN *", "UNLISTEN"),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "DECLARE ... WITH HOLD",
+        ),
+        ("CREATE TEMP TABLE t (a int)", "CREATE TEMP"),
+        ("SELECT 1 AS a INTO TEMP t", "CREATE TEMP"),
+        ("LOAD 'plpgsql'", "LOAD"),
+        ("DISCARD ALL", "DISCARD"),
+    ] {
+        let status = client
+            .execute(exec(pool, sql, vec![]))
+            .await
+            .expect_err(sql);
+        assert_eq!(status.code(), Code::FailedPrecondition, "{sql}: {status:?}");
+        assert_eq!(
+            meta(&status, "poolplane-statement-kind").as_deref(),
+            Some(kind),
+            "{sql}"
+        );
+        assert!(
+            status.message().contains("Session"),
+            "{sql}: {}",
+            status.message()
+        );
+        let status = client
+            .execute_batch(ExecuteBatchRequest {
+                pool: pool.into(),
+                sql: sql.into(),
+                parameter_sets: vec![ParameterSet { params: vec![] }],
+            })
+            .await
+            .expect_err(sql);
+        assert_eq!(status.code(), Code::FailedPrecondition, "batch {sql}");
+    }
+    for sql in ["COPY pg_class TO STDOUT", "COPY pg_class FROM STDIN"] {
+        let status = client
+            .execute(exec(pool, sql, vec![]))
+            .await
+            .expect_err(sql);
+        assert_eq!(status.code(), Code::Unimplemented, "{sql}: {status:?}");
+    }
+    // SET LOCAL lasts only as long as the batch's transaction.
+    client
+        .execute_batch(ExecuteBatchRequest {
+            pool: pool.into(),
+            sql: "SET LOCAL search_path = pg_catalog".into(),
+            parameter_sets: vec![ParameterSet { params: vec![] }],
+        })
+        .await
+        .expect("SET LOCAL in a batch");
+    let (session, pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh());
+    assert_eq!(pid, first_pid, "refusals cost no connection");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_begin_loses_no_write() {
+    let pool = "hygiene_write";
+    let server = hygiene_server(pool).await;
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS hygiene_writes; CREATE TABLE hygiene_writes (a int)")
+        .await
+        .expect("create table");
+    let mut client = server.query().await;
+    let status = client
+        .execute(exec(pool, "BEGIN", vec![]))
+        .await
+        .expect_err("BEGIN is refused");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let inserted = client
+        .execute(exec(pool, "INSERT INTO hygiene_writes VALUES (1)", vec![]))
+        .await
+        .expect("insert")
+        .into_inner();
+    assert_eq!(inserted.rows_affected, 1);
+    let seen: i64 = admin
+        .query_one("SELECT count(*) FROM hygiene_writes", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(seen, 1, "another session sees the write at once");
+    assert_no_open_transaction(pool).await;
+
+    // A failed statement leaves nothing behind for the next caller either.
+    let status = client
+        .execute(exec(
+            pool,
+            "INSERT INTO hygiene_writes VALUES ('x')",
+            vec![],
+        ))
+        .await
+        .expect_err("bad value");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    client
+        .execute(exec(pool, "INSERT INTO hygiene_writes VALUES (2)", vec![]))
+        .await
+        .expect("the next insert works");
+    let seen: i64 = admin
+        .query_one("SELECT count(*) FROM hygiene_writes", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(seen, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_limit_failure_cancels_the_statement_in_postgresql() {
+    let pool = "hygiene_rowlimit";
+    let mut spec = PoolSpec::new(pool, 4);
+    spec.connection_timeout_ms = 2000;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    // A result of many rows, produced slowly enough that, uncancelled, the
+    // backend would stay active for minutes.
+    let endless = "SELECT g, pg_sleep(0.01) FROM generate_series(1, 100000) g";
+    let calls = (0..4).map(|_| {
+        let server = &server;
+        async move {
+            let mut request = exec(pool, endless, vec![]);
+            request.max_rows = 5;
+            server.query().await.execute(request).await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        let status = result.expect_err("more rows than max_rows");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(meta(&status, "poolplane-row-limit").as_deref(), Some("5"));
+    }
+    eventually(
+        "no backend of the pool is active",
+        Duration::from_secs(1),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move {
+                let active: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
+                        &[app],
+                    )
+                    .await
+                    .expect("count active")
+                    .get(0);
+                active == 0
+            }
+        },
+    )
+    .await;
+    // Truncation cancels the rest the same way.
+    let mut request = exec(pool, endless, vec![]);
+    request.max_rows = 3;
+    request.allow_truncation = true;
+    let truncated = server
+        .query()
+        .await
+        .execute(request)
+        .await
+        .expect("truncated")
+        .into_inner();
+    assert!(truncated.truncated);
+    assert_eq!(truncated.rows.len(), 3);
+    // The pool is not starved: a statement runs at once.
+    let mut request = exec(pool, "SELECT 1", vec![]);
+    request.max_rows = 1;
+    server
+        .query()
+        .await
+        .execute(request)
+        .await
+        .expect("SELECT 1 after the storm, within the 2 s acquire timeout");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_inside_a_transaction_is_rolled_back_or_closed() {
+    let pool = "hygiene_lease";
+    let server = hygiene_server(pool).await;
+    let (_, first_pid) = session_of(&server, pool).await;
+    let managed = server.app.registry().get(pool).expect("the pool exists");
+
+    // The reset finds the open transaction, rolls it back and resets again:
+    // the connection stays.
+    for leftover in [
+        "BEGIN; SELECT set_config('search_path', 'pg_catalog', false); CREATE TEMP TABLE in_tx (a int)",
+        // A transaction that already failed.
+        "BEGIN; SELECT pg_advisory_lock(7); SELECT 1/0",
+    ] {
+        let lease = managed.acquire().await.expect("a lease");
+        let _ = lease.client().batch_execute(leftover).await;
+        lease.reset().await;
+        assert!(lease.reusable(), "{leftover}: the reset made it clean");
+        drop(lease);
+        let (session, pid) = session_of(&server, pool).await;
+        assert_eq!(session, fresh(), "after {leftover}");
+        assert_eq!(pid, first_pid, "after {leftover}");
+        assert_no_open_transaction(pool).await;
+    }
+
+    // A lease that used its connection and ended without a reset closes it.
+    let lease = managed.acquire().await.expect("a lease");
+    lease
+        .client()
+        .batch_execute("BEGIN; CREATE TEMP TABLE abandoned (a int)")
+        .await
+        .expect("open a transaction");
+    drop(lease);
+    let (session, pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh(), "after an abandoned transaction");
+    assert_ne!(pid, first_pid, "the abandoned connection was closed");
+    let admin = cluster().admin().await;
+    let gone: bool = admin
+        .query_one(
+            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)",
+            &[&(first_pid as i32)],
+        )
+        .await
+        .expect("look up the old backend")
+        .get(0);
+    assert!(gone, "its backend has exited");
+    server.stop().await;
+}
