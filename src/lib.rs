@@ -1,6 +1,6 @@
 //! poolplane: a PostgreSQL connection-pool control plane.
 //!
-//! One long-running service owns named pools (one mobc pool per database),
+//! One long-running service owns named pools (one per database),
 //! runs SQL through them for other services over gRPC (`poolplane.v1.Query`)
 //! and lets operators inspect, create, resize and drain them live
 //! (`poolplane.v1.PoolAdmin`). See ARCHITECTURE.md for the map.

@@ -1,180 +1,118 @@
 //! A lease: one pooled connection lent to one caller. Dropping it gives the
-//! connection back (or closes it, if it was marked for discard) and updates
-//! the pool's statistics, whatever path the caller took out.
+//! connection back to the core (or closes it, if it was cancelled or
+//! discarded) and records how long it was held, whatever path the caller
+//! took out.
 //!
-//! A lease also keeps the connection-hygiene promise: once anything was sent
-//! on the connection, it goes back to the pool only after a session reset
-//! (`postgres::reset`) reported it clean. A lease dropped without one closes
-//! its connection instead.
+//! A lease also keeps the connection-hygiene promise: whoever touches the
+//! client may change the session, so from then on the connection goes back
+//! to the pool only after a session reset proved it clean. The query path
+//! pipelines that reset with its statement ([`Lease::reset_request`]); a
+//! lease dropped without one is reset in the background (state Resetting)
+//! before anyone else can have it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio_postgres::{CancelToken, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::conns::{CancelReason, ConnEntry};
-use super::managed::Inflight;
-use super::manager::{PgConn, PgManager};
+use super::connector::Connector;
+use super::core::{Borrowed, CancelReason, Core, LeaseControl};
+use super::pg::PgConnector;
+use super::stats::PoolStats;
 use crate::postgres::reset::{self, ResetFailed};
-use crate::postgres::Endpoint;
 
-pub struct Lease {
-    conn: mobc::Connection<PgManager>,
-    inflight: Inflight,
+pub struct Lease<C: Connector = PgConnector> {
+    id: u64,
+    /// `Some` until the lease ends.
+    conn: Option<C::Conn>,
+    control: Arc<LeaseControl<C>>,
+    core: Arc<Core<C>>,
+    stats: Arc<PoolStats>,
     acquired_at: Instant,
     pool_name: Arc<str>,
-    cancel_timeout: std::time::Duration,
-    /// Something was sent since the connection was last known clean.
-    dirty: AtomicBool,
 }
 
 /// What another task needs to stop the work running on a lease: a cancel
-/// request for PostgreSQL and the flag that keeps the connection out of the
-/// pool afterwards (a late cancel must never hit the next borrower).
-#[derive(Clone)]
-pub struct LeaseCanceller {
-    token: CancelToken,
-    entry: Arc<ConnEntry>,
-    endpoint: Arc<Endpoint>,
-    /// Bounds the whole cancel request (the server may be unreachable).
-    timeout: std::time::Duration,
+/// request for the server and the fate that keeps the connection out of
+/// the pool afterwards (a late cancel must never hit the next borrower).
+pub struct LeaseCanceller<C: Connector = PgConnector>(Arc<LeaseControl<C>>);
+
+impl<C: Connector> Clone for LeaseCanceller<C> {
+    fn clone(&self) -> Self {
+        LeaseCanceller(Arc::clone(&self.0))
+    }
 }
 
-impl LeaseCanceller {
-    pub(crate) fn for_conn(conn: &PgConn, timeout: std::time::Duration) -> LeaseCanceller {
-        LeaseCanceller {
-            token: conn.cancel_token(),
-            entry: conn.entry(),
-            endpoint: conn.endpoint(),
-            timeout,
-        }
-    }
-
-    /// Marks the connection for discard and asks PostgreSQL to cancel
-    /// whatever it is running. Returns whether the cancel request was sent.
+impl<C: Connector> LeaseCanceller<C> {
+    /// Marks the connection for closing and asks the server to cancel
+    /// whatever it runs. Returns whether the cancel request was delivered.
     pub async fn cancel(&self, reason: CancelReason) -> bool {
-        self.entry.cancelled(reason);
-        match tokio::time::timeout(self.timeout, self.endpoint.cancel(&self.token)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cancel request to PostgreSQL failed");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.timeout, "cancel request to PostgreSQL timed out");
-                false
-            }
-        }
+        self.0.cancel(reason).await
     }
 
-    /// Marks the connection cancelled and sends the cancel request from a
-    /// task of its own, so the caller answers without waiting for it.
+    /// The same, with the request sent from a task of its own, so the
+    /// caller answers without waiting for it. The connection is marked at
+    /// once.
     pub fn cancel_in_background(&self, reason: CancelReason) {
-        self.entry.cancelled(reason);
+        self.0.mark_cancelled(reason);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let canceller = self.clone();
+            let control = Arc::clone(&self.0);
             runtime.spawn(async move {
-                canceller.cancel(reason).await;
+                control.cancel(reason).await;
             });
         }
     }
 }
 
-impl Lease {
+impl<C: Connector> Lease<C> {
     pub(crate) fn new(
-        conn: mobc::Connection<PgManager>,
-        inflight: Inflight,
+        borrowed: Borrowed<C>,
+        core: Arc<Core<C>>,
+        stats: Arc<PoolStats>,
         pool_name: Arc<str>,
-        cancel_timeout: std::time::Duration,
-    ) -> Lease {
+    ) -> Lease<C> {
         Lease {
-            conn,
-            inflight,
+            id: borrowed.id,
+            conn: Some(borrowed.conn),
+            control: borrowed.control,
+            core,
+            stats,
             acquired_at: Instant::now(),
             pool_name,
-            cancel_timeout,
-            dirty: AtomicBool::new(false),
         }
     }
 
-    /// The session reset as one request, to be sent right behind the
-    /// caller's statement (same flight); its reply goes to [`Lease::finish_reset`].
-    pub fn reset_request(
-        &self,
-    ) -> impl std::future::Future<Output = Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> + '_
-    {
-        self.conn.client().simple_query(reset::RESET_SQL)
+    fn conn(&self) -> &C::Conn {
+        // Only `Drop` takes the connection out.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a live lease holds its connection"))
     }
 
-    /// Reads a pipelined reset's reply, finishes the reset if the caller
-    /// left a transaction open, and marks the connection clean; a
-    /// connection that cannot be made clean is closed when the lease ends.
-    pub async fn finish_reset(
-        &self,
-        reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
-    ) {
-        let outcome = match reset::read_report(reply) {
-            Ok(report) => {
-                if report != reset::ResetReport::Clean {
-                    tracing::warn!(pool = %self.pool_name, ?report, "connection came back unclean; resetting it");
-                }
-                reset::finish(self.conn.client(), report).await
-            }
-            Err(failed) => Err(failed),
-        };
-        self.settle_reset(outcome);
+    pub fn canceller(&self) -> LeaseCanceller<C> {
+        LeaseCanceller(Arc::clone(&self.control))
     }
 
-    /// Resets the session now (one round trip).
-    pub async fn reset(&self) {
-        let outcome = reset::reset(self.conn.client()).await.map(|_| ());
-        self.settle_reset(outcome);
+    /// Whether the connection may still go back to the pool.
+    pub fn reusable(&self) -> bool {
+        use super::connector::Connection;
+        self.control.reusable() && !self.conn().is_broken()
     }
 
-    fn settle_reset(&self, outcome: Result<(), ResetFailed>) {
-        match outcome {
-            Ok(()) => self.dirty.store(false, Ordering::Release),
-            Err(failed) => {
-                if self.reusable() {
-                    tracing::warn!(pool = %self.pool_name, error = %failed, "closing a connection that could not be reset");
-                }
-                self.discard();
-            }
-        }
+    /// Close the connection when the lease ends instead of reusing it.
+    pub fn discard(&self) {
+        self.control.discard();
     }
 
-    /// The connection's client. Whoever uses it may change the session, so
-    /// from here on the connection goes back to the pool only after a
-    /// reset proved it clean (or after [`Lease::nothing_ran`]).
-    pub fn client(&self) -> &tokio_postgres::Client {
-        self.dirty.store(true, Ordering::Release);
-        self.conn.client()
+    /// Why poolplane cancelled this lease's statement, if it did.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.control.cancel_reason()
     }
 
     /// Says that what was sent since the last reset cannot have changed
     /// the session (only a Parse, which failed): no reset is needed.
     pub fn nothing_ran(&self) {
-        self.dirty.store(false, Ordering::Release);
-    }
-
-    pub fn canceller(&self) -> LeaseCanceller {
-        LeaseCanceller::for_conn(&self.conn, self.cancel_timeout)
-    }
-
-    /// Whether the connection may still go back to the pool.
-    pub fn reusable(&self) -> bool {
-        self.conn.entry().reusable() && !self.conn.client().is_closed()
-    }
-
-    /// Close the connection when the lease ends instead of reusing it.
-    pub fn discard(&self) {
-        self.conn.entry().discard();
-    }
-
-    /// Why poolplane cancelled this lease's statement, if it did.
-    pub fn cancel_reason(&self) -> Option<CancelReason> {
-        self.conn.entry().cancel_reason()
+        self.control.set_dirty(false);
     }
 
     /// The pool this lease came from.
@@ -184,21 +122,88 @@ impl Lease {
 
     /// Counts an error of the caller's own SQL (not a pool failure).
     pub fn sql_error(&self, sqlstate: &str) {
-        self.inflight.sql_error(sqlstate);
+        self.stats.sql_error(sqlstate);
     }
 
     /// Records how long a statement on this lease took.
-    pub fn statement_ran(&self, duration: std::time::Duration) {
-        self.inflight.statement_ran(duration);
+    pub fn statement_ran(&self, duration: Duration) {
+        self.stats.statement_ran(duration);
     }
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.dirty.load(Ordering::Acquire) {
-            // The caller ended before a reset proved the session clean.
-            self.discard();
+impl Lease<PgConnector> {
+    /// The connection's client. Whoever uses it may change the session, so
+    /// from here on the connection goes back to the pool only after a
+    /// reset proved it clean (or after [`Lease::nothing_ran`]).
+    pub fn client(&self) -> &Client {
+        self.control.set_dirty(true);
+        self.conn().client()
+    }
+
+    /// The session reset as one request, to be sent right behind the
+    /// caller's statement (same flight); its reply goes to [`Lease::finish_reset`].
+    pub fn reset_request(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> + '_
+    {
+        self.conn().client().simple_query(reset::RESET_SQL)
+    }
+
+    /// Reads a pipelined reset's reply, finishes the reset if the caller
+    /// left a transaction open, and marks the connection clean; one that
+    /// cannot be made clean is closed when the lease ends.
+    pub async fn finish_reset(
+        &self,
+        reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
+    ) {
+        let client = self.conn().client();
+        let outcome = match reset::read_report(reply) {
+            Ok(report) => {
+                if report != reset::ResetReport::Clean {
+                    tracing::warn!(pool = %self.pool_name, ?report, "connection came back unclean; resetting it");
+                }
+                reset::finish(client, report).await
+            }
+            Err(failed) => Err(failed),
+        };
+        self.settle_reset(outcome);
+    }
+
+    /// Resets the session now (one round trip).
+    pub async fn reset(&self) {
+        let outcome = reset::reset(self.conn().client()).await.map(|_| ());
+        self.settle_reset(outcome);
+    }
+
+    fn settle_reset(&self, outcome: Result<(), ResetFailed>) {
+        match outcome {
+            Ok(()) => self.control.set_dirty(false),
+            Err(failed) => {
+                if self.reusable() {
+                    tracing::warn!(pool = %self.pool_name, error = %failed, "closing a connection that could not be reset");
+                }
+                self.discard();
+            }
         }
-        self.inflight.finish(self.acquired_at.elapsed());
+    }
+}
+
+impl<C: Connector> Drop for Lease<C> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        self.stats.released(self.acquired_at.elapsed());
+        let Some(conn) = self.core.give_back(self.id, conn, &self.control) else {
+            return;
+        };
+        // Used and not yet reset: reset it before anyone else gets it.
+        let (core, id) = (Arc::clone(&self.core), self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { core.reset_then_put_back(id, conn).await });
+            }
+            Err(_) => core.close_unreset(id, conn),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Background maintenance of one pool, never left to checkout time (mobc
-//! enforces lifetimes only lazily, DESIGN.md). One loop per pool; each pass:
+//! Background maintenance of one pool, never left to checkout time. One
+//! loop per pool; each pass (`Core::sweep` decides under the table lock):
 //!
 //! - retires connections past `max_lifetime` (less a per-connection jitter
 //!   of up to 10%, so they do not all reconnect at once): idle ones close
@@ -12,18 +12,26 @@
 //! - opens connections back up to `min_connections`.
 //!
 //! A pass runs every quarter of the shortest of those three durations,
-//! between 10 ms and 5 s. Closing means aborting the connection's driver:
-//! the socket closes at once and the backend exits.
+//! between 10 ms and 5 s. The loop ends when its pool is dropped or drained.
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::conns::ConnEntry;
-use super::managed::ManagedPool;
-use super::stats::CloseReason;
+use super::connector::{Connection, Connector};
+use super::core::{Core, SweepLimits};
 use crate::config::PoolLimits;
 
-pub(crate) async fn run(pool: Weak<ManagedPool>) {
+/// What the maintenance loop needs from the pool it tends.
+pub(crate) trait Tended: Send + Sync + 'static {
+    type Connector: Connector;
+    fn core(&self) -> &Core<Self::Connector>;
+    fn limits(&self) -> PoolLimits;
+    /// Opens connections up to the minimum, if the pool may.
+    fn warm_up(&self) -> impl Future<Output = ()> + Send;
+}
+
+pub(crate) async fn run<P: Tended>(pool: Weak<P>) {
     loop {
         let period = match pool.upgrade() {
             Some(pool) => {
@@ -44,58 +52,25 @@ fn cadence(limits: &PoolLimits) -> Duration {
     (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
-async fn maintain(pool: &ManagedPool) {
+async fn maintain<P: Tended>(pool: &Arc<P>) {
     let limits = pool.limits();
-    let entries = pool.shared().conns.snapshot();
-    let mut open = entries.len() as u64;
-    let min = u64::from(limits.min_connections);
-    let mut to_ping = Vec::new();
-    for entry in entries {
-        if entry.lifetime_over(limits.max_lifetime) {
-            if entry.close_if_idle(CloseReason::Lifetime) {
-                open = open.saturating_sub(1);
-            }
-            continue;
-        }
-        if !entry.is_idle() {
-            continue;
-        }
-        if entry.idle_for() >= limits.idle_timeout && open > min {
-            if entry.close_if_idle(CloseReason::Idle) {
-                open = open.saturating_sub(1);
-            }
-            continue;
-        }
-        if entry.unchecked_for() >= limits.health_check_interval {
-            to_ping.push(entry);
-        }
-    }
+    let core = pool.core();
+    let to_ping = core.sweep(&SweepLimits {
+        max_lifetime: limits.max_lifetime,
+        idle_timeout: limits.idle_timeout,
+        check_after: limits.health_check_interval,
+        min: limits.min_connections as usize,
+    });
     let timeout = limits.connection_timeout.min(Duration::from_secs(5));
-    futures::future::join_all(to_ping.into_iter().map(|entry| ping(pool, entry, timeout))).await;
+    let pings = to_ping.into_iter().map(|(id, conn)| async move {
+        let result = match tokio::time::timeout(timeout, conn.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("keepalive timed out after {timeout:?}")),
+        };
+        core.pinged(id, conn, result);
+    });
+    futures::future::join_all(pings).await;
     pool.warm_up().await;
-}
-
-/// Runs an empty query on an idle connection; closes it if that fails.
-async fn ping(pool: &ManagedPool, entry: Arc<ConnEntry>, timeout: Duration) {
-    let Some(client) = entry.client() else {
-        return;
-    };
-    let failure = match tokio::time::timeout(timeout, client.simple_query("")).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(err)) => Some(crate::postgres::error_chain(&err)),
-        Err(_) => Some(format!("keepalive timed out after {timeout:?}")),
-    };
-    match failure {
-        None => entry.mark_checked(),
-        Some(error) => {
-            // The driver may already have reported this break; a second
-            // report would count one broken connection twice.
-            if !client.is_closed() {
-                pool.shared().connection_broke(error);
-            }
-            entry.close_if_idle(CloseReason::Broken);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,23 +1,29 @@
-//! Pools: the registry of named pools, each a mobc pool wrapped with the
-//! limits, gate, breaker, maintenance, statistics and drain that mobc lacks.
+//! Pools: the registry of named pools, each a core of connections (one
+//! state machine per connection, one table per pool) wrapped with the
+//! settings, breaker, maintenance, statistics and drain of a managed pool.
 //!
 //! Invariant: nothing here knows about gRPC or HTTP; errors are
-//! [`PoolError`] and callers map them.
+//! [`PoolError`] and callers map them. The core (`core.rs`) knows nothing
+//! about PostgreSQL: it is generic over a [`connector`], and `pg.rs` is the
+//! PostgreSQL one.
 
-mod conns;
+mod connector;
+mod core;
 mod error;
 mod lease;
 mod maintenance;
 mod managed;
-mod manager;
+mod pg;
 mod registry;
 mod stats;
+#[cfg(test)]
+mod testing;
 
-pub use conns::CancelReason;
+pub use self::core::{CancelReason, ConnCounts, ConnState};
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};
 pub use managed::{DrainReport, ManagedPool, PoolHistograms, PoolInfo, PoolState};
-pub use manager::{ConnectError, PgConn};
+pub use pg::{PgConn, PgConnector};
 pub use registry::{LimitsUpdate, Registry};
 pub use stats::{
     AcquireOutcome, CloseReason, HistogramSnapshot, StatsBench, StatsSnapshot, SQLSTATE_CLASSES,

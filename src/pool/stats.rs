@@ -1,8 +1,12 @@
-//! Per-pool statistics kept by poolplane itself, because mobc's own are
-//! unlabelled and drift under cancellation (DESIGN.md). Every counter moves
-//! in exactly one place, gauges move through guards so a cancelled future
-//! still puts them back, and every acquisition attempt ends in exactly one
-//! outcome (a dropped attempt counts as cancelled).
+//! Per-pool statistics: counters of what happened (acquisitions by
+//! outcome, connections created and closed by reason, SQL errors by class)
+//! and duration histograms. Every counter moves in exactly one place, and
+//! every acquisition attempt ends in exactly one outcome (a dropped attempt
+//! counts as cancelled).
+//!
+//! Gauges of connections (open, idle, active, peak) are not kept here: they
+//! are read from the pool core's table, their one source, and passed to
+//! [`PoolStats::snapshot`].
 //!
 //! Histograms are fixed-bucket atomics, read at scrape time; recording one
 //! value is a short scan and two relaxed atomic adds.
@@ -10,6 +14,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+use super::core::ConnCounts;
 
 /// Upper bounds of the histogram buckets, in microseconds (0.5 ms … 30 s).
 pub(crate) const BUCKET_BOUNDS_US: [u64; 15] = [
@@ -92,10 +98,6 @@ impl CloseReason {
     fn index(self) -> usize {
         self as usize
     }
-
-    pub(crate) fn from_index(index: u8) -> Option<CloseReason> {
-        CloseReason::ALL.get(usize::from(index)).copied()
-    }
 }
 
 /// SQLSTATE classes PostgreSQL defines (appendix A of its manual). A code
@@ -171,13 +173,9 @@ impl Histogram {
 /// connection driver tasks.
 #[derive(Debug)]
 pub(crate) struct PoolStats {
-    /// Leases handed out and not yet returned.
-    active: AtomicU64,
-    /// Callers inside `acquire` right now.
+    /// Callers inside `acquire` right now (a guard lowers it however the
+    /// call ends).
     pending: AtomicU64,
-    /// Server connections open (connected, driver task still running).
-    open: AtomicU64,
-    peak_open: AtomicU64,
     outcomes: [AtomicU64; 5],
     created: AtomicU64,
     closed: [AtomicU64; 5],
@@ -292,10 +290,7 @@ impl Drop for AcquireAttempt<'_> {
 impl PoolStats {
     pub(crate) fn new() -> PoolStats {
         PoolStats {
-            active: AtomicU64::new(0),
             pending: AtomicU64::new(0),
-            open: AtomicU64::new(0),
-            peak_open: AtomicU64::new(0),
             outcomes: Default::default(),
             created: AtomicU64::new(0),
             closed: Default::default(),
@@ -325,30 +320,15 @@ impl PoolStats {
         self.acquire_wait.record(waited);
         self.wait_max_us
             .fetch_max(micros(waited), Ordering::Relaxed);
-        if outcome == AcquireOutcome::Success {
-            self.active.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     pub(crate) fn released(&self, held: Duration) {
         self.hold.record(held);
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// A connection is being opened: it counts as open from now on, so
-    /// its driver can never report it closed before it was counted.
-    pub(crate) fn connection_opening(&self) {
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak_open.fetch_max(open, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_opened(&self, setup: Duration) {
         self.created.fetch_add(1, Ordering::Relaxed);
         self.setup.record(setup);
-    }
-
-    pub(crate) fn connection_not_opened(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_broke(&self) {
@@ -357,7 +337,6 @@ impl PoolStats {
 
     pub(crate) fn connection_closed(&self, reason: CloseReason) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn statement_ran(&self, duration: Duration) {
@@ -376,13 +355,8 @@ impl PoolStats {
             .collect()
     }
 
-    pub(crate) fn open_connections(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Zeroes counters, averages and histograms; gauges (active, pending,
-    /// open) are facts about now and stay, and the peak restarts from the
-    /// current count.
+    /// Zeroes counters, averages and histograms; gauges are facts about
+    /// now and stay (the core restarts its peak).
     pub(crate) fn reset(&self) {
         let counters = self.outcomes.iter().chain(&self.closed).chain([
             &self.created,
@@ -395,27 +369,22 @@ impl PoolStats {
         for histogram in [&self.acquire_wait, &self.hold, &self.setup, &self.statement] {
             histogram.reset();
         }
-        self.peak_open
-            .store(self.open.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Ok(mut reset_at) = self.reset_at.lock() {
             *reset_at = SystemTime::now();
         }
     }
 
-    pub(crate) fn snapshot(&self) -> StatsSnapshot {
-        let active = self.active.load(Ordering::Relaxed);
-        let total = self.open.load(Ordering::Relaxed);
+    /// The counters, with the connection gauges `counts` read from the core.
+    pub(crate) fn snapshot(&self, counts: ConnCounts) -> StatsSnapshot {
         let outcome = |o: AcquireOutcome| self.outcomes[o.index()].load(Ordering::Relaxed);
         let closed_by_reason =
             CloseReason::ALL.map(|r| self.closed[r.index()].load(Ordering::Relaxed));
         let wait = self.acquire_wait.snapshot();
         let setup = self.setup.snapshot();
         StatsSnapshot {
-            active,
-            // A lease can outlive its connection's driver (a broken connection
-            // still held), so idle is clamped rather than trusted to subtract.
-            idle: total.saturating_sub(active),
-            total,
+            active: counts.active(),
+            idle: counts.available(),
+            total: counts.open(),
             pending: self.pending.load(Ordering::Relaxed),
             acquisitions_succeeded: outcome(AcquireOutcome::Success),
             acquire_timeouts: outcome(AcquireOutcome::Timeout),
@@ -430,7 +399,7 @@ impl PoolStats {
             acquire_wait_total: Duration::from_secs_f64(wait.sum_seconds),
             max_acquire_wait: Duration::from_micros(self.wait_max_us.load(Ordering::Relaxed)),
             average_connection_setup: average(setup.sum_seconds, setup.count),
-            peak_connections: self.peak_open.load(Ordering::Relaxed),
+            peak_connections: counts.peak,
             uptime: self.started.elapsed(),
             reset_at: self
                 .reset_at
@@ -458,7 +427,7 @@ impl StatsBench {
             stats.released(spread);
         }
         let elapsed = started.elapsed();
-        std::hint::black_box(stats.snapshot());
+        std::hint::black_box(stats.snapshot(ConnCounts::default()));
         elapsed.as_nanos() as f64 / iterations.max(1) as f64
     }
 }
@@ -483,9 +452,9 @@ mod tests {
     fn a_dropped_attempt_is_cancelled_and_no_longer_pending() {
         let stats = PoolStats::new();
         let attempt = stats.begin_acquire();
-        assert_eq!(stats.snapshot().pending, 1);
+        assert_eq!(stats.snapshot(ConnCounts::default()).pending, 1);
         drop(attempt);
-        let snap = stats.snapshot();
+        let snap = stats.snapshot(ConnCounts::default());
         assert_eq!((snap.pending, snap.acquire_cancelled), (0, 1));
         assert_eq!(stats.acquire_wait.snapshot().count, 1);
     }
@@ -496,27 +465,31 @@ mod tests {
         for outcome in AcquireOutcome::ALL {
             stats.begin_acquire().finish(outcome);
         }
-        let snap = stats.snapshot();
+        let snap = stats.snapshot(ConnCounts::default());
         assert_eq!(snap.acquisition_attempts(), 5);
         assert_eq!(snap.acquisitions_succeeded, 1);
-        assert_eq!(snap.active, 1);
         assert_eq!(stats.acquire_wait.snapshot().count, 5);
     }
 
     #[test]
-    fn reset_keeps_gauges_and_restarts_peak() {
+    fn reset_zeroes_counters_and_gauges_come_from_the_core() {
         let stats = PoolStats::new();
         for setup in [4, 2] {
-            stats.connection_opening();
             stats.connection_opened(Duration::from_millis(setup));
         }
         stats.connection_closed(CloseReason::Idle);
         stats.begin_acquire().finish(AcquireOutcome::Success);
         stats.reset();
-        let snap = stats.snapshot();
-        assert_eq!(snap.total, 1);
-        assert_eq!(snap.active, 1);
-        assert_eq!(snap.peak_connections, 1);
+        let counts = ConnCounts {
+            idle: 1,
+            leased: 1,
+            closing: 1,
+            peak: 3,
+            ..ConnCounts::default()
+        };
+        let snap = stats.snapshot(counts);
+        assert_eq!((snap.total, snap.active, snap.idle), (3, 1, 1));
+        assert_eq!(snap.peak_connections, 3);
         assert_eq!(snap.connections_created, 0);
         assert_eq!(snap.connections_closed, 0);
         assert_eq!(snap.acquisitions_succeeded, 0);
@@ -561,11 +534,9 @@ mod tests {
     #[test]
     fn closes_are_counted_by_reason() {
         let stats = PoolStats::new();
-        stats.connection_opening();
-        stats.connection_opening();
         stats.connection_closed(CloseReason::Lifetime);
         stats.connection_closed(CloseReason::Broken);
-        let snap = stats.snapshot();
+        let snap = stats.snapshot(ConnCounts::default());
         assert_eq!(snap.connections_closed, 2);
         assert_eq!(snap.closed_by_reason, [0, 1, 1, 0, 0]);
     }

@@ -2,7 +2,7 @@
 //! (timeouts, keepalives, application_name, statement_timeout), TLS, and
 //! the driver task of each connection, which reports how it ended.
 //!
-//! Used by the pool's mobc manager and by the health probe; knows nothing
+//! Used by the pool's PostgreSQL connector and by the health probe; knows nothing
 //! about pooling.
 
 pub(crate) mod reset;
@@ -174,8 +174,10 @@ where
     tokio::spawn(async move {
         let end = match connection.await {
             Ok(()) => DriverEnd::Closed,
-            // Closed on our request: the driver sees end-of-file, which is no failure.
-            Err(_) if closer.requested() => DriverEnd::Closed,
+            // Closed on our request: the driver sees end-of-file, which is
+            // no failure. A FATAL report from the server (terminated,
+            // shutting down) is a break even if we were closing it too.
+            Err(err) if closer.requested() && err.as_db_error().is_none() => DriverEnd::Closed,
             Err(err) => DriverEnd::Failed(error_chain(&err)),
         };
         guard.finish(end);

@@ -4,6 +4,7 @@
 mod proxy;
 mod support;
 
+mod accounting;
 mod admin_api;
 mod alerts;
 mod check_health;

@@ -1,0 +1,1345 @@
+//! The pool core: every server connection of one pool, each in exactly one
+//! state, kept in one table under one lock. Counts (open, idle, active,
+//! closing), the `max_connections` limit, resize, drain and maintenance all
+//! read that table; nothing keeps a count of its own that could drift.
+//!
+//! ```text
+//!             connect ok                 release (clean)
+//! Connecting ───────────► Leased ◄──────────────────────── Idle
+//!     │                   │  │ ▲  checkout / handoff ──────▲ │
+//!     │ connect failed    │  │ └── Resetting ◄── release   │ │ due for a ping
+//!     ▼                   │  │      (dirty)                │ ▼
+//!  (gone)                 │  └──────────────────────── Checking
+//!                         ▼ close (discarded, retired, broken, lifetime, idle, drain)
+//!                      Closing ──── the server closed the socket ───► (gone)
+//! ```
+//!
+//! A connection is in the table from before its connect until the server
+//! has closed its socket ([`ServerSlot`]): the table's size is what
+//! PostgreSQL counts, so `open ≤ max_connections` holds as the server sees it.
+//!
+//! Waiters queue in FIFO order and are *handed* what frees up (an idle
+//! connection or a slot to connect with) directly, so a newcomer cannot
+//! overtake a waiter. A waiter that gives up (timeout, cancelled) returns
+//! anything handed to it meanwhile.
+//!
+//! Invariant: no [`ServerSlot`] and no connection is dropped while the table
+//! lock is held (a slot's release takes the lock itself); everything to
+//! drop or close is carried out of the critical section first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd};
+use super::stats::{CloseReason, PoolStats};
+
+/// The state of one server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Holding a slot, being opened.
+    Connecting,
+    /// In the pool, ready to hand out.
+    Idle,
+    /// Lent to a caller.
+    Leased,
+    /// Taken from the idle list for a liveness ping.
+    Checking,
+    /// Back from a caller that used it; its session is being reset.
+    Resetting,
+    /// Asked to close; still counted until the server has closed it.
+    Closing,
+}
+
+/// Connections by state, read in one pass under the lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub connecting: u64,
+    pub idle: u64,
+    pub leased: u64,
+    pub checking: u64,
+    pub resetting: u64,
+    pub closing: u64,
+    /// Most connections open at once since the pool started (or since
+    /// statistics were reset).
+    pub peak: u64,
+}
+
+impl ConnCounts {
+    /// Every connection PostgreSQL sees, whatever its state.
+    pub fn open(&self) -> u64 {
+        self.connecting + self.idle + self.leased + self.checking + self.resetting + self.closing
+    }
+
+    /// Lent out, or being reset after a caller: not available.
+    pub fn active(&self) -> u64 {
+        self.leased + self.resetting
+    }
+
+    /// Available, or about to be (a ping of an idle connection).
+    pub fn available(&self) -> u64 {
+        self.idle + self.checking
+    }
+}
+
+/// Why a statement on a lease was cancelled by poolplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The caller's deadline passed, or the caller went away.
+    Deadline,
+    /// The pool is being drained and the drain ran out of time (or was forced).
+    Drain,
+    /// The caller stopped reading the result (a row or size limit): the
+    /// rest must not keep the backend busy.
+    ResultLimit,
+}
+
+const FATE_KEEP: u8 = 0;
+const FATE_DISCARD: u8 = 1;
+const FATE_CANCELLED: u8 = 2; // + CancelReason index
+
+/// What a lease shares with whoever may cancel it (its caller's deadline,
+/// a drain): the connection's cancel handle and its fate.
+pub(crate) struct LeaseControl<C: Connector> {
+    cancel: <C::Conn as Connection>::Cancel,
+    cancel_timeout: Duration,
+    fate: AtomicU8,
+    /// Something was sent since the connection was last known clean.
+    dirty: AtomicBool,
+}
+
+impl<C: Connector> LeaseControl<C> {
+    pub(crate) fn reusable(&self) -> bool {
+        self.fate.load(Ordering::Acquire) == FATE_KEEP
+    }
+
+    pub(crate) fn discard(&self) {
+        let _ = self.fate.compare_exchange(
+            FATE_KEEP,
+            FATE_DISCARD,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn cancel_reason(&self) -> Option<CancelReason> {
+        match self
+            .fate
+            .load(Ordering::Acquire)
+            .checked_sub(FATE_CANCELLED)
+        {
+            Some(0) => Some(CancelReason::Deadline),
+            Some(1) => Some(CancelReason::Drain),
+            Some(2) => Some(CancelReason::ResultLimit),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_dirty(&self, dirty: bool) {
+        self.dirty.store(dirty, Ordering::Release);
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    /// Never reuse the connection: a cancel request is about to go out,
+    /// and a late one must not hit the next borrower.
+    pub(crate) fn mark_cancelled(&self, reason: CancelReason) {
+        self.fate
+            .store(FATE_CANCELLED + reason as u8, Ordering::Release);
+    }
+
+    /// Marks the connection, then asks the server to cancel. True if the
+    /// request was delivered.
+    pub(crate) async fn cancel(&self, reason: CancelReason) -> bool {
+        self.mark_cancelled(reason);
+        match tokio::time::timeout(self.cancel_timeout, self.cancel.cancel()).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.cancel_timeout, "cancel request timed out");
+                false
+            }
+        }
+    }
+}
+
+/// What frees up for a waiter.
+enum Grant<C: Connector> {
+    /// An idle connection, now leased to the waiter.
+    Conn { id: u64, conn: C::Conn },
+    /// A slot (its entry is Connecting) to open a connection with.
+    Connect { id: u64, slot: ServerSlot },
+}
+
+struct Entry<C: Connector> {
+    state: ConnState,
+    /// The connection, while the table holds it (Idle).
+    conn: Option<C::Conn>,
+    /// While leased: what a drain needs to cancel it.
+    lease: Option<Arc<LeaseControl<C>>>,
+    created: Instant,
+    /// This connection's share of the lifetime jitter, 0.0..0.1: it is
+    /// retired at `max_lifetime * (1 - jitter)`.
+    lifetime_jitter: f64,
+    idle_since: Instant,
+    checked_at: Instant,
+    /// Close it when it comes back instead of reusing it.
+    retire: Option<CloseReason>,
+    /// Why it is closing; the first reason given stays.
+    close_reason: Option<CloseReason>,
+    /// Whether the connect succeeded (a failed open is not a "close").
+    opened: bool,
+}
+
+struct Table<C: Connector> {
+    entries: HashMap<u64, Entry<C>>,
+    /// Idle connection ids, most recently returned last (taken LIFO, so
+    /// idle ones above the minimum age and get reaped).
+    idle: VecDeque<u64>,
+    waiters: VecDeque<(u64, oneshot::Sender<Grant<C>>)>,
+    next_id: u64,
+    max: usize,
+    serving: bool,
+    peak: usize,
+}
+
+/// The shared part of a pool core; slots and leases point back at it.
+pub(crate) struct Core<C: Connector> {
+    connector: RwLock<Arc<C>>,
+    table: Mutex<Table<C>>,
+    /// Woken on every state change a drain or a resize may be waiting for.
+    changed: Notify,
+    stats: Arc<PoolStats>,
+    /// Called with the error when a connection breaks (told by its slot).
+    on_broken: Box<dyn Fn(String) + Send + Sync>,
+    this: Weak<Core<C>>,
+}
+
+/// Anything to drop or close once the lock is released.
+struct Aftermath<C: Connector> {
+    close: Vec<C::Conn>,
+    grants: Vec<Grant<C>>,
+}
+
+impl<C: Connector> Default for Aftermath<C> {
+    fn default() -> Self {
+        Aftermath {
+            close: Vec::new(),
+            grants: Vec::new(),
+        }
+    }
+}
+
+impl<C: Connector> Aftermath<C> {
+    fn run(self) {
+        for conn in self.close {
+            conn.close();
+        }
+        // Grants no waiter took: dropping one frees its slot or connection.
+        drop(self.grants);
+    }
+}
+
+/// How one acquisition ended, for the caller to map to an outcome.
+pub(crate) enum AcquireError<E> {
+    /// Nothing freed up within the timeout.
+    Timeout,
+    /// The pool stopped serving.
+    Draining,
+    /// Opening a connection failed.
+    Connect(E),
+}
+
+/// A connection lent out by the core; `core.rs`'s half of a lease.
+pub(crate) struct Borrowed<C: Connector> {
+    pub(crate) id: u64,
+    pub(crate) conn: C::Conn,
+    pub(crate) control: Arc<LeaseControl<C>>,
+    /// Whether this connection was opened for this acquisition.
+    pub(crate) fresh: bool,
+}
+
+impl<C: Connector> Core<C> {
+    pub(crate) fn new(
+        connector: C,
+        max: u32,
+        stats: Arc<PoolStats>,
+        on_broken: impl Fn(String) + Send + Sync + 'static,
+    ) -> Arc<Core<C>> {
+        Arc::new_cyclic(|this| Core {
+            connector: RwLock::new(Arc::new(connector)),
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                idle: VecDeque::new(),
+                waiters: VecDeque::new(),
+                next_id: 0,
+                max: max as usize,
+                serving: true,
+                peak: 0,
+            }),
+            changed: Notify::new(),
+            stats,
+            on_broken: Box::new(on_broken),
+            this: this.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table<C>> {
+        // A panic while holding the lock leaves the table consistent (every
+        // transition is a single assignment or a push/remove pair).
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn connector(&self) -> Arc<C> {
+        match self.connector.read() {
+            Ok(connector) => Arc::clone(&connector),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// New connections are opened with `connector` from now on.
+    pub(crate) fn set_connector(&self, connector: C) {
+        match self.connector.write() {
+            Ok(mut current) => *current = Arc::new(connector),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(connector),
+        }
+    }
+
+    /// Connections by state, now.
+    pub(crate) fn counts(&self) -> ConnCounts {
+        let table = self.lock();
+        let mut counts = ConnCounts {
+            peak: table.peak as u64,
+            ..ConnCounts::default()
+        };
+        for entry in table.entries.values() {
+            *match entry.state {
+                ConnState::Connecting => &mut counts.connecting,
+                ConnState::Idle => &mut counts.idle,
+                ConnState::Leased => &mut counts.leased,
+                ConnState::Checking => &mut counts.checking,
+                ConnState::Resetting => &mut counts.resetting,
+                ConnState::Closing => &mut counts.closing,
+            } += 1;
+        }
+        counts
+    }
+
+    /// Restarts the peak from the connections open now.
+    pub(crate) fn reset_peak(&self) {
+        let mut table = self.lock();
+        table.peak = table.entries.len();
+    }
+
+    pub(crate) fn serving(&self) -> bool {
+        self.lock().serving
+    }
+
+    /// Borrows a connection within `timeout`: an idle one (pinged first if
+    /// unchecked for `check_after`), else a new one if a slot is free,
+    /// else the first that frees up, in arrival order.
+    pub(crate) async fn acquire(
+        &self,
+        timeout: Duration,
+        check_after: Duration,
+        cancel_timeout: Duration,
+    ) -> Result<Borrowed<C>, AcquireError<C::Error>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let grant = match self.take_or_queue()? {
+                Ok(grant) => grant,
+                Err(waiter) => waiter.wait(deadline).await?,
+            };
+            let (id, conn, fresh) = match grant {
+                Grant::Conn { id, conn } => {
+                    if !self
+                        .usable(id, &conn, check_after, check_timeout(timeout))
+                        .await
+                    {
+                        continue;
+                    }
+                    (id, conn, false)
+                }
+                Grant::Connect { id, slot } => (id, self.open(id, slot, deadline).await?, true),
+            };
+            let control = Arc::new(LeaseControl {
+                cancel: conn.cancel_handle(),
+                cancel_timeout,
+                fate: AtomicU8::new(FATE_KEEP),
+                dirty: AtomicBool::new(false),
+            });
+            if !self.mark_leased(id, &control) {
+                // The pool began draining while we got it: give it back.
+                self.release(id, conn, &control).await;
+                return Err(AcquireError::Draining);
+            }
+            return Ok(Borrowed {
+                id,
+                conn,
+                control,
+                fresh,
+            });
+        }
+    }
+
+    /// An idle connection, a slot, or a place in the queue.
+    #[allow(clippy::type_complexity)]
+    fn take_or_queue(&self) -> Result<Result<Grant<C>, Waiter<'_, C>>, AcquireError<C::Error>> {
+        let mut table = self.lock();
+        if !table.serving {
+            return Err(AcquireError::Draining);
+        }
+        if let Some(grant) = table.take_idle() {
+            return Ok(Ok(grant));
+        }
+        if table.entries.len() < table.max && table.waiters.is_empty() {
+            return Ok(Ok(self.reserve(&mut table)));
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (sender, receiver) = oneshot::channel();
+        table.waiters.push_back((id, sender));
+        Ok(Err(Waiter {
+            core: self,
+            id,
+            receiver: Some(receiver),
+        }))
+    }
+
+    /// A new Connecting entry and the slot that frees it.
+    fn reserve(&self, table: &mut Table<C>) -> Grant<C> {
+        let id = table.next_id;
+        table.next_id += 1;
+        let now = Instant::now();
+        table.entries.insert(
+            id,
+            Entry {
+                state: ConnState::Connecting,
+                conn: None,
+                lease: None,
+                created: now,
+                lifetime_jitter: fastrand::f64() * 0.1,
+                idle_since: now,
+                checked_at: now,
+                retire: None,
+                close_reason: None,
+                opened: false,
+            },
+        );
+        table.peak = table.peak.max(table.entries.len());
+        let core = self.this.clone();
+        let slot = ServerSlot::new(move |end| {
+            if let Some(core) = core.upgrade() {
+                core.slot_released(id, end);
+            }
+        });
+        Grant::Connect { id, slot }
+    }
+
+    /// Opens a connection on a reserved slot, within `deadline`.
+    async fn open(
+        &self,
+        id: u64,
+        slot: ServerSlot,
+        deadline: Instant,
+    ) -> Result<C::Conn, AcquireError<C::Error>> {
+        let connector = self.connector();
+        let started = Instant::now();
+        // The slot moves into the connect: however it ends (error, timeout,
+        // a dropped future), the slot is dropped and the entry removed.
+        match tokio::time::timeout_at(deadline, connector.connect(slot)).await {
+            Ok(Ok(conn)) => {
+                self.stats.connection_opened(started.elapsed());
+                let mut table = self.lock();
+                if let Some(entry) = table.entries.get_mut(&id) {
+                    entry.opened = true;
+                }
+                Ok(conn)
+            }
+            Ok(Err(err)) => Err(AcquireError::Connect(err)),
+            Err(_) => Err(AcquireError::Timeout),
+        }
+    }
+
+    /// Pings a connection taken from the idle list if it is due; closes it
+    /// and says false if it is dead.
+    async fn usable(
+        &self,
+        id: u64,
+        conn: &C::Conn,
+        check_after: Duration,
+        ping_timeout: Duration,
+    ) -> bool {
+        let due = {
+            let table = self.lock();
+            table
+                .entries
+                .get(&id)
+                .is_none_or(|entry| entry.checked_at.elapsed() >= check_after)
+        };
+        let failure = if conn.is_broken() {
+            Some(None)
+        } else if due {
+            match tokio::time::timeout(ping_timeout, conn.ping()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(Some(error)),
+                Err(_) => Some(Some("check timed out".to_string())),
+            }
+        } else {
+            None
+        };
+        match failure {
+            None => {
+                if due {
+                    if let Some(entry) = self.lock().entries.get_mut(&id) {
+                        entry.checked_at = Instant::now();
+                    }
+                }
+                true
+            }
+            Some(error) => {
+                // A driver that saw the break reports it through the slot;
+                // report only what it cannot have seen yet.
+                if let (Some(error), false) = (error, conn.is_broken()) {
+                    self.stats.connection_broke();
+                    (self.on_broken)(error);
+                }
+                self.close_leased(id, CloseReason::Broken, None);
+                false
+            }
+        }
+    }
+
+    /// Records the lease on its entry; false if the pool stopped serving.
+    fn mark_leased(&self, id: u64, control: &Arc<LeaseControl<C>>) -> bool {
+        let mut table = self.lock();
+        let serving = table.serving;
+        if let Some(entry) = table.entries.get_mut(&id) {
+            entry.state = ConnState::Leased;
+            entry.lease = Some(Arc::clone(control));
+        }
+        serving
+    }
+
+    /// Takes a connection back from its lease: resets it first if it was
+    /// used, closes it if it cannot be reused.
+    pub(crate) async fn release(&self, id: u64, conn: C::Conn, control: &LeaseControl<C>) {
+        if let Some(conn) = self.give_back(id, conn, control) {
+            self.reset_then_put_back(id, conn).await;
+        }
+    }
+
+    /// The synchronous part of a release: closes what cannot be reused,
+    /// puts back what is clean, and hands back a connection whose session
+    /// must be reset first (it is Resetting now).
+    pub(crate) fn give_back(
+        &self,
+        id: u64,
+        conn: C::Conn,
+        control: &LeaseControl<C>,
+    ) -> Option<C::Conn> {
+        if conn.is_broken() {
+            self.close_leased(id, CloseReason::Broken, Some(conn));
+            return None;
+        }
+        if !control.reusable() {
+            self.close_leased(id, CloseReason::Discarded, Some(conn));
+            return None;
+        }
+        if control.is_dirty() {
+            if let Some(entry) = self.lock().entries.get_mut(&id) {
+                entry.state = ConnState::Resetting;
+                entry.lease = None;
+            }
+            return Some(conn);
+        }
+        self.put_back(id, conn, true);
+        None
+    }
+
+    /// Closes a connection that needed a reset nobody can run (no runtime).
+    pub(crate) fn close_unreset(&self, id: u64, conn: C::Conn) {
+        self.close_leased(id, CloseReason::Discarded, Some(conn));
+    }
+
+    /// Resets a connection's session, then puts it back (or closes it).
+    pub(crate) async fn reset_then_put_back(&self, id: u64, conn: C::Conn) {
+        match conn.reset().await {
+            Ok(()) => self.put_back(id, conn, true),
+            Err(error) => {
+                tracing::warn!(%error, "closing a connection that could not be reset");
+                self.close_leased(id, CloseReason::Discarded, Some(conn));
+            }
+        }
+    }
+
+    /// A clean connection returns: to the first waiter, else to the idle
+    /// list; or it closes if it must not stay (retired, above a shrunk
+    /// maximum, past its lifetime, pool draining). `used` says a caller
+    /// had it (its idle time starts over), not just a ping.
+    pub(crate) fn put_back(&self, id: u64, conn: C::Conn, used: bool) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        {
+            let mut table = self.lock();
+            let live = table.live();
+            let max = table.max;
+            let serving = table.serving;
+            let Some(entry) = table.entries.get_mut(&id) else {
+                // Its server side is already gone (the slot was released).
+                after.close.push(conn);
+                drop(table);
+                after.run();
+                return;
+            };
+            entry.lease = None;
+            let close = if !serving || live > max {
+                Some(CloseReason::Retired)
+            } else {
+                entry.retire
+            };
+            match close {
+                Some(reason) => {
+                    entry.state = ConnState::Closing;
+                    entry.close_reason.get_or_insert(reason);
+                    after.close.push(conn);
+                }
+                None => table.hand_over(id, conn, used, &mut after),
+            }
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Closes a connection that is out of the idle list (leased, checking,
+    /// resetting); `conn` is `None` when its holder already dropped it.
+    fn close_leased(&self, id: u64, reason: CloseReason, conn: Option<C::Conn>) {
+        {
+            let mut table = self.lock();
+            if let Some(entry) = table.entries.get_mut(&id) {
+                entry.state = ConnState::Closing;
+                entry.lease = None;
+                entry.close_reason.get_or_insert(reason);
+            }
+        }
+        self.changed.notify_waiters();
+        if let Some(conn) = conn {
+            conn.close();
+        }
+    }
+
+    /// A connection's server side is gone: its entry leaves the table and
+    /// its place goes to the first waiter.
+    fn slot_released(&self, id: u64, end: SlotEnd) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        let removed = {
+            let mut table = self.lock();
+            let removed = table.entries.remove(&id);
+            if let Some(entry) = &removed {
+                if entry.state == ConnState::Idle {
+                    table.idle.retain(|idle| *idle != id);
+                }
+            }
+            table.grant_free_slots(self, &mut after);
+            removed
+        };
+        if let SlotEnd::Broken(error) = &end {
+            self.stats.connection_broke();
+            (self.on_broken)(error.clone());
+        }
+        if let Some(mut entry) = removed {
+            if entry.opened {
+                let reason = entry.close_reason.unwrap_or(match end {
+                    SlotEnd::Broken(_) => CloseReason::Broken,
+                    SlotEnd::Closed => CloseReason::Discarded,
+                });
+                self.stats.connection_closed(reason);
+            }
+            after.close.extend(entry.conn.take());
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Changes the maximum: a larger one serves waiters at once; a smaller
+    /// one closes idle connections now and busy ones when they return.
+    pub(crate) fn resize(&self, max: u32) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        {
+            let mut table = self.lock();
+            table.max = max as usize;
+            let mut excess = table.live().saturating_sub(table.max);
+            while excess > 0 {
+                let Some(id) = table.idle.pop_front() else {
+                    break;
+                };
+                after
+                    .close
+                    .extend(table.close_idle_entry(id, CloseReason::Retired));
+                excess -= 1;
+            }
+            table.grant_free_slots(self, &mut after);
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Every connection open now is replaced: idle ones close at once, busy
+    /// ones when they return (new settings reach every connection).
+    pub(crate) fn retire_all(&self, reason: CloseReason) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        {
+            let mut table = self.lock();
+            while let Some(id) = table.idle.pop_front() {
+                after.close.extend(table.close_idle_entry(id, reason));
+            }
+            for entry in table.entries.values_mut() {
+                entry.retire.get_or_insert(reason);
+            }
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Waits until at most `max` connections are open, or `timeout` passed;
+    /// true if reached.
+    pub(crate) async fn wait_open_at_most(&self, max: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |counts| counts.open() <= max)
+            .await
+    }
+
+    /// Waits until no connection is lent out, or `timeout` passed.
+    pub(crate) async fn wait_no_leases(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |counts| {
+            counts.leased + counts.resetting + counts.checking == 0
+        })
+        .await
+    }
+
+    async fn wait_until(&self, timeout: Duration, done: impl Fn(&ConnCounts) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(&self.counts()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return done(&self.counts());
+            }
+        }
+    }
+
+    /// Stops serving: queued callers are refused, idle connections close,
+    /// busy ones close when they return.
+    pub(crate) fn stop_serving(&self) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        let waiters = {
+            let mut table = self.lock();
+            table.serving = false;
+            while let Some(id) = table.idle.pop_front() {
+                after
+                    .close
+                    .extend(table.close_idle_entry(id, CloseReason::Retired));
+            }
+            std::mem::take(&mut table.waiters)
+        };
+        // A waiter whose sender is dropped hears that the pool stopped.
+        drop(waiters);
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Cancels the statements of every lease out; how many were cancelled.
+    pub(crate) async fn cancel_leases(&self, reason: CancelReason) -> u32 {
+        let controls: Vec<Arc<LeaseControl<C>>> = {
+            let table = self.lock();
+            table
+                .entries
+                .values()
+                .filter_map(|entry| entry.lease.clone())
+                .collect()
+        };
+        let count = u32::try_from(controls.len()).unwrap_or(u32::MAX);
+        futures::future::join_all(controls.iter().map(|control| control.cancel(reason))).await;
+        count
+    }
+
+    /// One maintenance pass over the idle connections: closes those past
+    /// their lifetime or idle too long above `min`, marks busy ones past
+    /// their lifetime to close on return, and returns those due for a ping
+    /// (now Checking).
+    pub(crate) fn sweep(&self, limits: &SweepLimits) -> Vec<(u64, C::Conn)> {
+        let mut after: Aftermath<C> = Aftermath::default();
+        let mut to_ping = Vec::new();
+        {
+            let mut table = self.lock();
+            let mut live = table.live();
+            let ids: Vec<u64> = table.entries.keys().copied().collect();
+            for id in ids {
+                let Some(entry) = table.entries.get_mut(&id) else {
+                    continue;
+                };
+                let lifetime = limits.max_lifetime.mul_f64(1.0 - entry.lifetime_jitter);
+                let old = entry.created.elapsed() >= lifetime;
+                match entry.state {
+                    ConnState::Idle if old => {
+                        after
+                            .close
+                            .extend(table.close_idle_entry(id, CloseReason::Lifetime));
+                        live = live.saturating_sub(1);
+                    }
+                    ConnState::Idle
+                        if entry.idle_since.elapsed() >= limits.idle_timeout
+                            && live > limits.min =>
+                    {
+                        after
+                            .close
+                            .extend(table.close_idle_entry(id, CloseReason::Idle));
+                        live = live.saturating_sub(1);
+                    }
+                    ConnState::Idle if entry.checked_at.elapsed() >= limits.check_after => {
+                        entry.state = ConnState::Checking;
+                        if let Some(conn) = entry.conn.take() {
+                            to_ping.push((id, conn));
+                        }
+                        table.idle.retain(|idle| *idle != id);
+                    }
+                    ConnState::Leased | ConnState::Resetting if old => {
+                        entry.retire.get_or_insert(CloseReason::Lifetime);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.changed.notify_waiters();
+        after.run();
+        to_ping
+    }
+
+    /// Finishes a maintenance ping: back to the pool, or closed.
+    pub(crate) fn pinged(&self, id: u64, conn: C::Conn, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                if let Some(entry) = self.lock().entries.get_mut(&id) {
+                    entry.checked_at = Instant::now();
+                }
+                self.put_back(id, conn, false);
+            }
+            Err(error) => {
+                if !conn.is_broken() {
+                    self.stats.connection_broke();
+                    (self.on_broken)(error);
+                }
+                self.close_leased(id, CloseReason::Broken, Some(conn));
+            }
+        }
+    }
+
+    /// Opens connections until `min` are open (never above the maximum).
+    pub(crate) async fn warm_up(&self, min: u32, timeout: Duration) -> WarmUp {
+        let slots: Vec<Grant<C>> = {
+            let mut table = self.lock();
+            if !table.serving {
+                return WarmUp::default();
+            }
+            let target = (min as usize).min(table.max);
+            let missing = target.saturating_sub(table.entries.len());
+            (0..missing).map(|_| self.reserve(&mut table)).collect()
+        };
+        let deadline = Instant::now() + timeout;
+        let opens = slots.into_iter().map(|grant| async move {
+            let Grant::Connect { id, slot } = grant else {
+                return Ok(false);
+            };
+            match self.open(id, slot, deadline).await {
+                Ok(conn) => {
+                    self.put_back(id, conn, true);
+                    Ok(true)
+                }
+                Err(AcquireError::Connect(err)) => Err(err.to_string()),
+                Err(AcquireError::Timeout) => Err(format!("connect timed out after {timeout:?}")),
+                Err(AcquireError::Draining) => Ok(false),
+            }
+        });
+        let mut warmed = WarmUp::default();
+        for result in futures::future::join_all(opens).await {
+            match result {
+                Ok(opened) => warmed.opened += usize::from(opened),
+                Err(error) => {
+                    warmed.error.get_or_insert(error);
+                }
+            }
+        }
+        warmed
+    }
+}
+
+/// What a warm-up did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct WarmUp {
+    pub(crate) opened: usize,
+    /// The first connect error, if any connect failed.
+    pub(crate) error: Option<String>,
+}
+
+/// What a maintenance sweep judges idle connections by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SweepLimits {
+    pub(crate) max_lifetime: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) check_after: Duration,
+    /// Idle reaping keeps at least this many open.
+    pub(crate) min: usize,
+}
+
+/// A check is one round trip: bounded by the acquire budget and 5 s.
+fn check_timeout(acquire_timeout: Duration) -> Duration {
+    acquire_timeout.min(Duration::from_secs(5))
+}
+
+impl<C: Connector> Table<C> {
+    /// Connections not on their way out.
+    fn live(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| entry.state != ConnState::Closing)
+            .count()
+    }
+
+    /// The most recently returned idle connection, now leased.
+    fn take_idle(&mut self) -> Option<Grant<C>> {
+        while let Some(id) = self.idle.pop_back() {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if let Some(conn) = entry.conn.take() {
+                entry.state = ConnState::Leased;
+                return Some(Grant::Conn { id, conn });
+            }
+        }
+        None
+    }
+
+    /// An idle connection leaves the list to close; the caller closes it.
+    fn close_idle_entry(&mut self, id: u64, reason: CloseReason) -> Option<C::Conn> {
+        self.idle.retain(|idle| *idle != id);
+        let entry = self.entries.get_mut(&id)?;
+        entry.state = ConnState::Closing;
+        entry.close_reason.get_or_insert(reason);
+        entry.conn.take()
+    }
+
+    /// A clean connection goes to the first waiter still waiting, else idle.
+    fn hand_over(&mut self, id: u64, conn: C::Conn, used: bool, after: &mut Aftermath<C>) {
+        let mut grant = Grant::Conn { id, conn };
+        while let Some((_, waiter)) = self.waiters.pop_front() {
+            match waiter.send(grant) {
+                Ok(()) => {
+                    if let Some(entry) = self.entries.get_mut(&id) {
+                        entry.state = ConnState::Leased;
+                    }
+                    return;
+                }
+                Err(returned) => grant = returned,
+            }
+        }
+        match grant {
+            Grant::Conn { id, conn } => match self.entries.get_mut(&id) {
+                Some(entry) => {
+                    entry.state = ConnState::Idle;
+                    if used {
+                        entry.idle_since = Instant::now();
+                    }
+                    entry.conn = Some(conn);
+                    self.idle.push_back(id);
+                }
+                None => after.close.push(conn),
+            },
+            other => after.grants.push(other),
+        }
+    }
+
+    /// Free places under the maximum go to waiters, as slots to connect with.
+    fn grant_free_slots(&mut self, core: &Core<C>, after: &mut Aftermath<C>) {
+        if !self.serving {
+            return;
+        }
+        while self.entries.len() < self.max && !self.waiters.is_empty() {
+            let mut grant = Some(core.reserve(self));
+            while let (Some(offer), Some((_, waiter))) = (grant.take(), self.waiters.pop_front()) {
+                grant = waiter.send(offer).err();
+                if grant.is_none() {
+                    break;
+                }
+            }
+            if let Some(unwanted) = grant {
+                // Nobody is waiting after all: the reserved slot goes (its
+                // release takes the lock, so only after we let go of it).
+                after.grants.push(unwanted);
+                return;
+            }
+        }
+    }
+}
+
+/// A place in the queue. Dropped before it got anything, it leaves the
+/// queue; anything handed to it meanwhile goes back.
+struct Waiter<'a, C: Connector> {
+    core: &'a Core<C>,
+    id: u64,
+    receiver: Option<oneshot::Receiver<Grant<C>>>,
+}
+
+impl<C: Connector> Waiter<'_, C> {
+    async fn wait(mut self, deadline: Instant) -> Result<Grant<C>, AcquireError<C::Error>> {
+        let Some(receiver) = self.receiver.as_mut() else {
+            return Err(AcquireError::Draining);
+        };
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(grant)) => {
+                self.receiver = None;
+                Ok(grant)
+            }
+            // The sender was dropped: the pool stopped serving.
+            Ok(Err(_)) => Err(AcquireError::Draining),
+            Err(_) => Err(AcquireError::Timeout),
+        }
+    }
+}
+
+impl<C: Connector> Drop for Waiter<'_, C> {
+    fn drop(&mut self) {
+        let Some(mut receiver) = self.receiver.take() else {
+            return;
+        };
+        {
+            let mut table = self.core.lock();
+            table.waiters.retain(|(id, _)| *id != self.id);
+        }
+        // Handed something after all, between the timeout and now.
+        match receiver.try_recv() {
+            Ok(Grant::Conn { id, conn }) => self.core.put_back(id, conn, false),
+            Ok(grant @ Grant::Connect { .. }) => drop(grant),
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::testing::{FakeConnector, FakeControl};
+
+    fn core(max: u32) -> (Arc<Core<FakeConnector>>, FakeControl, Arc<PoolStats>) {
+        let (connector, control) = FakeConnector::new();
+        let stats = Arc::new(PoolStats::new());
+        let core = Core::new(connector, max, Arc::clone(&stats), |_| {});
+        (core, control, stats)
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    async fn borrow(core: &Core<FakeConnector>) -> Borrowed<FakeConnector> {
+        match core.acquire(SECOND, HOUR, SECOND).await {
+            Ok(borrowed) => borrowed,
+            Err(_) => panic!("acquire failed"),
+        }
+    }
+
+    async fn give_back(core: &Core<FakeConnector>, borrowed: Borrowed<FakeConnector>) {
+        core.release(borrowed.id, borrowed.conn, &borrowed.control)
+            .await;
+    }
+
+    /// Lets spawned close tasks and slot releases run.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquire_opens_then_reuses_and_counts_follow_the_states() {
+        let (core, control, stats) = core(2);
+        let first = borrow(&core).await;
+        assert!(first.fresh);
+        assert_eq!(core.counts().leased, 1);
+        give_back(&core, first).await;
+        assert_eq!(
+            (core.counts().idle, core.counts().open()),
+            (1, 1),
+            "returned idle"
+        );
+        let again = borrow(&core).await;
+        assert!(!again.fresh, "the idle connection is reused");
+        assert_eq!(control.opened(), 1);
+        give_back(&core, again).await;
+        assert_eq!(stats.snapshot(ConnCounts::default()).connections_created, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_times_out_and_a_waiter_gets_the_next_returned_connection() {
+        let (core, _control, _) = core(1);
+        let held = borrow(&core).await;
+        let started = Instant::now();
+        let timed_out = core.acquire(SECOND, HOUR, SECOND).await;
+        assert!(matches!(timed_out, Err(AcquireError::Timeout)));
+        assert_eq!(started.elapsed(), SECOND, "waited exactly the timeout");
+        assert_eq!(
+            core.lock().waiters.len(),
+            0,
+            "the timed-out waiter left the queue"
+        );
+
+        let core2 = Arc::clone(&core);
+        let waiter = tokio::spawn(async move { core2.acquire(SECOND, HOUR, SECOND).await.ok() });
+        settle().await;
+        assert_eq!(core.lock().waiters.len(), 1);
+        give_back(&core, held).await;
+        let handed = waiter
+            .await
+            .ok()
+            .flatten()
+            .expect("handed the returned connection");
+        assert!(!handed.fresh);
+        assert_eq!(core.counts().open(), 1, "no second connection was opened");
+        give_back(&core, handed).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_leaves_nothing_behind() {
+        let (core, _control, _) = core(1);
+        let held = borrow(&core).await;
+        let core2 = Arc::clone(&core);
+        let waiter = tokio::spawn(async move { core2.acquire(HOUR, HOUR, SECOND).await.is_ok() });
+        settle().await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(core.lock().waiters.len(), 0);
+        give_back(&core, held).await;
+        assert_eq!(
+            core.counts().idle,
+            1,
+            "the connection went idle, not to the dead waiter"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_connect_frees_its_slot() {
+        let (core, control, stats) = core(1);
+        control.set_connect_delay(HOUR);
+        let core2 = Arc::clone(&core);
+        let connecting =
+            tokio::spawn(async move { core2.acquire(HOUR, HOUR, SECOND).await.is_ok() });
+        settle().await;
+        assert_eq!(core.counts().connecting, 1);
+        connecting.abort();
+        let _ = connecting.await;
+        assert_eq!(core.counts().open(), 0, "the slot came back");
+        assert_eq!(
+            stats.snapshot(ConnCounts::default()).connections_closed,
+            0,
+            "it never opened"
+        );
+        control.set_connect_delay(Duration::ZERO);
+        let borrowed = borrow(&core).await;
+        give_back(&core, borrowed).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_connect_is_an_error_and_frees_its_slot() {
+        let (core, control, _) = core(1);
+        control.fail_connects(true);
+        let result = core.acquire(SECOND, HOUR, SECOND).await;
+        assert!(matches!(result, Err(AcquireError::Connect(_))));
+        assert_eq!(core.counts().open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_discarded_lease_closes_and_counts_until_the_server_lets_go() {
+        let (core, control, stats) = core(2);
+        control.set_close_delay(SECOND);
+        let borrowed = borrow(&core).await;
+        borrowed.control.discard();
+        give_back(&core, borrowed).await;
+        assert_eq!(core.counts().closing, 1, "closing still counts as open");
+        tokio::time::sleep(SECOND * 2).await;
+        settle().await;
+        assert_eq!(core.counts().open(), 0);
+        let closed = stats.snapshot(ConnCounts::default());
+        assert_eq!(closed.closed_by_reason[CloseReason::Discarded as usize], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dirty_lease_is_reset_before_reuse_and_closed_if_the_reset_fails() {
+        let (core, control, _) = core(1);
+        let borrowed = borrow(&core).await;
+        borrowed.control.set_dirty(true);
+        give_back(&core, borrowed).await;
+        assert_eq!(control.resets(), 1);
+        assert_eq!(core.counts().idle, 1);
+        control.fail_resets(true);
+        let borrowed = borrow(&core).await;
+        borrowed.control.set_dirty(true);
+        give_back(&core, borrowed).await;
+        settle().await;
+        assert_eq!(
+            core.counts().open(),
+            0,
+            "a connection that cannot be reset is closed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_closes_idle_now_and_busy_on_return_growing_serves_waiters() {
+        let (core, _control, _) = core(3);
+        let a = borrow(&core).await;
+        let b = borrow(&core).await;
+        let c = borrow(&core).await;
+        give_back(&core, c).await;
+        core.resize(1);
+        settle().await;
+        assert_eq!(core.counts().open(), 2, "the idle one closed at once");
+        give_back(&core, b).await;
+        settle().await;
+        assert_eq!(core.counts().open(), 1, "a busy one closed on return");
+        give_back(&core, a).await;
+        assert_eq!((core.counts().open(), core.counts().idle), (1, 1));
+
+        let held = borrow(&core).await;
+        let core2 = Arc::clone(&core);
+        let waiter = tokio::spawn(async move { core2.acquire(HOUR, HOUR, SECOND).await.is_ok() });
+        settle().await;
+        core.resize(2);
+        assert!(
+            waiter.await.unwrap_or(false),
+            "a grown pool serves the waiter at once"
+        );
+        give_back(&core, held).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_refuses_waiters_closes_idle_and_closes_returns() {
+        let (core, _control, _) = core(2);
+        let a = borrow(&core).await;
+        let b = borrow(&core).await;
+        give_back(&core, b).await;
+        let core2 = Arc::clone(&core);
+        core.resize(1);
+        let waiter = tokio::spawn(async move { core2.acquire(HOUR, HOUR, SECOND).await });
+        settle().await;
+        core.stop_serving();
+        assert!(matches!(waiter.await, Ok(Err(AcquireError::Draining))));
+        assert!(matches!(
+            core.acquire(SECOND, HOUR, SECOND).await,
+            Err(AcquireError::Draining)
+        ));
+        let cancelled = core.cancel_leases(CancelReason::Drain).await;
+        assert_eq!(cancelled, 1);
+        assert_eq!(a.control.cancel_reason(), Some(CancelReason::Drain));
+        give_back(&core, a).await;
+        assert!(core.wait_open_at_most(0, SECOND).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_retires_old_and_idle_connections_above_min_and_pings_the_rest() {
+        let (core, control, stats) = core(4);
+        let limits = SweepLimits {
+            max_lifetime: Duration::from_secs(100),
+            idle_timeout: Duration::from_secs(10),
+            check_after: Duration::from_secs(5),
+            min: 1,
+        };
+        let borrowed: Vec<_> = futures::future::join_all((0..3).map(|_| borrow(&core))).await;
+        let mut borrowed = borrowed.into_iter();
+        let busy = borrowed.next();
+        for b in borrowed {
+            give_back(&core, b).await;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let to_ping = core.sweep(&limits);
+        assert_eq!(to_ping.len(), 2, "both idle connections are due for a ping");
+        assert_eq!(core.counts().checking, 2);
+        for (id, conn) in to_ping {
+            let result = conn.ping().await;
+            core.pinged(id, conn, result);
+        }
+        assert_eq!(control.pings(), 2);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        core.sweep(&limits);
+        settle().await;
+        assert_eq!(
+            core.counts().open(),
+            1,
+            "idle above min reaped: only the busy one is left"
+        );
+        let idle_closed =
+            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Idle as usize];
+        assert_eq!(idle_closed, 2);
+
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        core.sweep(&limits);
+        if let Some(busy) = busy {
+            give_back(&core, busy).await;
+        }
+        settle().await;
+        assert_eq!(
+            core.counts().open(),
+            0,
+            "past its lifetime, closed when it came back"
+        );
+        let lifetime =
+            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Lifetime as usize];
+        assert_eq!(lifetime, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkout_pings_a_connection_unchecked_too_long_and_replaces_a_dead_one() {
+        let (core, control, stats) = core(1);
+        let borrowed = borrow(&core).await;
+        give_back(&core, borrowed).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        control.fail_pings(true);
+        let replaced = core
+            .acquire(SECOND, Duration::from_secs(5), SECOND)
+            .await
+            .map_err(|_| ())
+            .expect("a new connection replaces the dead one");
+        assert!(replaced.fresh);
+        assert_eq!(stats.snapshot(ConnCounts::default()).broken_connections, 1);
+        give_back(&core, replaced).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_opens_the_minimum_and_no_more_than_the_maximum() {
+        let (core, control, _) = core(2);
+        assert_eq!(core.warm_up(5, SECOND).await.opened, 2);
+        assert_eq!((core.counts().idle, control.opened()), (2, 2));
+        assert_eq!(core.warm_up(1, SECOND).await, WarmUp::default());
+        assert_eq!(control.opened(), 2, "already enough");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_breaks_while_idle_leaves_the_table() {
+        let (core, control, stats) = core(2);
+        let borrowed = borrow(&core).await;
+        give_back(&core, borrowed).await;
+        control.break_all();
+        settle().await;
+        assert_eq!(core.counts().open(), 0);
+        assert_eq!(stats.snapshot(ConnCounts::default()).broken_connections, 1);
+        assert_eq!(
+            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Broken as usize],
+            1
+        );
+    }
+}

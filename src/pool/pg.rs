@@ -1,0 +1,114 @@
+//! The PostgreSQL connector of the pool core.
+//!
+//! Each connection's driver task holds its [`ServerSlot`] and drops it only
+//! when the driver ends, which (see `postgres/stream.rs`) happens once the
+//! server has closed the socket, i.e. the backend has left
+//! `pg_stat_activity`. That is what makes `max_connections` a hard limit
+//! on backends, also while connections are being replaced.
+
+use std::sync::Arc;
+
+use tokio_postgres::{CancelToken, Client};
+
+use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd};
+use crate::config::PoolConfig;
+use crate::postgres::{self, Closer, DriverEnd, Endpoint, OpenError};
+
+/// Opens a pool's PostgreSQL connections.
+pub struct PgConnector {
+    connector: postgres::Connector,
+}
+
+/// One open PostgreSQL connection.
+pub struct PgConn {
+    client: Client,
+    closer: Closer,
+    cancel: PgCancel,
+}
+
+/// Sends PostgreSQL a cancel request for one connection's statement.
+#[derive(Clone)]
+pub struct PgCancel {
+    token: CancelToken,
+    endpoint: Arc<Endpoint>,
+}
+
+impl PgConnector {
+    pub(crate) fn new(config: &PoolConfig) -> PgConnector {
+        PgConnector {
+            connector: postgres::Connector::new(config, &config.application_name),
+        }
+    }
+}
+
+impl PgConn {
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Connector for PgConnector {
+    type Conn = PgConn;
+    type Error = OpenError;
+
+    async fn connect(&self, slot: ServerSlot) -> Result<PgConn, OpenError> {
+        // If the open fails, `on_end` is dropped unrun and the slot with it.
+        let on_end = move |end: DriverEnd| match end {
+            DriverEnd::Failed(error) => slot.end(SlotEnd::Broken(error)),
+            DriverEnd::Closed | DriverEnd::Aborted => slot.end(SlotEnd::Closed),
+        };
+        let (client, closer) = self.connector.open(on_end).await?;
+        let cancel = PgCancel {
+            token: client.cancel_token(),
+            endpoint: self.connector.endpoint(),
+        };
+        Ok(PgConn {
+            client,
+            closer,
+            cancel,
+        })
+    }
+}
+
+impl Connection for PgConn {
+    type Cancel = PgCancel;
+
+    fn is_broken(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        self.client
+            .simple_query("")
+            .await
+            .map(|_| ())
+            .map_err(|err| postgres::error_chain(&err))
+    }
+
+    async fn reset(&self) -> Result<(), String> {
+        postgres::reset::reset(&self.client)
+            .await
+            .map(|_| ())
+            .map_err(|failed| failed.to_string())
+    }
+
+    fn close(&self) {
+        self.closer.close();
+    }
+
+    fn cancel_handle(&self) -> PgCancel {
+        self.cancel.clone()
+    }
+}
+
+impl CancelHandle for PgCancel {
+    async fn cancel(&self) -> bool {
+        match self.endpoint.cancel(&self.token).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "cancel request to PostgreSQL failed");
+                false
+            }
+        }
+    }
+}

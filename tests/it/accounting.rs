@@ -1,0 +1,129 @@
+//! The pool's numbers are PostgreSQL's numbers: after a storm of cancelled
+//! calls (deadlines passing while waiting, connecting and running; result
+//! limits cutting statements short) GetPool's open count equals the pool's
+//! backends in pg_stat_activity, nothing is left active or pending, a
+//! resize answers promptly and `min_connections` is still kept.
+
+use std::time::{Duration, Instant};
+
+use poolplane::proto::{GetPoolRequest, UpdatePoolRequest};
+use tonic::Code;
+
+use crate::support::{backends, cluster, config_yaml, eventually, exec, PoolSpec, TestServer};
+
+async fn statistics(server: &TestServer, pool: &str) -> poolplane::proto::PoolStatistics {
+    server
+        .admin()
+        .await
+        .get_pool(GetPoolRequest { name: pool.into() })
+        .await
+        .expect("get pool")
+        .into_inner()
+        .statistics
+        .expect("statistics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
+    let pool = "storm";
+    let mut spec = PoolSpec::new(pool, 4);
+    spec.min = 2;
+    spec.connection_timeout_ms = 2000;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+
+    // 300 calls whose deadline passes while they wait, connect or run, and
+    // 300 whose result is cut at the row limit, 32 at a time.
+    let deadline_calls = (0..300).map(|_| {
+        let server = &server;
+        async move {
+            let mut request = tonic::Request::new(exec(pool, "SELECT pg_sleep(0.25)", vec![]));
+            request.set_timeout(Duration::from_millis(100));
+            server.query().await.execute(request).await.map(|_| ())
+        }
+    });
+    let limit_calls = (0..300).map(|_| {
+        let server = &server;
+        async move {
+            let mut request = exec(pool, "SELECT g FROM generate_series(1, 100000) g", vec![]);
+            request.max_rows = 5;
+            server.query().await.execute(request).await.map(|_| ())
+        }
+    });
+    let mut calls: Vec<_> = deadline_calls
+        .map(futures::FutureExt::boxed)
+        .chain(limit_calls.map(futures::FutureExt::boxed))
+        .collect();
+    fastrand::shuffle(&mut calls);
+    let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(calls),
+        32,
+    ))
+    .await;
+    for result in &results {
+        let status = result.as_ref().expect_err("every call of the storm fails");
+        assert!(
+            matches!(
+                status.code(),
+                Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
+            ),
+            "{status:?}"
+        );
+    }
+
+    eventually(
+        "GetPool's open count equals the pool's backends, at least min_connections, nothing active or pending",
+        Duration::from_secs(10),
+        || {
+            let (server, admin, app) = (&server, &admin, &app);
+            async move {
+                let stats = statistics(server, pool).await;
+                let seen = backends(admin, app).await;
+                let open = i64::from(stats.total);
+                open == seen && open >= 2 && stats.active == 0 && stats.pending == 0
+            }
+        },
+    )
+    .await;
+    let stats = statistics(&server, pool).await;
+    assert!(stats.total <= 4, "max_connections kept: {stats:?}");
+
+    // A resize answers promptly and takes effect.
+    let started = Instant::now();
+    server
+        .admin()
+        .await
+        .update_pool(UpdatePoolRequest {
+            name: pool.into(),
+            max_connections: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("resize");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "UpdatePool took {took:?}");
+    assert!(backends(&admin, &app).await <= 2);
+    eventually(
+        "min_connections kept after the resize",
+        Duration::from_secs(10),
+        || {
+            let (server, admin, app) = (&server, &admin, &app);
+            async move {
+                let stats = statistics(server, pool).await;
+                let seen = backends(admin, app).await;
+                stats.total == 2 && seen == 2
+            }
+        },
+    )
+    .await;
+
+    // And the pool works.
+    server
+        .query()
+        .await
+        .execute(exec(pool, "SELECT 1", vec![]))
+        .await
+        .expect("a call after the storm");
+    server.stop().await;
+}
