@@ -1,4 +1,4 @@
-//! The one place domain errors become gRPC statuses (DESIGN.md's contract).
+//! The one place domain errors become gRPC statuses (the contract in README.md's "Status codes").
 //! Matches are exhaustive with no catch-all, so a new error variant forces a
 //! decision here. Details go in response metadata (`poolplane-*` keys);
 //! binary values (`-bin`) carry text PostgreSQL may write in any language.

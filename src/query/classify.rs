@@ -283,4 +283,12 @@ mod tests {
             assert_eq!(check(sql), Ok(()), "{sql}");
         }
     }
+
+    #[test]
+    fn absurdly_nested_sql_neither_crashes_nor_is_refused_here() {
+        // libpg_query stops at its stack-depth limit and the tree decoder
+        // at its recursion limit: either way PostgreSQL judges the text.
+        let sql = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(check(&sql), Ok(()));
+    }
 }

@@ -1,4 +1,4 @@
-//! The status-code contract of DESIGN.md, row by row, through a real client.
+//! The status-code contract (README.md, "Status codes"), row by row, through a real client.
 
 use std::time::{Duration, Instant};
 
