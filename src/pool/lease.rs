@@ -146,7 +146,16 @@ impl Lease<PgConnector> {
         &self,
     ) -> impl std::future::Future<Output = Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> + '_
     {
-        self.conn().client().simple_query(reset::RESET_SQL)
+        let conn = self.conn();
+        conn.client().simple_query(conn.reset_kind().sql())
+    }
+
+    /// Notes the types of a statement prepared on this lease's connection
+    /// (they decide which reset it needs).
+    pub fn prepared(&self, statement: &tokio_postgres::Statement) {
+        let columns = statement.columns().iter().map(|column| column.type_());
+        self.conn()
+            .saw_types(statement.params().iter().chain(columns));
     }
 
     /// Reads a pipelined reset's reply, finishes the reset if the caller
@@ -156,13 +165,13 @@ impl Lease<PgConnector> {
         &self,
         reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
     ) {
-        let client = self.conn().client();
+        let conn = self.conn();
         let outcome = match reset::read_report(reply) {
             Ok(report) => {
                 if report != reset::ResetReport::Clean {
                     tracing::warn!(pool = %self.pool_name, ?report, "connection came back unclean; resetting it");
                 }
-                reset::finish(client, report).await
+                reset::finish(conn.client(), conn.reset_kind(), report).await
             }
             Err(failed) => Err(failed),
         };
@@ -171,7 +180,10 @@ impl Lease<PgConnector> {
 
     /// Resets the session now (one round trip).
     pub async fn reset(&self) {
-        let outcome = reset::reset(self.conn().client()).await.map(|_| ());
+        let conn = self.conn();
+        let outcome = reset::reset(conn.client(), conn.reset_kind())
+            .await
+            .map(|_| ());
         self.settle_reset(outcome);
     }
 

@@ -6,12 +6,15 @@
 //! `pg_stat_activity`. That is what makes `max_connections` a hard limit
 //! on backends, also while connections are being replaced.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client};
 
 use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd};
 use crate::config::PoolConfig;
+use crate::postgres::reset::ResetKind;
 use crate::postgres::{self, Closer, DriverEnd, Endpoint, OpenError};
 
 /// Opens a pool's PostgreSQL connections.
@@ -24,6 +27,9 @@ pub struct PgConn {
     client: Client,
     closer: Closer,
     cancel: PgCancel,
+    /// The driver looked up a type that is not built in, and keeps that
+    /// lookup as prepared statements of its own for the connection's life.
+    driver_statements: AtomicBool,
 }
 
 /// Sends PostgreSQL a cancel request for one connection's statement.
@@ -44,6 +50,26 @@ impl PgConnector {
 impl PgConn {
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Notes the types a prepared statement uses: preparing one with a
+    /// type that is not built in made the driver keep statements of its own.
+    pub(crate) fn saw_types<'a>(&self, types: impl IntoIterator<Item = &'a Type>) {
+        if types
+            .into_iter()
+            .any(|ty| Type::from_oid(ty.oid()).is_none())
+        {
+            self.driver_statements.store(true, Ordering::Release);
+        }
+    }
+
+    /// The reset this connection needs.
+    pub(crate) fn reset_kind(&self) -> ResetKind {
+        if self.driver_statements.load(Ordering::Acquire) {
+            ResetKind::KeepDriverStatements
+        } else {
+            ResetKind::DeallocateAll
+        }
     }
 }
 
@@ -66,6 +92,7 @@ impl Connector for PgConnector {
             client,
             closer,
             cancel,
+            driver_statements: AtomicBool::new(false),
         })
     }
 }
@@ -86,7 +113,7 @@ impl Connection for PgConn {
     }
 
     async fn reset(&self) -> Result<(), String> {
-        postgres::reset::reset(&self.client)
+        postgres::reset::reset(&self.client, self.reset_kind())
             .await
             .map(|_| ())
             .map_err(|failed| failed.to_string())

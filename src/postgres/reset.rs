@@ -2,8 +2,8 @@
 //! indistinguishable from a fresh one for the next.
 //!
 //! One simple-query message does all of it and reports what it found, so
-//! it can travel in the same flight as the caller's statement (one round
-//! trip, about 60 µs of server time, see docs/benchmarks.md):
+//! it can travel in the same flight as the caller's statement (no extra
+//! round trip; its cost is in docs/benchmarks.md):
 //!
 //! - `SET SESSION AUTHORIZATION DEFAULT` and `RESET ALL`: the pool's role
 //!   and settings (settings given at connect, like `statement_timeout`, are
@@ -13,25 +13,55 @@
 //!   objects, sequence state;
 //! - then it reports whether the connection was inside a transaction block
 //!   (a fresh implicit transaction starts with this very message, so its
-//!   start time equals the statement's) and whether SQL-level prepared
-//!   statements exist (only a function can create one: `PREPARE` itself is
-//!   refused by the query path).
+//!   start time equals the statement's).
 //!
-//! It is not `DISCARD ALL`: that also deallocates the driver's own prepared
-//! statements (tokio-postgres caches its type lookups as prepared
-//! statements and would then fail) and throws away every cached plan.
+//! Prepared statements: on a connection whose driver holds no prepared
+//! statements of its own across calls, the reset deallocates all of them
+//! (`DEALLOCATE ALL`, cheap). tokio-postgres keeps its type lookups as
+//! prepared statements once it has looked up a type that is not built in;
+//! such a connection gets the other variant, which keeps them and reports
+//! SQL-level prepared statements instead (about 30 µs more server time),
+//! and the connection is closed if a function made any.
+//!
+//! It is not `DISCARD ALL`, which cannot report an open transaction (it
+//! fails inside one, and so would a message holding it and the report),
+//! and which also throws away every cached plan.
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::error_chain;
 
-/// The reset, one message.
-pub(crate) const RESET_SQL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; \
+/// Which prepared statements the reset may drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResetKind {
+    /// Deallocate every prepared statement: the driver keeps none across calls.
+    DeallocateAll,
+    /// The driver keeps prepared statements of its own: report SQL-level ones.
+    KeepDriverStatements,
+}
+
+impl ResetKind {
+    /// The reset, one message.
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            ResetKind::DeallocateAll => RESET_DEALLOCATE_ALL,
+            ResetKind::KeepDriverStatements => RESET_KEEP_DRIVER_STATEMENTS,
+        }
+    }
+}
+
+const RESET_DEALLOCATE_ALL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; \
     UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+    DEALLOCATE ALL; \
+    SELECT pg_catalog.transaction_timestamp() = pg_catalog.statement_timestamp()";
+
+const RESET_KEEP_DRIVER_STATEMENTS: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
+    DISCARD SEQUENCES; \
     SELECT pg_catalog.transaction_timestamp() = pg_catalog.statement_timestamp(), \
     EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 
-/// What one run of [`RESET_SQL`] found.
+/// What one run of a reset found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ResetReport {
     /// The session is as fresh as a new connection's.
@@ -39,8 +69,9 @@ pub(crate) enum ResetReport {
     /// It ran inside a transaction block the caller left open (or failed
     /// in one): that transaction must be rolled back and the reset run again.
     InTransaction,
-    /// A function created SQL-level prepared statements; the connection is
-    /// closed rather than guess which names are whose.
+    /// A function created SQL-level prepared statements next to the
+    /// driver's own; the connection is closed rather than guess which
+    /// names are whose.
     UserPreparedStatements,
 }
 
@@ -49,7 +80,7 @@ pub(crate) enum ResetReport {
 #[error("session reset failed: {0}")]
 pub(crate) struct ResetFailed(pub(crate) String);
 
-/// Reads the reply to [`RESET_SQL`]. A server error means a failed
+/// Reads the reply to a reset. A server error means a failed
 /// transaction block (25P02) or an aborted reset; either way the
 /// transaction is rolled back and the reset tried once more.
 pub(crate) fn read_report(
@@ -64,7 +95,8 @@ pub(crate) fn read_report(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    let flag = |index: usize| last_row.and_then(|row| row.get(index)) == Some("t");
+    let flag =
+        |index: usize| last_row.and_then(|row| row.try_get(index).ok().flatten()) == Some("t");
     match (last_row, flag(0), flag(1)) {
         (None, _, _) => Err(ResetFailed("the reset reported nothing".into())),
         (Some(_), false, _) => Ok(ResetReport::InTransaction),
@@ -76,7 +108,11 @@ pub(crate) fn read_report(
 /// Finishes a reset whose first report was `first`: rolls back a
 /// transaction left open and resets again. `Ok` only when the session is
 /// clean; any other outcome means the connection must be closed.
-pub(crate) async fn finish(client: &Client, first: ResetReport) -> Result<(), ResetFailed> {
+pub(crate) async fn finish(
+    client: &Client,
+    kind: ResetKind,
+    first: ResetReport,
+) -> Result<(), ResetFailed> {
     match first {
         ResetReport::Clean => Ok(()),
         ResetReport::UserPreparedStatements => Err(ResetFailed(
@@ -87,7 +123,7 @@ pub(crate) async fn finish(client: &Client, first: ResetReport) -> Result<(), Re
                 .simple_query("ROLLBACK")
                 .await
                 .map_err(|err| ResetFailed(error_chain(&err)))?;
-            match read_report(client.simple_query(RESET_SQL).await)? {
+            match read_report(client.simple_query(kind.sql()).await)? {
                 ResetReport::Clean => Ok(()),
                 other => Err(ResetFailed(format!(
                     "still not clean after ROLLBACK: {other:?}"
@@ -99,8 +135,8 @@ pub(crate) async fn finish(client: &Client, first: ResetReport) -> Result<(), Re
 
 /// Runs the whole reset on its own (for connections whose caller did not
 /// pipeline it): `Ok` only when the session is clean.
-pub(crate) async fn reset(client: &Client) -> Result<ResetReport, ResetFailed> {
-    let first = read_report(client.simple_query(RESET_SQL).await)?;
-    finish(client, first.clone()).await?;
+pub(crate) async fn reset(client: &Client, kind: ResetKind) -> Result<ResetReport, ResetFailed> {
+    let first = read_report(client.simple_query(kind.sql()).await)?;
+    finish(client, kind, first.clone()).await?;
     Ok(first)
 }

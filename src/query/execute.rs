@@ -183,7 +183,11 @@ where
 /// either as a closed connection or as the FATAL report the server queued
 /// while ending it (e.g. 57P01 after `pg_terminate_backend`).
 async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, Attempt<()>> {
-    lease.client().prepare(sql).await.map_err(|err| {
+    let prepared = lease.client().prepare(sql).await;
+    if let Ok(statement) = &prepared {
+        lease.prepared(statement);
+    }
+    prepared.map_err(|err| {
         // A failed Parse created nothing: the session is as it was.
         lease.nothing_ran();
         let fatal = err

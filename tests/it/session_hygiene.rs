@@ -166,9 +166,8 @@ async fn session_state_changed_by_functions_never_reaches_the_next_caller() {
         assert_no_open_transaction(pool).await;
     }
 
-    // A prepared statement made by a function (its name is the driver's
-    // own naming scheme) cannot be told from the driver's: the connection
-    // is closed and the next caller gets a new one.
+    // Prepared statements made by a function (named like the driver's
+    // own) are deallocated; the driver's next statements are unharmed.
     server
         .query()
         .await
@@ -179,9 +178,11 @@ async fn session_state_changed_by_functions_never_reaches_the_next_caller() {
         ))
         .await
         .expect("a DO block that prepares");
-    let (session, pid) = session_of(&server, pool).await;
-    assert_eq!(session, fresh(), "after PREPARE in a DO block");
-    assert_ne!(pid, first_pid, "that connection was closed");
+    for _ in 0..3 {
+        let (session, pid) = session_of(&server, pool).await;
+        assert_eq!(session, fresh(), "after PREPARE in a DO block");
+        assert_eq!(pid, first_pid);
+    }
     server.stop().await;
 }
 
@@ -461,5 +462,63 @@ async fn a_connection_left_inside_a_transaction_is_rolled_back_and_reset() {
     assert_eq!(session, fresh(), "after an abandoned transaction");
     assert_eq!(pid, first_pid, "reset in the background, not reconnected");
     assert_no_open_transaction(pool).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_driver_keeps_type_lookups_is_reset_without_losing_them() {
+    let pool = "hygiene_types";
+    let server = hygiene_server(pool).await;
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE TYPE hygiene_mood AS ENUM ('calm', 'busy'); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             DO $$ BEGIN CREATE TYPE hygiene_size AS ENUM ('small', 'large'); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .await
+        .expect("create the enum");
+    let (_, first_pid) = session_of(&server, pool).await;
+    let mut client = server.query().await;
+    // The driver looks the enum up (and keeps that lookup prepared); the
+    // value itself is refused as an unsupported type, every time, with the
+    // same clear error: the reset did not drop the driver's statements.
+    // A second type needs a second lookup, through the kept statements.
+    for sql in [
+        "SELECT 'calm'::hygiene_mood",
+        "SELECT 'small'::hygiene_size",
+        "SELECT 'busy'::hygiene_mood",
+    ] {
+        let status = client
+            .execute(exec(pool, sql, vec![]))
+            .await
+            .expect_err("an enum column is not returned");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("::text"), "{}", status.message());
+        let (session, pid) = session_of(&server, pool).await;
+        assert_eq!(session, fresh());
+        assert_eq!(pid, first_pid);
+    }
+    // Cast to text, it comes back.
+    let response = client
+        .execute(exec(pool, "SELECT 'busy'::hygiene_mood::text", vec![]))
+        .await
+        .expect("cast to text")
+        .into_inner();
+    assert_eq!(text(&response.rows[0].values[0]), "busy");
+    // On such a connection SQL-level prepared statements cannot be told
+    // from the driver's: a function that makes one costs the connection.
+    client
+        .execute(exec(
+            pool,
+            "DO $$ BEGIN EXECUTE 'PREPARE leak AS SELECT 1'; END $$",
+            vec![],
+        ))
+        .await
+        .expect("a DO block that prepares");
+    let (session, pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh());
+    assert_ne!(pid, first_pid, "that connection was closed");
     server.stop().await;
 }
