@@ -109,7 +109,7 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut connections = Family::new(
         "poolplane_pool_connections",
-        "Server connections by state (active = lent to a caller).",
+        "Server connections by state (active = lent to a caller); they sum to the open connections PostgreSQL sees.",
         GAUGE,
     );
     let mut max = Family::new(
@@ -220,8 +220,17 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         let stats = &info.stats;
         let limits = info.config.limits;
         let p = name.as_str();
-        connections.value(&[("pool", p), ("state", "active")], stats.active as f64);
-        connections.value(&[("pool", p), ("state", "idle")], stats.idle as f64);
+        let by_state = &info.connections;
+        for (state, count) in [
+            ("connecting", by_state.connecting),
+            ("idle", by_state.idle),
+            ("active", by_state.leased),
+            ("checking", by_state.checking),
+            ("resetting", by_state.resetting),
+            ("closing", by_state.closing),
+        ] {
+            connections.value(&[("pool", p), ("state", state)], count as f64);
+        }
         max.value(&[("pool", p)], f64::from(limits.max_connections));
         min.value(&[("pool", p)], f64::from(limits.min_connections));
         pending.value(&[("pool", p)], stats.pending as f64);

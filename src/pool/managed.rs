@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::core::{AcquireError, CancelReason, Core};
+use super::core::{AcquireError, CancelReason, ConnCounts, Core};
 use super::error::PoolError;
 use super::lease::Lease;
 use super::maintenance::{self, Tended};
@@ -60,6 +60,8 @@ pub struct PoolHistograms {
 pub struct PoolInfo {
     pub config: PoolConfig,
     pub state: PoolState,
+    /// Server connections by state, read from the core in one pass.
+    pub connections: ConnCounts,
     pub stats: StatsSnapshot,
     pub last_error: Option<String>,
     pub created_at: SystemTime,
@@ -214,10 +216,12 @@ impl ManagedPool {
     }
 
     pub fn info(&self) -> PoolInfo {
+        let connections = self.core.counts();
         PoolInfo {
             config: self.config(),
             state: self.state(),
-            stats: self.stats.snapshot(self.core.counts()),
+            connections,
+            stats: self.stats.snapshot(connections),
             last_error: self.last_error(),
             created_at: self.created_at,
         }

@@ -123,6 +123,35 @@ async fn scraped_values_match_what_happened() {
     for holder in holders {
         holder.await.expect("join").expect("sleep");
     }
+    // The states sum to the backends PostgreSQL has for the pool.
+    let admin = crate::support::cluster().admin().await;
+    eventually(
+        "connections by state sum to the pool's backends",
+        Duration::from_secs(5),
+        || {
+            let (server, admin) = (&server, &admin);
+            async move {
+                let text = scrape(server).await;
+                let sum: f64 = [
+                    "connecting",
+                    "idle",
+                    "active",
+                    "checking",
+                    "resetting",
+                    "closing",
+                ]
+                .iter()
+                .map(|state| {
+                    metric(&text, "poolplane_pool_connections", &[p, ("state", state)])
+                        .unwrap_or(f64::NAN)
+                })
+                .sum();
+                let seen = crate::support::backends(admin, "poolplane/scraped").await;
+                sum == seen as f64 && sum >= 3.0
+            }
+        },
+    )
+    .await;
 
     // A removed pool's series go away.
     server

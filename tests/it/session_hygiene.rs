@@ -221,6 +221,21 @@ async fn session_state_changed_inside_a_batch_never_reaches_the_next_caller() {
         );
         assert_no_open_transaction(pool).await;
     }
+    let sql = "DO $$ BEGIN EXECUTE 'CREATE TEMP TABLE batch_leak (a int)'; \
+        EXECUTE 'LISTEN batch_leak'; EXECUTE 'DECLARE batch_leak CURSOR WITH HOLD FOR SELECT 1'; END $$";
+    server
+        .query()
+        .await
+        .execute_batch(ExecuteBatchRequest {
+            pool: pool.into(),
+            sql: sql.into(),
+            parameter_sets: vec![ParameterSet { params: vec![] }],
+        })
+        .await
+        .expect("a DO block in a batch");
+    let (session, pid) = session_of(&server, pool).await;
+    assert_eq!(session, fresh(), "after a DO block in a batch");
+    assert_eq!(pid, first_pid);
     server.stop().await;
 }
 
