@@ -123,13 +123,21 @@ impl AsyncWrite for TrackedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.closing.is_some() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "closing")));
+            // Our FIN is out: nothing more reaches the server. Swallow what
+            // the driver still writes (its Terminate) rather than fail it:
+            // an error would end the driver before the server's EOF, and
+            // free the slot while the backend is still there.
+            return Poll::Ready(Ok(buf.len()));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.closing.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
