@@ -220,7 +220,16 @@ fn bench_query(
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every NOTICE a statement raises at info, verbatim:
+    // callers' text (RAISE NOTICE) must not reach the log unless asked for
+    // by name.
+    let asked_for = std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains("tokio_postgres"));
+    if !asked_for {
+        if let Ok(quiet) = "tokio_postgres=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     // Colours only for a person at a terminal, never in a log file or pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();

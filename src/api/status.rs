@@ -99,7 +99,14 @@ pub(crate) fn query_status(err: QueryError) -> Status {
         QueryError::InvalidArgument { field, message } => invalid_argument(&field, &message),
         QueryError::Pool(err) => pool_status(err),
         QueryError::Sql(sql) => sql_status(&sql),
-        QueryError::DeadlineExceeded => Status::new(Code::DeadlineExceeded, message),
+        QueryError::DeadlineExceeded { may_have_run } => {
+            let may_have_run = if may_have_run { "true" } else { "false" };
+            with(
+                Code::DeadlineExceeded,
+                message,
+                &[("poolplane-may-have-run", may_have_run.to_string())],
+            )
+        }
         QueryError::ResultTooLarge { limit } => with(
             Code::ResourceExhausted,
             message,

@@ -93,10 +93,16 @@ pub enum CancelReason {
     Deadline,
     /// The pool is being drained and the drain ran out of time (or was forced).
     Drain,
-    /// The caller stopped reading the result (a row or size limit): the
-    /// rest must not keep the backend busy.
+    /// The caller stopped reading the result (a row or size limit, a value
+    /// it cannot return): the rest must not keep the backend busy.
     ResultLimit,
 }
+
+/// Whether the caller's statement may take effect yet: a race between the
+/// statement going out and the caller giving up, settled by one CAS.
+const EFFECT_OPEN: u8 = 0;
+const EFFECT_SENT: u8 = 1;
+const EFFECT_STOPPED: u8 = 2;
 
 const FATE_KEEP: u8 = 0;
 const FATE_DISCARD: u8 = 1;
@@ -110,9 +116,39 @@ pub(crate) struct LeaseControl<C: Connector> {
     fate: AtomicU8,
     /// Something was sent since the connection was last known clean.
     dirty: AtomicBool,
+    effect: AtomicU8,
 }
 
 impl<C: Connector> LeaseControl<C> {
+    /// The statement that takes effect (Execute's statement, a batch's
+    /// COMMIT) is about to go out; false if the caller gave up first, and
+    /// then it must not be sent.
+    pub(crate) fn begin_effect(&self) -> bool {
+        match self.effect.compare_exchange(
+            EFFECT_OPEN,
+            EFFECT_SENT,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(current) => current == EFFECT_SENT,
+        }
+    }
+
+    /// The caller gives up: nothing that takes effect goes out from now on.
+    /// True if it had already gone out (it may have taken effect).
+    pub(crate) fn stop(&self) -> bool {
+        match self.effect.compare_exchange(
+            EFFECT_OPEN,
+            EFFECT_STOPPED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => false,
+            Err(current) => current == EFFECT_SENT,
+        }
+    }
+
     pub(crate) fn reusable(&self) -> bool {
         self.fate.load(Ordering::Acquire) == FATE_KEEP
     }
@@ -157,6 +193,7 @@ impl<C: Connector> LeaseControl<C> {
     /// Marks the connection, then asks the server to cancel. True if the
     /// request was delivered.
     pub(crate) async fn cancel(&self, reason: CancelReason) -> bool {
+        self.stop();
         self.mark_cancelled(reason);
         match tokio::time::timeout(self.cancel_timeout, self.cancel.cancel()).await {
             Ok(sent) => sent,
@@ -374,6 +411,7 @@ impl<C: Connector> Core<C> {
                 cancel_timeout,
                 fate: AtomicU8::new(FATE_KEEP),
                 dirty: AtomicBool::new(false),
+                effect: AtomicU8::new(EFFECT_OPEN),
             });
             if !self.mark_leased(id, &control) {
                 // The pool began draining while we got it: give it back.

@@ -50,10 +50,13 @@ impl<C: Connector> LeaseCanceller<C> {
         self.0.cancel(reason).await
     }
 
-    /// The same, with the request sent from a task of its own, so the
-    /// caller answers without waiting for it. The connection is marked at
-    /// once.
-    pub fn cancel_in_background(&self, reason: CancelReason) {
+    /// The caller gives up: nothing that takes effect is sent from now on,
+    /// the connection is marked at once, and the cancel request goes out
+    /// from a task of its own, so the caller answers without waiting for
+    /// it. Returns whether the statement (or COMMIT) had already been sent
+    /// and so may have taken effect.
+    pub fn cancel_in_background(&self, reason: CancelReason) -> bool {
+        let may_have_run = self.0.stop();
         self.0.mark_cancelled(reason);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let control = Arc::clone(&self.0);
@@ -61,6 +64,7 @@ impl<C: Connector> LeaseCanceller<C> {
                 control.cancel(reason).await;
             });
         }
+        may_have_run
     }
 }
 
@@ -107,6 +111,13 @@ impl<C: Connector> Lease<C> {
     /// Why poolplane cancelled this lease's statement, if it did.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
         self.control.cancel_reason()
+    }
+
+    /// The statement that takes effect (Execute's statement, a batch's
+    /// COMMIT) is about to be sent; false if the caller gave up first,
+    /// and then it must not be.
+    pub fn begin_effect(&self) -> bool {
+        self.control.begin_effect()
     }
 
     /// Says that what was sent since the last reset cannot have changed

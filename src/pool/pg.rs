@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client};
@@ -16,6 +17,10 @@ use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd}
 use crate::config::PoolConfig;
 use crate::postgres::reset::ResetKind;
 use crate::postgres::{self, Closer, DriverEnd, Endpoint, OpenError};
+
+/// How long a closing connection may take to end by itself before its
+/// socket is closed from outside.
+const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(2);
 
 /// Opens a pool's PostgreSQL connections.
 pub struct PgConnector {
@@ -119,8 +124,22 @@ impl Connection for PgConn {
             .map_err(|failed| failed.to_string())
     }
 
+    /// The close itself is the drop that follows: the driver sends
+    /// Terminate and reads what the server still sends (so a FATAL report
+    /// of a server that ended the connection first is seen and counted as
+    /// a break) until the server's EOF. A server that does not answer gets
+    /// its socket closed from outside after [`FORCE_CLOSE_AFTER`].
     fn close(&self) {
-        self.closer.close();
+        let closer = self.closer.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(FORCE_CLOSE_AFTER).await;
+                    closer.close();
+                });
+            }
+            Err(_) => closer.close(),
+        }
     }
 
     fn cancel_handle(&self) -> PgCancel {

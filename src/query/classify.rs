@@ -10,7 +10,10 @@
 //! (`postgres::reset`) is what guarantees the next caller a clean session.
 //!
 //! Text the parser cannot read goes to PostgreSQL unchanged, which rejects
-//! it with its own syntax error.
+//! it with its own syntax error. A statement the parser *can* read but whose
+//! tree is too deep to hand over (libpg_query passes it as protobuf, and the
+//! decoder stops at 100 levels: `1+1+...+1` with 50 terms is enough) is
+//! judged by its words instead (`judge_by_words`), erring towards refusal.
 
 use pg_query::protobuf::{TransactionStmtKind, VariableSetKind};
 use pg_query::NodeRef;
@@ -29,8 +32,10 @@ pub enum Refusal {
 
 /// `Ok` if `sql` may run through Execute/ExecuteBatch.
 pub fn check(sql: &str) -> Result<(), Refusal> {
-    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
-        return Ok(());
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => parsed,
+        Err(pg_query::Error::Decode(_)) => return judge_by_words(sql),
+        Err(_) => return Ok(()),
     };
     let statements = &parsed.protobuf.stmts;
     if statements.len() > 1 {
@@ -91,6 +96,21 @@ fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
         NodeRef::CreateFunctionStmt(stmt) if in_temporary_schema(&stmt.funcname) => {
             needs_session("CREATE FUNCTION pg_temp")
         }
+        NodeRef::DefineStmt(stmt) if in_temporary_schema(&stmt.defnames) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::CreateDomainStmt(stmt) if in_temporary_schema(&stmt.domainname) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::CreateEnumStmt(stmt) if in_temporary_schema(&stmt.type_name) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::CreateRangeStmt(stmt) if in_temporary_schema(&stmt.type_name) => {
+            needs_session("CREATE TEMP")
+        }
+        NodeRef::CompositeTypeStmt(stmt) if temporary(stmt.typevar.as_ref()) => {
+            needs_session("CREATE TEMP")
+        }
         _ => None,
     }
 }
@@ -148,6 +168,52 @@ fn into_temporary(into: Option<&pg_query::protobuf::IntoClause>) -> bool {
 fn temporary(range: Option<&pg_query::protobuf::RangeVar>) -> bool {
     range
         .is_some_and(|range| range.relpersistence == "t" || range.schemaname.starts_with("pg_temp"))
+}
+
+/// The fallback for a statement whose tree could not be read: its words
+/// (comments skipped), as PostgreSQL's own scanner splits them. It refuses
+/// whatever *might* be one of the refused statements.
+fn judge_by_words(sql: &str) -> Result<(), Refusal> {
+    use pg_query::protobuf::Token;
+    let Ok(scanned) = pg_query::scan(sql) else {
+        return Ok(());
+    };
+    let words: Vec<String> = scanned
+        .tokens
+        .iter()
+        .filter(|token| {
+            !matches!(
+                Token::try_from(token.token),
+                Ok(Token::SqlComment | Token::CComment)
+            )
+        })
+        .filter_map(|token| {
+            sql.get(usize::try_from(token.start).ok()?..usize::try_from(token.end).ok()?)
+        })
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let has = |word: &str| words.iter().any(|w| w == word);
+    if let Some(end) = words.iter().position(|w| w == ";") {
+        if end + 1 < words.len() {
+            return Err(Refusal::MultipleStatements(2));
+        }
+    }
+    let needs_session = |kind| Err(Refusal::NeedsSession(kind));
+    let second = words.get(1).map(String::as_str);
+    match words.first().map(String::as_str) {
+        Some(
+            "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE",
+        ) => needs_session("transaction control"),
+        Some("PREPARE") => needs_session("PREPARE"),
+        Some("SET") if !matches!(second, Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS")) => {
+            needs_session("SET")
+        }
+        Some("RESET") => needs_session("RESET"),
+        Some("DECLARE") if has("HOLD") => needs_session("DECLARE ... WITH HOLD"),
+        Some("COPY") if has("STDIN") || has("STDOUT") => Err(Refusal::Copy),
+        _ if has("TEMP") || has("TEMPORARY") || has("PG_TEMP") => needs_session("CREATE TEMP"),
+        _ => Ok(()),
+    }
 }
 
 fn in_temporary_schema(name: &[pg_query::protobuf::Node]) -> bool {
@@ -281,6 +347,50 @@ mod tests {
             "SELEC 1",
         ] {
             assert_eq!(check(sql), Ok(()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_tree_too_deep_to_read_is_judged_by_its_words() {
+        let deep = vec!["1"; 80].join(" + ");
+        for (sql, expected) in [
+            (
+                format!("CREATE TEMP TABLE t AS SELECT {deep} AS a"),
+                Err(Refusal::NeedsSession("CREATE TEMP")),
+            ),
+            (
+                format!("PREPARE p AS SELECT {deep}"),
+                Err(Refusal::NeedsSession("PREPARE")),
+            ),
+            (
+                format!("DECLARE c CURSOR WITH HOLD FOR SELECT {deep}"),
+                Err(Refusal::NeedsSession("DECLARE ... WITH HOLD")),
+            ),
+            (
+                format!("COPY (SELECT {deep}) TO STDOUT"),
+                Err(Refusal::Copy),
+            ),
+            (format!("/* BEGIN */ -- SET x\nSELECT {deep}"), Ok(())),
+            (format!("SELECT {deep}"), Ok(())),
+            (
+                format!("SELECT {deep}; BEGIN"),
+                Err(Refusal::MultipleStatements(2)),
+            ),
+        ] {
+            assert_eq!(check(&sql), expected, "{}", &sql[..40]);
+        }
+    }
+
+    #[test]
+    fn objects_in_the_temporary_schema_are_refused() {
+        for sql in [
+            "CREATE TYPE pg_temp.ty AS ENUM ('a')",
+            "CREATE TYPE pg_temp.co AS (a int)",
+            "CREATE DOMAIN pg_temp.dd AS int",
+            "CREATE AGGREGATE pg_temp.ag (int) (sfunc = int4pl, stype = int)",
+            "CREATE OPERATOR pg_temp.=== (leftarg = int, rightarg = int, function = int4eq)",
+        ] {
+            assert_eq!(refused_kind(sql), Some("CREATE TEMP"), "{sql}");
         }
     }
 

@@ -16,8 +16,10 @@ pub enum QueryError {
     Sql(SqlError),
     /// The caller's deadline passed; a statement that was running is
     /// being cancelled in PostgreSQL and its connection will be closed.
+    /// `may_have_run`: the statement (for ExecuteBatch, its COMMIT) had
+    /// already been sent, so it may have taken effect before the cancel.
     #[error("deadline exceeded; any running statement is cancelled in PostgreSQL")]
-    DeadlineExceeded,
+    DeadlineExceeded { may_have_run: bool },
     #[error("the result has more than {limit} rows; raise max_rows (up to the server's limit) or set allow_truncation")]
     ResultTooLarge { limit: u32 },
     /// Transaction control or a session-level statement, which only a

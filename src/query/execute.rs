@@ -146,7 +146,11 @@ where
     let acquired = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, pool.acquire()).await {
             Ok(acquired) => acquired,
-            Err(_) => return Attempt::Done(Err(QueryError::DeadlineExceeded)),
+            Err(_) => {
+                return Attempt::Done(Err(QueryError::DeadlineExceeded {
+                    may_have_run: false,
+                }))
+            }
         },
         None => pool.acquire().await,
     };
@@ -173,8 +177,8 @@ where
         Err(_elapsed) => {
             // The cancel goes out from its own task: an unreachable server
             // must not hold the caller past its deadline.
-            canceller.cancel_in_background(CancelReason::Deadline);
-            Attempt::Done(Err(QueryError::DeadlineExceeded))
+            let may_have_run = canceller.cancel_in_background(CancelReason::Deadline);
+            Attempt::Done(Err(QueryError::DeadlineExceeded { may_have_run }))
         }
     }
 }
@@ -299,6 +303,12 @@ async fn run_prepared(
     let client = lease.client();
     let params = encode_params("params", &statement.params, prepared.params())?;
     let columns = describe_columns(prepared.columns())?;
+    if !lease.begin_effect() {
+        // The caller's deadline passed during the prepare: nothing is sent.
+        return Err(QueryError::DeadlineExceeded {
+            may_have_run: false,
+        });
+    }
     let stream = client
         .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
         .await
@@ -331,7 +341,16 @@ async fn run_prepared(
                 truncated: true,
             });
         }
-        rows.push(decode_row(&row, &columns)?);
+        match decode_row(&row, &columns) {
+            Ok(values) => rows.push(values),
+            Err(error) => {
+                // Nobody reads the rest: it must not keep the backend busy.
+                lease
+                    .canceller()
+                    .cancel_in_background(CancelReason::ResultLimit);
+                return Err(error);
+            }
+        }
     }
     let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
     Ok(QueryResult {
@@ -378,44 +397,75 @@ async fn run_batch_prepared(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let result = run_in_transaction(lease.client(), prepared, &encoded).await;
-    result.map_err(|(index, err)| {
-        let mut error = QueryError::from_postgres(&err);
-        if let QueryError::Sql(sql_error) = &mut error {
-            sql_error.batch_index = index;
+    let result = run_in_transaction(lease, prepared, &encoded).await;
+    result.map_err(|failure| match failure {
+        BatchFailure::Postgres(index, err) => {
+            let mut error = QueryError::from_postgres(&err);
+            if let QueryError::Sql(sql_error) = &mut error {
+                sql_error.batch_index = index;
+            }
+            classify(lease, error)
         }
-        classify(lease, error)
+        // The caller already has its answer (deadline, disconnect, drain).
+        BatchFailure::Stopped => QueryError::DeadlineExceeded {
+            may_have_run: false,
+        },
     })
 }
 
-/// The transaction itself; an error carries the failing set's index. On
-/// error the transaction is rolled back before the connection can be
-/// reused; a connection whose rollback fails is closed instead.
+/// Why a batch's transaction did not commit.
+enum BatchFailure {
+    /// PostgreSQL refused a set (its index) or the transaction control.
+    Postgres(Option<usize>, tokio_postgres::Error),
+    /// The lease was cancelled between sets or before COMMIT: the rest is
+    /// not sent and the transaction is rolled back (or dies with the
+    /// connection, which is not reused).
+    Stopped,
+}
+
+/// The transaction itself. Between sets, and before COMMIT, it checks that
+/// the caller still wants it: a cancel request alone cannot stop a batch
+/// whose backend sits idle in its transaction between two sets, and COMMIT
+/// must never follow a caller's DEADLINE_EXCEEDED. On error the transaction
+/// is rolled back before the connection can be reused; a connection whose
+/// rollback fails is closed instead.
 async fn run_in_transaction(
-    client: &tokio_postgres::Client,
+    lease: &Lease,
     prepared: &tokio_postgres::Statement,
     encoded: &[Vec<EncodedParam>],
-) -> Result<BatchResult, (Option<usize>, tokio_postgres::Error)> {
+) -> Result<BatchResult, BatchFailure> {
+    let client = lease.client();
+    let rollback = || async {
+        let _ = client.batch_execute("ROLLBACK").await;
+    };
     client
         .batch_execute("BEGIN")
         .await
-        .map_err(|err| (None, err))?;
+        .map_err(|err| BatchFailure::Postgres(None, err))?;
     let mut rows_affected = Vec::with_capacity(encoded.len());
     for (i, params) in encoded.iter().enumerate() {
+        if lease.cancel_reason().is_some() {
+            rollback().await;
+            return Err(BatchFailure::Stopped);
+        }
         match client
             .execute_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
             .await
         {
             Ok(count) => rows_affected.push(count),
             Err(err) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err((Some(i), err));
+                rollback().await;
+                return Err(BatchFailure::Postgres(Some(i), err));
             }
         }
     }
+    if !lease.begin_effect() {
+        rollback().await;
+        return Err(BatchFailure::Stopped);
+    }
     if let Err(err) = client.batch_execute("COMMIT").await {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err((None, err));
+        rollback().await;
+        return Err(BatchFailure::Postgres(None, err));
     }
     Ok(BatchResult { rows_affected })
 }

@@ -118,12 +118,28 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
     )
     .await;
 
-    // And the pool works.
+    // And the pool works, and drains completely.
     server
         .query()
         .await
         .execute(exec(pool, "SELECT 1", vec![]))
         .await
         .expect("a call after the storm");
+    let report = server
+        .admin()
+        .await
+        .delete_pool(poolplane::proto::DeletePoolRequest {
+            name: pool.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(report.cancelled, 0);
+    assert_eq!(
+        backends(&admin, &app).await,
+        0,
+        "no backend left after the drain"
+    );
     server.stop().await;
 }

@@ -88,3 +88,69 @@ async fn a_caller_that_goes_away_gets_its_statement_cancelled() {
     .await;
     server.stop().await;
 }
+
+/// A batch is stopped between sets when its caller gives up: a cancel
+/// request alone would miss a backend idle in the batch's transaction, and
+/// the rest would run and COMMIT after the caller heard it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_caller_gave_up_never_commits() {
+    use poolplane::proto::{ExecuteBatchRequest, ParameterSet};
+    let pool = "deadline_batch";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 2)])).await;
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS batch_gave_up; CREATE TABLE batch_gave_up (a int8)")
+        .await
+        .expect("create table");
+    let batch = || ExecuteBatchRequest {
+        pool: pool.into(),
+        sql: "INSERT INTO batch_gave_up VALUES ($1::int8)".into(),
+        parameter_sets: (0..20_000)
+            .map(|i| ParameterSet {
+                params: vec![v::int(i)],
+            })
+            .collect(),
+    };
+
+    // The deadline passes mid-batch.
+    let mut request = tonic::Request::new(batch());
+    request.set_timeout(Duration::from_millis(300));
+    let status = server
+        .query()
+        .await
+        .execute_batch(request)
+        .await
+        .expect_err("the deadline passes first");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        crate::support::meta(&status, "poolplane-may-have-run").as_deref(),
+        Some("false"),
+        "COMMIT was not reached"
+    );
+
+    // The caller goes away mid-batch (its call is dropped, no deadline).
+    let mut client = server.query().await;
+    let gone =
+        tokio::time::timeout(Duration::from_millis(300), client.execute_batch(batch())).await;
+    assert!(gone.is_err(), "the batch was still running");
+
+    // Both batches' connections are closed (their work was cancelled); had
+    // either committed, its 20,000 rows would be there.
+    let app = format!("poolplane/{pool}");
+    eventually(
+        "the cancelled batches' backends are gone",
+        Duration::from_secs(10),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move { crate::support::backends(admin, app).await == 0 }
+        },
+    )
+    .await;
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM batch_gave_up", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "a batch committed after its caller gave up");
+    server.stop().await;
+}

@@ -90,6 +90,15 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         .expect("query through the binary")
         .into_inner();
     assert_eq!(response.rows[0].values[0], crate::support::v::text("up"));
+    // A caller's NOTICE text never reaches the log.
+    client
+        .execute(crate::support::exec(
+            "bin_one",
+            "DO $$ BEGIN RAISE NOTICE E'pp-notice-marker\\nERROR forged line'; END $$",
+            vec![],
+        ))
+        .await
+        .expect("a statement raising a notice");
 
     let pid = child.id().to_string();
     let killed = Command::new("kill")
@@ -102,4 +111,8 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         .expect("join")
         .expect("wait");
     assert_eq!(status.code(), Some(0), "serve exits 0 after SIGTERM");
+    while let Some(line) = lines_rx.recv().await {
+        assert!(!line.contains("pp-notice-marker"), "logged: {line}");
+        assert!(!line.contains("forged line"), "logged: {line}");
+    }
 }

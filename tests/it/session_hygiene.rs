@@ -395,6 +395,19 @@ async fn a_row_limit_failure_cancels_the_statement_in_postgresql() {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(meta(&status, "poolplane-row-limit").as_deref(), Some("5"));
     }
+    // A value poolplane cannot return (a 2-D array) stops reading the same way.
+    let status = server
+        .query()
+        .await
+        .execute(exec(
+            pool,
+            "SELECT CASE WHEN g < 3 THEN ARRAY[1, 2] ELSE ARRAY[[1, 2], [3, 4]] END, pg_sleep(0.01) \
+             FROM generate_series(1, 100000) g",
+            vec![],
+        ))
+        .await
+        .expect_err("a 2-D array is not returned");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     eventually(
         "no backend of the pool is active",
         Duration::from_secs(1),
