@@ -25,6 +25,7 @@ async fn statistics(server: &TestServer, pool: &str) -> poolplane::proto::PoolSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
+    let _turn = crate::support::machine_to_myself().await;
     let pool = "storm";
     let mut spec = PoolSpec::new(pool, 4);
     spec.min = 2;

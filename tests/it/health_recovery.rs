@@ -41,6 +41,7 @@ fn health_changed_to(state: HealthState) -> impl Fn(&poolplane::proto::Event) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_fails_fast_and_a_restarted_one_heals_by_itself() {
+    let _turn = crate::support::machine_to_myself().await;
     let pg = PgCluster::private();
     let mut spec = recovering(PoolSpec::new("fault", 8).port(pg.port));
     spec.connection_timeout_ms = 2000;
@@ -152,6 +153,7 @@ async fn a_stopped_database_fails_fast_and_a_restarted_one_heals_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_backends_are_replaced_without_a_failed_call() {
+    let _turn = crate::support::machine_to_myself().await;
     let mut spec = PoolSpec::new("terminated", 4);
     spec.min = 4;
     let server = TestServer::start(&config_yaml_with(&[spec], &fast_health(1000, 1000))).await;
@@ -199,6 +201,7 @@ async fn terminated_backends_are_replaced_without_a_failed_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_database_is_bounded_by_deadlines_and_recovers() {
+    let _turn = crate::support::machine_to_myself().await;
     let proxy = Proxy::start(cluster().port).await;
     let mut spec = recovering(PoolSpec::new("blackhole", 4).port(proxy.port));
     spec.connection_timeout_ms = 1000;
@@ -271,6 +274,7 @@ async fn a_black_holed_database_is_bounded_by_deadlines_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_degrades_the_pool_and_its_end_heals_it() {
+    let _turn = crate::support::machine_to_myself().await;
     let proxy = Proxy::start(cluster().port).await;
     let spec = PoolSpec::new("slow", 2).port(proxy.port);
     let server = TestServer::start(&config_yaml_with(&[spec], &fast_health(3000, 150))).await;

@@ -373,6 +373,7 @@ async fn a_refused_begin_loses_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_limit_failure_cancels_the_statement_in_postgresql() {
+    let _turn = crate::support::machine_to_myself().await;
     let pool = "hygiene_rowlimit";
     let mut spec = PoolSpec::new(pool, 4);
     spec.connection_timeout_ms = 2000;

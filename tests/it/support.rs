@@ -303,6 +303,17 @@ fn spawn_watchdog(bin: &Path, dir: &Path) -> Child {
         .expect("spawn cluster watchdog")
 }
 
+/// Held for the whole of a test that loads both cores hard (storms of
+/// connections) or asserts timing bounds (fault detection, deadlines): such
+/// tests take turns, so a storm never stretches another test's clock. Other
+/// tests still run beside them.
+pub async fn machine_to_myself() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 /// Backends of the cluster whose application_name is `app_name`.
 pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
     admin
