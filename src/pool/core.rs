@@ -391,8 +391,8 @@ impl<C: Connector> Core<C> {
         let deadline = Instant::now() + timeout;
         loop {
             let grant = match self.take_or_queue()? {
-                Ok(grant) => grant,
-                Err(waiter) => waiter.wait(deadline).await?,
+                Step::Go(grant) => grant,
+                Step::Wait(waiter) => waiter.wait(deadline).await?,
             };
             let (id, conn, fresh) = match grant {
                 Grant::Conn { id, conn } => {
@@ -428,23 +428,22 @@ impl<C: Connector> Core<C> {
     }
 
     /// An idle connection, a slot, or a place in the queue.
-    #[allow(clippy::type_complexity)]
-    fn take_or_queue(&self) -> Result<Result<Grant<C>, Waiter<'_, C>>, AcquireError<C::Error>> {
+    fn take_or_queue(&self) -> Result<Step<'_, C>, AcquireError<C::Error>> {
         let mut table = self.lock();
         if !table.serving {
             return Err(AcquireError::Draining);
         }
         if let Some(grant) = table.take_idle() {
-            return Ok(Ok(grant));
+            return Ok(Step::Go(grant));
         }
         if table.entries.len() < table.max && table.waiters.is_empty() {
-            return Ok(Ok(self.reserve(&mut table)));
+            return Ok(Step::Go(self.reserve(&mut table)));
         }
         let id = table.next_id;
         table.next_id += 1;
         let (sender, receiver) = oneshot::channel();
         table.waiters.push_back((id, sender));
-        Ok(Err(Waiter {
+        Ok(Step::Wait(Waiter {
             core: self,
             id,
             receiver: Some(receiver),
@@ -1026,6 +1025,14 @@ impl<C: Connector> Table<C> {
             }
         }
     }
+}
+
+/// What an acquisition does next.
+enum Step<'a, C: Connector> {
+    /// Use this at once.
+    Go(Grant<C>),
+    /// Wait in the queue.
+    Wait(Waiter<'a, C>),
 }
 
 /// A place in the queue. Dropped before it got anything, it leaves the

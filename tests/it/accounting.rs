@@ -6,22 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use poolplane::proto::{GetPoolRequest, UpdatePoolRequest};
+use poolplane::proto::UpdatePoolRequest;
 use tonic::Code;
 
-use crate::support::{backends, cluster, config_yaml, eventually, exec, PoolSpec, TestServer};
-
-async fn statistics(server: &TestServer, pool: &str) -> poolplane::proto::PoolStatistics {
-    server
-        .admin()
-        .await
-        .get_pool(GetPoolRequest { name: pool.into() })
-        .await
-        .expect("get pool")
-        .into_inner()
-        .statistics
-        .expect("statistics")
-}
+use crate::support::{
+    backends, cluster, config_yaml, eventually, exec, pool_statistics, PoolSpec, TestServer,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
@@ -79,7 +69,7 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
         || {
             let (server, admin, app) = (&server, &admin, &app);
             async move {
-                let stats = statistics(server, pool).await;
+                let stats = pool_statistics(server, pool).await;
                 let seen = backends(admin, app).await;
                 let open = i64::from(stats.total);
                 open == seen && open >= 2 && stats.active == 0 && stats.pending == 0
@@ -87,7 +77,7 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
         },
     )
     .await;
-    let stats = statistics(&server, pool).await;
+    let stats = pool_statistics(&server, pool).await;
     assert!(stats.total <= 4, "max_connections kept: {stats:?}");
 
     // A resize answers promptly and takes effect.
@@ -111,7 +101,7 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
         || {
             let (server, admin, app) = (&server, &admin, &app);
             async move {
-                let stats = statistics(server, pool).await;
+                let stats = pool_statistics(server, pool).await;
                 let seen = backends(admin, app).await;
                 stats.total == 2 && seen == 2
             }

@@ -3,22 +3,11 @@
 
 use std::time::Duration;
 
-use poolplane::proto::GetPoolRequest;
 use tonic::Code;
 
-use crate::support::{backends, cluster, config_yaml, eventually, exec, v, PoolSpec, TestServer};
-
-async fn statistics(server: &TestServer, pool: &str) -> poolplane::proto::PoolStatistics {
-    server
-        .admin()
-        .await
-        .get_pool(GetPoolRequest { name: pool.into() })
-        .await
-        .expect("get pool")
-        .into_inner()
-        .statistics
-        .expect("statistics")
-}
+use crate::support::{
+    backends, cluster, config_yaml, eventually, exec, pool_statistics, v, PoolSpec, TestServer,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_connections_are_opened_at_start() {
@@ -31,7 +20,7 @@ async fn min_connections_are_opened_at_start() {
         async move { backends(admin, "poolplane/warm").await == 3 }
     })
     .await;
-    let stats = statistics(&server, "warm").await;
+    let stats = pool_statistics(&server, "warm").await;
     assert_eq!((stats.total, stats.idle, stats.active), (3, 3, 0));
     server.stop().await;
     assert_eq!(
@@ -53,7 +42,7 @@ async fn a_caller_giving_up_while_queued_leaves_exact_statistics() {
             .await
     });
     eventually("the connection is held", Duration::from_secs(5), || async {
-        statistics(&server, "queue").await.active == 1
+        pool_statistics(&server, "queue").await.active == 1
     })
     .await;
 
@@ -62,21 +51,21 @@ async fn a_caller_giving_up_while_queued_leaves_exact_statistics() {
     request.set_timeout(Duration::from_millis(300));
     let waiting = tokio::spawn(async move { waiter.execute(request).await });
     eventually("one caller is pending", Duration::from_secs(5), || async {
-        statistics(&server, "queue").await.pending == 1
+        pool_statistics(&server, "queue").await.pending == 1
     })
     .await;
     let status = waiting.await.expect("join").expect_err("gave up");
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    let stats = statistics(&server, "queue").await;
+    let stats = pool_statistics(&server, "queue").await;
     assert_eq!(stats.pending, 0, "a cancelled wait is no longer pending");
     assert_eq!(stats.acquisitions_succeeded, 1);
 
     hold.await.expect("join").expect("holder finishes");
     eventually("the lease is returned", Duration::from_secs(5), || async {
-        statistics(&server, "queue").await.active == 0
+        pool_statistics(&server, "queue").await.active == 0
     })
     .await;
-    let stats = statistics(&server, "queue").await;
+    let stats = pool_statistics(&server, "queue").await;
     assert_eq!((stats.total, stats.idle), (1, 1));
     server.stop().await;
 }
@@ -95,7 +84,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
             .await
     });
     eventually("the call is running", Duration::from_secs(5), || async {
-        statistics(&server, "shutdown").await.active == 1
+        pool_statistics(&server, "shutdown").await.active == 1
     })
     .await;
     server.stop().await;

@@ -109,6 +109,33 @@ async fn hygiene_server(pool: &str) -> TestServer {
     .await
 }
 
+/// The next caller of `pool` gets a fresh session on the backend `pid`.
+async fn assert_fresh_on(server: &TestServer, pool: &str, pid: i64, after: &str) {
+    let (session, next_pid) = session_of(server, pool).await;
+    assert_eq!(session, fresh(), "after {after}");
+    assert_eq!(next_pid, pid, "after {after}: reset, not reconnected");
+    assert_no_open_transaction(pool).await;
+}
+
+/// Runs `sql` as an ExecuteBatch of one parameter set.
+async fn batch_of_one(
+    server: &TestServer,
+    pool: &str,
+    sql: &str,
+    params: Vec<poolplane::proto::Value>,
+) -> Result<(), tonic::Status> {
+    server
+        .query()
+        .await
+        .execute_batch(ExecuteBatchRequest {
+            pool: pool.into(),
+            sql: sql.into(),
+            parameter_sets: vec![ParameterSet { params }],
+        })
+        .await
+        .map(|_| ())
+}
+
 /// No backend of `pool` is left inside a transaction.
 async fn assert_no_open_transaction(pool: &str) {
     let admin = cluster().admin().await;
@@ -160,10 +187,7 @@ async fn session_state_changed_by_functions_never_reaches_the_next_caller() {
             .execute(exec(pool, sql, vec![]))
             .await
             .unwrap_or_else(|status| panic!("{sql}: {status:?}"));
-        let (session, pid) = session_of(&server, pool).await;
-        assert_eq!(session, fresh(), "after {sql}");
-        assert_eq!(pid, first_pid, "after {sql}: reset, not reconnected");
-        assert_no_open_transaction(pool).await;
+        assert_fresh_on(&server, pool, first_pid, sql).await;
     }
 
     // Prepared statements made by a function (named like the driver's
@@ -201,41 +225,17 @@ async fn session_state_changed_inside_a_batch_never_reaches_the_next_caller() {
         } else {
             "pg_catalog"
         };
-        server
-            .query()
-            .await
-            .execute_batch(ExecuteBatchRequest {
-                pool: pool.into(),
-                sql: sql.into(),
-                parameter_sets: vec![ParameterSet {
-                    params: vec![v::text(value)],
-                }],
-            })
+        batch_of_one(&server, pool, sql, vec![v::text(value)])
             .await
             .unwrap_or_else(|status| panic!("{sql}: {status:?}"));
-        let (session, pid) = session_of(&server, pool).await;
-        assert_eq!(session, fresh(), "after the batch {sql}");
-        assert_eq!(
-            pid, first_pid,
-            "after the batch {sql}: reset, not reconnected"
-        );
-        assert_no_open_transaction(pool).await;
+        assert_fresh_on(&server, pool, first_pid, &format!("the batch {sql}")).await;
     }
     let sql = "DO $$ BEGIN EXECUTE 'CREATE TEMP TABLE batch_leak (a int)'; \
         EXECUTE 'LISTEN batch_leak'; EXECUTE 'DECLARE batch_leak CURSOR WITH HOLD FOR SELECT 1'; END $$";
-    server
-        .query()
-        .await
-        .execute_batch(ExecuteBatchRequest {
-            pool: pool.into(),
-            sql: sql.into(),
-            parameter_sets: vec![ParameterSet { params: vec![] }],
-        })
+    batch_of_one(&server, pool, sql, vec![])
         .await
         .expect("a DO block in a batch");
-    let (session, pid) = session_of(&server, pool).await;
-    assert_eq!(session, fresh(), "after a DO block in a batch");
-    assert_eq!(pid, first_pid);
+    assert_fresh_on(&server, pool, first_pid, "a DO block in a batch").await;
     server.stop().await;
 }
 
@@ -287,12 +287,7 @@ async fn transaction_control_and_session_statements_are_refused_with_failed_prec
             "{sql}: {}",
             status.message()
         );
-        let status = client
-            .execute_batch(ExecuteBatchRequest {
-                pool: pool.into(),
-                sql: sql.into(),
-                parameter_sets: vec![ParameterSet { params: vec![] }],
-            })
+        let status = batch_of_one(&server, pool, sql, vec![])
             .await
             .expect_err(sql);
         assert_eq!(status.code(), Code::FailedPrecondition, "batch {sql}");
@@ -305,17 +300,10 @@ async fn transaction_control_and_session_statements_are_refused_with_failed_prec
         assert_eq!(status.code(), Code::Unimplemented, "{sql}: {status:?}");
     }
     // SET LOCAL lasts only as long as the batch's transaction.
-    client
-        .execute_batch(ExecuteBatchRequest {
-            pool: pool.into(),
-            sql: "SET LOCAL search_path = pg_catalog".into(),
-            parameter_sets: vec![ParameterSet { params: vec![] }],
-        })
+    batch_of_one(&server, pool, "SET LOCAL search_path = pg_catalog", vec![])
         .await
         .expect("SET LOCAL in a batch");
-    let (session, pid) = session_of(&server, pool).await;
-    assert_eq!(session, fresh());
-    assert_eq!(pid, first_pid, "refusals cost no connection");
+    assert_fresh_on(&server, pool, first_pid, "refusals and SET LOCAL").await;
     server.stop().await;
 }
 

@@ -314,6 +314,19 @@ pub async fn machine_to_myself() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
+/// A pool's statistics as GetPool reports them.
+pub async fn pool_statistics(server: &TestServer, pool: &str) -> poolplane::proto::PoolStatistics {
+    server
+        .admin()
+        .await
+        .get_pool(poolplane::proto::GetPoolRequest { name: pool.into() })
+        .await
+        .expect("get pool")
+        .into_inner()
+        .statistics
+        .expect("statistics")
+}
+
 /// Backends of the cluster whose application_name is `app_name`.
 pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
     admin
