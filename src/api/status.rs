@@ -100,12 +100,7 @@ pub(crate) fn query_status(err: QueryError) -> Status {
         QueryError::Pool(err) => pool_status(err),
         QueryError::Sql(sql) => sql_status(&sql),
         QueryError::DeadlineExceeded { may_have_run } => {
-            let may_have_run = if may_have_run { "true" } else { "false" };
-            with(
-                Code::DeadlineExceeded,
-                message,
-                &[("poolplane-may-have-run", may_have_run.to_string())],
-            )
+            may_have_run_status(Code::DeadlineExceeded, message, may_have_run)
         }
         QueryError::ResultTooLarge { limit } => with(
             Code::ResourceExhausted,
@@ -122,8 +117,21 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-statement-kind", "COPY".to_string())],
         ),
-        QueryError::ConnectionLost(_) => Status::new(Code::Unavailable, message),
+        QueryError::ConnectionLost { may_have_run, .. } => {
+            may_have_run_status(Code::Unavailable, message, may_have_run)
+        }
     }
+}
+
+/// A call that ended without an answer from PostgreSQL says whether its
+/// statement may have taken effect, so a retrying client knows.
+fn may_have_run_status(code: Code, message: String, may_have_run: bool) -> Status {
+    let value = if may_have_run { "true" } else { "false" };
+    with(
+        code,
+        message,
+        &[("poolplane-may-have-run", value.to_string())],
+    )
 }
 
 fn sql_status(sql: &SqlError) -> Status {

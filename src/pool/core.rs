@@ -135,6 +135,11 @@ impl<C: Connector> LeaseControl<C> {
         }
     }
 
+    /// Whether the statement that takes effect has gone out.
+    pub(crate) fn effect_sent(&self) -> bool {
+        self.effect.load(Ordering::Acquire) == EFFECT_SENT
+    }
+
     /// The caller gives up: nothing that takes effect goes out from now on.
     /// True if it had already gone out (it may have taken effect).
     pub(crate) fn stop(&self) -> bool {

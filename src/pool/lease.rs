@@ -120,6 +120,11 @@ impl<C: Connector> Lease<C> {
         self.control.begin_effect()
     }
 
+    /// Whether the statement that takes effect has been sent.
+    pub fn effect_sent(&self) -> bool {
+        self.control.effect_sent()
+    }
+
     /// Says that what was sent since the last reset cannot have changed
     /// the session (only a Parse, which failed): no reset is needed.
     pub fn nothing_ran(&self) {

@@ -29,9 +29,11 @@ pub enum QueryError {
     /// COPY to or from the client, which this API cannot carry.
     #[error("COPY to or from the client is not supported through Execute; use INSERT ... SELECT, INSERT with ExecuteBatch, or server-side COPY to a file")]
     CopyUnsupported,
-    /// The server connection broke mid-call.
-    #[error("connection to PostgreSQL lost: {0}")]
-    ConnectionLost(String),
+    /// The server connection broke mid-call. `may_have_run`: the
+    /// statement (for ExecuteBatch, its COMMIT) had been sent, so it may
+    /// have taken effect; a client retrying must allow for that.
+    #[error("connection to PostgreSQL lost: {error}")]
+    ConnectionLost { error: String, may_have_run: bool },
 }
 
 /// A PostgreSQL error report: what the server said, field for field.
@@ -75,7 +77,10 @@ impl QueryError {
                 },
                 batch_index: None,
             }),
-            None => QueryError::ConnectionLost(crate::postgres::error_chain(err)),
+            None => QueryError::ConnectionLost {
+                error: crate::postgres::error_chain(err),
+                may_have_run: false,
+            },
         }
     }
 }

@@ -170,9 +170,11 @@ where
         Ok(Ok(attempt)) => attempt,
         Ok(Err(join_error)) => {
             tracing::error!(error = %join_error, "statement task failed");
-            Attempt::Done(Err(QueryError::ConnectionLost(
-                "the statement task ended unexpectedly".into(),
-            )))
+            // Nobody knows how far it got.
+            Attempt::Done(Err(QueryError::ConnectionLost {
+                error: "the statement task ended unexpectedly".into(),
+                may_have_run: true,
+            }))
         }
         Err(_elapsed) => {
             // The cancel goes out from its own task: an unreachable server
@@ -202,7 +204,7 @@ async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, 
             return Attempt::StaleConnection(QueryError::from_postgres(&err));
         }
         match driver_error(lease, &err) {
-            error @ QueryError::ConnectionLost(_) => Attempt::StaleConnection(error),
+            error @ QueryError::ConnectionLost { .. } => Attempt::StaleConnection(error),
             other => {
                 let failed = Err(other);
                 count_sql_error(lease, &failed);
@@ -218,9 +220,10 @@ impl Attempt<()> {
         match self {
             Attempt::StaleConnection(error) => Attempt::StaleConnection(error),
             Attempt::Done(Err(error)) => Attempt::Done(Err(error)),
-            Attempt::Done(Ok(())) => Attempt::Done(Err(QueryError::ConnectionLost(
-                "prepare reported neither a statement nor an error".into(),
-            ))),
+            Attempt::Done(Ok(())) => Attempt::Done(Err(QueryError::ConnectionLost {
+                error: "prepare reported neither a statement nor an error".into(),
+                may_have_run: false,
+            })),
         }
     }
 }
@@ -476,17 +479,21 @@ fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
 
 /// Refines a driver error with what only the lease knows: a statement we
 /// cancelled for a drain is the pool's refusal, not the caller's SQL; a
-/// broken connection must not go back.
+/// broken connection must not go back, and whether the statement had been
+/// sent when it broke is the caller's to know.
 fn classify(lease: &Lease, error: QueryError) -> QueryError {
-    match (&error, lease.cancel_reason()) {
+    match (error, lease.cancel_reason()) {
         (QueryError::Sql(sql), Some(CancelReason::Drain)) if sql.sqlstate == QUERY_CANCELED => {
             QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
         }
-        (QueryError::ConnectionLost(_), _) => {
+        (QueryError::ConnectionLost { error, .. }, _) => {
             lease.discard();
-            error
+            QueryError::ConnectionLost {
+                error,
+                may_have_run: lease.effect_sent(),
+            }
         }
-        _ => error,
+        (error, _) => error,
     }
 }
 

@@ -1,6 +1,7 @@
 //! A TCP proxy for fault tests: forwards loopback connections to a target
 //! port, and can be switched to hold all traffic (a blackhole: accepted,
-//! never answered) or to add latency, then back to normal.
+//! never answered), to add latency, or to cut every connection it relays,
+//! then back to normal.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,9 @@ pub enum Mode {
     Blackhole,
     /// Delay every chunk by this much.
     Latency(Duration),
+    /// Close every relayed connection now, both ways (a network that drops
+    /// them), and any new one at once.
+    Cut,
 }
 
 pub struct Proxy {
@@ -51,7 +55,7 @@ impl Drop for Proxy {
 
 async fn relay(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
     // A blackholed proxy accepts but does not even connect onwards.
-    if mode.wait_for(|m| *m != Mode::Blackhole).await.is_err() {
+    if mode.wait_for(|m| *m != Mode::Blackhole).await.is_err() || *mode.borrow() == Mode::Cut {
         return;
     }
     let Ok(server) = TcpStream::connect(target).await else {
@@ -72,7 +76,11 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            _ = mode.wait_for(|m| *m == Mode::Cut) => break,
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };

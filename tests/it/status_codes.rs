@@ -182,3 +182,106 @@ async fn unreachable_database_fails_fast_with_unavailable() {
     assert!(pool.statistics.expect("stats").acquire_errors >= 1);
     server.stop().await;
 }
+
+/// A connection lost mid-call is UNAVAILABLE, and the caller learns whether
+/// its statement (for a batch, its COMMIT) had been sent: a retry must allow
+/// for a statement that may have run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_says_whether_the_statement_may_have_run() {
+    use crate::proxy::{Mode, Proxy};
+    use poolplane::proto::{ExecuteBatchRequest, ParameterSet};
+    let proxy = Proxy::start(crate::support::cluster().port).await;
+    let pool = "lost_midway";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 2).port(proxy.port)])).await;
+    let admin = crate::support::cluster().admin().await;
+    let running = |sql: &'static str| {
+        let admin = &admin;
+        move || async move {
+            let running: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'poolplane/lost_midway' \
+                     AND state = 'active' AND query = $1",
+                    &[&sql],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            running > 0
+        }
+    };
+
+    // The statement was sent: it may have run.
+    let call = {
+        let mut client = server.query().await;
+        tokio::spawn(async move {
+            client
+                .execute(exec(pool, "SELECT pg_sleep(2)", vec![]))
+                .await
+        })
+    };
+    crate::support::eventually(
+        "the statement runs",
+        Duration::from_secs(10),
+        running("SELECT pg_sleep(2)"),
+    )
+    .await;
+    proxy.set(Mode::Cut);
+    let status = call
+        .await
+        .expect("join")
+        .expect_err("the connection is cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-may-have-run").as_deref(),
+        Some("true")
+    );
+
+    // A batch cut before its COMMIT certainly did not commit.
+    proxy.set(Mode::Forward);
+    crate::support::eventually("the pool works again", Duration::from_secs(10), || {
+        let server = &server;
+        async move {
+            server
+                .query()
+                .await
+                .execute(exec(pool, "SELECT 1", vec![]))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let call = {
+        let mut client = server.query().await;
+        tokio::spawn(async move {
+            client
+                .execute_batch(ExecuteBatchRequest {
+                    pool: pool.into(),
+                    sql: "SELECT pg_sleep($1::float8)".into(),
+                    parameter_sets: (0..3)
+                        .map(|_| ParameterSet {
+                            params: vec![crate::support::v::float(1.0)],
+                        })
+                        .collect(),
+                })
+                .await
+        })
+    };
+    crate::support::eventually(
+        "the batch runs",
+        Duration::from_secs(10),
+        running("SELECT pg_sleep($1::float8)"),
+    )
+    .await;
+    proxy.set(Mode::Cut);
+    let status = call
+        .await
+        .expect("join")
+        .expect_err("the connection is cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-may-have-run").as_deref(),
+        Some("false"),
+        "{status:?}"
+    );
+    server.stop().await;
+}
