@@ -1379,6 +1379,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_statement_and_a_caller_giving_up_settle_who_was_first() {
+        let (core, _control, _) = core(2);
+        let sent_first = borrow(&core).await;
+        assert!(sent_first.control.begin_effect());
+        assert!(sent_first.control.stop(), "it may have run");
+        assert!(sent_first.control.begin_effect(), "already out");
+        let stopped_first = borrow(&core).await;
+        assert!(!stopped_first.control.stop(), "nothing was sent");
+        assert!(
+            !stopped_first.control.begin_effect(),
+            "must not be sent now"
+        );
+        give_back(&core, sent_first).await;
+        give_back(&core, stopped_first).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_connection_that_breaks_while_idle_leaves_the_table() {
         let (core, control, stats) = core(2);
         let borrowed = borrow(&core).await;
