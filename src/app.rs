@@ -106,8 +106,26 @@ impl App {
     }
 
     /// Drains and removes a pool; its monitor stops first so no probe
-    /// outlives it.
+    /// outlives it. The drain runs in a task of its own: once begun it
+    /// finishes even if the caller goes away, since a pool left half-drained
+    /// could be neither used, nor deleted, nor created again.
     pub async fn delete_pool(
+        self: &Arc<Self>,
+        name: &str,
+        drain_timeout: Duration,
+        force: bool,
+    ) -> Result<(DrainReport, PoolInfo), PoolError> {
+        let app = Arc::clone(self);
+        let owned = name.to_string();
+        let drain =
+            tokio::spawn(async move { app.delete_pool_now(&owned, drain_timeout, force).await });
+        drain.await.unwrap_or_else(|error| {
+            tracing::error!(pool = %name, %error, "the drain task failed");
+            Err(PoolError::Draining(name.to_string()))
+        })
+    }
+
+    async fn delete_pool_now(
         &self,
         name: &str,
         drain_timeout: Duration,

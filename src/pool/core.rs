@@ -486,26 +486,42 @@ impl<C: Connector> Core<C> {
     }
 
     /// Opens a connection on a reserved slot, within `deadline`.
+    ///
+    /// The connect runs in a task of its own and is never abandoned half
+    /// way: a server may already have started a backend for it, and only
+    /// the connector can tell when that backend is gone. If the caller stops
+    /// waiting (its timeout, or its future dropped), the finished
+    /// connection joins the pool instead.
     async fn open(
         &self,
         id: u64,
         slot: ServerSlot,
         deadline: Instant,
     ) -> Result<C::Conn, AcquireError<C::Error>> {
+        let Some(core) = self.this.upgrade() else {
+            return Err(AcquireError::Draining);
+        };
         let connector = self.connector();
-        let started = Instant::now();
-        // The slot moves into the connect: however it ends (error, timeout,
-        // a dropped future), the slot is dropped and the entry removed.
-        match tokio::time::timeout_at(deadline, connector.connect(slot)).await {
-            Ok(Ok(conn)) => {
-                self.stats.connection_opened(started.elapsed());
-                let mut table = self.lock();
-                if let Some(entry) = table.entries.get_mut(&id) {
+        let (result_tx, result_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = connector.connect(slot).await;
+            if result.is_ok() {
+                core.stats.connection_opened(started.elapsed());
+                if let Some(entry) = core.lock().entries.get_mut(&id) {
                     entry.opened = true;
                 }
-                Ok(conn)
             }
-            Ok(Err(err)) => Err(AcquireError::Connect(err)),
+            if let Err(Ok(conn)) = result_tx.send(result) {
+                // Nobody waits for it any more: it serves the next caller.
+                core.put_back(id, conn, true);
+            }
+        });
+        match tokio::time::timeout_at(deadline, result_rx).await {
+            Ok(Ok(Ok(conn))) => Ok(conn),
+            Ok(Ok(Err(err))) => Err(AcquireError::Connect(err)),
+            // The connect task panicked: its slot went with it.
+            Ok(Err(_)) => Err(AcquireError::Timeout),
             Err(_) => Err(AcquireError::Timeout),
         }
     }
@@ -1184,9 +1200,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cancelled_connect_frees_its_slot() {
+    async fn an_abandoned_connect_finishes_and_joins_the_pool() {
         let (core, control, stats) = core(1);
-        control.set_connect_delay(HOUR);
+        control.set_connect_delay(Duration::from_secs(10));
         let core2 = Arc::clone(&core);
         let connecting =
             tokio::spawn(async move { core2.acquire(HOUR, HOUR, SECOND).await.is_ok() });
@@ -1194,15 +1210,31 @@ mod tests {
         assert_eq!(core.counts().connecting, 1);
         connecting.abort();
         let _ = connecting.await;
-        assert_eq!(core.counts().open(), 0, "the slot came back");
-        assert_eq!(
-            stats.snapshot(ConnCounts::default()).connections_closed,
-            0,
-            "it never opened"
-        );
-        control.set_connect_delay(Duration::ZERO);
+        // The server may already have a backend for it: the place stays
+        // taken until the connect ends.
+        assert_eq!(core.counts().connecting, 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!((core.counts().idle, core.counts().open()), (1, 1));
+        assert_eq!(stats.snapshot(ConnCounts::default()).connections_created, 1);
         let borrowed = borrow(&core).await;
+        assert!(
+            !borrowed.fresh,
+            "the finished connect serves the next caller"
+        );
         give_back(&core, borrowed).await;
+
+        // A caller whose own timeout passes mid-connect leaves it the same way.
+        let (core, control, _) = self::core(1);
+        control.set_connect_delay(Duration::from_secs(10));
+        assert!(matches!(
+            core.acquire(SECOND, HOUR, SECOND).await,
+            Err(AcquireError::Timeout)
+        ));
+        assert_eq!(core.counts().connecting, 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(core.counts().idle, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use super::lease::Lease;
 use super::maintenance::{self, Tended};
 use super::pg::PgConnector;
 use super::stats::{AcquireOutcome, CloseReason, HistogramSnapshot, PoolStats, StatsSnapshot};
-use crate::config::{PoolConfig, PoolLimits};
+use crate::config::{AlertThresholds, PoolConfig, PoolLimits};
 use crate::events::{EventBus, EventDetail};
 
 /// How long a close waits for connections to end after their work stopped.
@@ -65,6 +65,54 @@ pub struct PoolInfo {
     pub stats: StatsSnapshot,
     pub last_error: Option<String>,
     pub created_at: SystemTime,
+}
+
+/// Which limits an update changes; `None` keeps the current value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LimitsUpdate {
+    pub max_connections: Option<u32>,
+    pub min_connections: Option<u32>,
+    pub connection_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub health_check_interval: Option<Duration>,
+    /// `Some(None)` removes the statement timeout.
+    pub statement_timeout: Option<Option<Duration>>,
+    pub max_lifetime: Option<Duration>,
+    pub utilization_alert_threshold: Option<f64>,
+    pub error_rate_alert_threshold: Option<f64>,
+    pub acquire_wait_alert_threshold: Option<Duration>,
+}
+
+impl LimitsUpdate {
+    fn apply_thresholds(&self, current: AlertThresholds) -> AlertThresholds {
+        AlertThresholds {
+            utilization: self
+                .utilization_alert_threshold
+                .unwrap_or(current.utilization),
+            error_rate: self
+                .error_rate_alert_threshold
+                .unwrap_or(current.error_rate),
+            acquire_wait: self
+                .acquire_wait_alert_threshold
+                .unwrap_or(current.acquire_wait),
+        }
+    }
+
+    fn apply(&self, current: PoolLimits) -> PoolLimits {
+        PoolLimits {
+            max_connections: self.max_connections.unwrap_or(current.max_connections),
+            min_connections: self.min_connections.unwrap_or(current.min_connections),
+            connection_timeout: self
+                .connection_timeout
+                .unwrap_or(current.connection_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(current.idle_timeout),
+            health_check_interval: self
+                .health_check_interval
+                .unwrap_or(current.health_check_interval),
+            statement_timeout: self.statement_timeout.unwrap_or(current.statement_timeout),
+            max_lifetime: self.max_lifetime.unwrap_or(current.max_lifetime),
+        }
+    }
 }
 
 pub struct ManagedPool {
@@ -140,8 +188,36 @@ impl ManagedPool {
         pool
     }
 
+    /// Applies an update: new limits live (see [`ManagedPool::update_limits`])
+    /// and alert thresholds in place. The update is merged into the
+    /// settings under the reconfigure lock, so concurrent updates each
+    /// apply to what the one before left. Returns the limits now in force.
+    pub async fn update(self: &Arc<Self>, update: LimitsUpdate) -> Result<PoolLimits, PoolError> {
+        let (limits, settle) = {
+            let _guard = self.reconfigure.lock().await;
+            if self.state() != PoolState::Serving {
+                return Err(PoolError::Draining(self.name()));
+            }
+            let config = self.config();
+            let limits = update.apply(config.limits);
+            let thresholds = update.apply_thresholds(config.alerts);
+            crate::config::check_thresholds(&thresholds).map_err(PoolError::InvalidConfig)?;
+            crate::config::check_limits(&limits).map_err(PoolError::InvalidConfig)?;
+            let settle = limits != config.limits;
+            if settle {
+                self.apply_limits(config, limits);
+            }
+            self.set_alert_thresholds(thresholds);
+            (limits, settle)
+        };
+        if settle {
+            self.settle(limits.max_connections).await;
+        }
+        Ok(limits)
+    }
+
     /// Changes when this pool's alerts fire; connections are untouched.
-    pub fn set_alert_thresholds(&self, thresholds: crate::config::AlertThresholds) {
+    fn set_alert_thresholds(&self, thresholds: AlertThresholds) {
         match self.config.write() {
             Ok(mut config) => config.alerts = thresholds,
             Err(poisoned) => poisoned.into_inner().alerts = thresholds,
@@ -335,26 +411,19 @@ impl ManagedPool {
         self.trouble.notify_one();
     }
 
-    /// Applies new limits live. A changed `max_connections` moves the
-    /// limit at once (a shrink closes idle connections now and busy ones
-    /// when they return); changed connection settings (`statement_timeout`,
-    /// timeouts) reach every connection opened from now on, and the open
-    /// ones are replaced gracefully.
-    pub async fn update_limits(self: &Arc<Self>, limits: PoolLimits) -> Result<(), PoolError> {
-        crate::config::check_limits(&limits).map_err(PoolError::InvalidConfig)?;
-        let _guard = self.reconfigure.lock().await;
-        if self.state() != PoolState::Serving {
-            return Err(PoolError::Draining(self.name()));
+    /// Applies new limits live (the caller holds the reconfigure lock). A
+    /// changed `max_connections` moves the limit at once (a shrink closes
+    /// idle connections now and busy ones when they return); changed
+    /// connection settings (`statement_timeout`, timeouts) reach every
+    /// connection opened from now on, and the open ones are replaced
+    /// gracefully.
+    fn apply_limits(self: &Arc<Self>, mut config: PoolConfig, limits: PoolLimits) {
+        let old = config.limits;
+        config.limits = limits;
+        match self.config.write() {
+            Ok(mut current) => current.limits = limits,
+            Err(poisoned) => poisoned.into_inner().limits = limits,
         }
-        let (old, config) = {
-            let mut config = match self.config.write() {
-                Ok(config) => config,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let old = config.limits;
-            config.limits = limits;
-            (old, config.clone())
-        };
         self.config_version.fetch_add(1, Ordering::AcqRel);
         if old.statement_timeout != limits.statement_timeout
             || old.connection_timeout != limits.connection_timeout
@@ -366,7 +435,15 @@ impl ManagedPool {
             self.core.retire_all(CloseReason::Retired);
         }
         self.core.resize(limits.max_connections);
-        let max = u64::from(limits.max_connections);
+        self.spawn_warm_up();
+    }
+
+    /// Waits, without holding the reconfigure lock (a drain must not wait
+    /// behind it), until no more than `max` connections are open, so a
+    /// shrink is real when the caller hears it is done. Bounded: statements
+    /// still running keep their connections until they end.
+    async fn settle(&self, max: u32) {
+        let max = u64::from(max);
         if !self.core.wait_open_at_most(max, RESIZE_SETTLE_LIMIT).await {
             tracing::warn!(
                 pool = %self.name,
@@ -375,16 +452,15 @@ impl ManagedPool {
                 "resize not settled yet: busy connections close when their work ends"
             );
         }
-        self.spawn_warm_up();
-        Ok(())
     }
 
     /// Stops taking work, lets in-flight work finish until `drain_timeout`
     /// (or not at all with `force`), cancels what is still running, then
     /// closes every connection and waits until the backends are gone.
     pub async fn drain(&self, drain_timeout: Duration, force: bool) -> DrainReport {
-        let _guard = self.reconfigure.lock().await;
+        // Refuse work at once, even while a resize still holds the lock.
         self.core.stop_serving();
+        let _guard = self.reconfigure.lock().await;
         if let Some(task) = self
             .maintenance
             .lock()

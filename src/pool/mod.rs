@@ -22,9 +22,9 @@ mod testing;
 pub use self::core::{CancelReason, ConnCounts, ConnState};
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};
-pub use managed::{DrainReport, ManagedPool, PoolHistograms, PoolInfo, PoolState};
+pub use managed::{DrainReport, LimitsUpdate, ManagedPool, PoolHistograms, PoolInfo, PoolState};
 pub use pg::{PgConn, PgConnector};
-pub use registry::{LimitsUpdate, Registry};
+pub use registry::Registry;
 pub use stats::{
     AcquireOutcome, CloseReason, HistogramSnapshot, StatsBench, StatsSnapshot, SQLSTATE_CLASSES,
 };

@@ -6,62 +6,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::error::PoolError;
-use super::managed::{DrainReport, ManagedPool, PoolInfo};
-use crate::config::{AlertThresholds, PoolConfig, PoolDefaults, PoolLimits};
+use super::managed::{DrainReport, LimitsUpdate, ManagedPool, PoolInfo};
+use crate::config::{PoolConfig, PoolDefaults};
 use crate::events::EventBus;
 
 pub struct Registry {
     pools: RwLock<BTreeMap<String, Arc<ManagedPool>>>,
     defaults: PoolDefaults,
     events: Arc<EventBus>,
-}
-
-/// Which limits an update changes; `None` keeps the current value.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LimitsUpdate {
-    pub max_connections: Option<u32>,
-    pub min_connections: Option<u32>,
-    pub connection_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub health_check_interval: Option<Duration>,
-    /// `Some(None)` removes the statement timeout.
-    pub statement_timeout: Option<Option<Duration>>,
-    pub max_lifetime: Option<Duration>,
-    pub utilization_alert_threshold: Option<f64>,
-    pub error_rate_alert_threshold: Option<f64>,
-    pub acquire_wait_alert_threshold: Option<Duration>,
-}
-
-impl LimitsUpdate {
-    fn apply_thresholds(&self, current: AlertThresholds) -> AlertThresholds {
-        AlertThresholds {
-            utilization: self
-                .utilization_alert_threshold
-                .unwrap_or(current.utilization),
-            error_rate: self
-                .error_rate_alert_threshold
-                .unwrap_or(current.error_rate),
-            acquire_wait: self
-                .acquire_wait_alert_threshold
-                .unwrap_or(current.acquire_wait),
-        }
-    }
-
-    fn apply(&self, current: PoolLimits) -> PoolLimits {
-        PoolLimits {
-            max_connections: self.max_connections.unwrap_or(current.max_connections),
-            min_connections: self.min_connections.unwrap_or(current.min_connections),
-            connection_timeout: self
-                .connection_timeout
-                .unwrap_or(current.connection_timeout),
-            idle_timeout: self.idle_timeout.unwrap_or(current.idle_timeout),
-            health_check_interval: self
-                .health_check_interval
-                .unwrap_or(current.health_check_interval),
-            statement_timeout: self.statement_timeout.unwrap_or(current.statement_timeout),
-            max_lifetime: self.max_lifetime.unwrap_or(current.max_lifetime),
-        }
-    }
 }
 
 impl Registry {
@@ -121,18 +73,10 @@ impl Registry {
         pools.iter().map(|pool| pool.info()).collect()
     }
 
-    /// Applies an update: limits and timeouts through a new generation (only
-    /// if they changed), alert thresholds in place.
+    /// Applies an update to a pool's limits and alert thresholds.
     pub async fn update(&self, name: &str, update: LimitsUpdate) -> Result<PoolInfo, PoolError> {
         let pool = self.get(name)?;
-        let config = pool.config();
-        let limits = update.apply(config.limits);
-        let thresholds = update.apply_thresholds(config.alerts);
-        crate::config::check_thresholds(&thresholds).map_err(PoolError::InvalidConfig)?;
-        if limits != config.limits {
-            pool.update_limits(limits).await?;
-        }
-        pool.set_alert_thresholds(thresholds);
+        let limits = pool.update(update).await?;
         tracing::info!(
             pool = %name,
             max_connections = limits.max_connections,

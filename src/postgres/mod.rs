@@ -125,12 +125,24 @@ impl Connector {
                 ),
             ))
         };
-        tokio::time::timeout(timeout, self.open_within(on_end))
-            .await
-            .map_err(|_| timed_out())?
+        let closer = Closer::default();
+        let open = self.open_within(on_end, closer.clone());
+        tokio::pin!(open);
+        match tokio::time::timeout(timeout, &mut open).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The server may already run a backend for this handshake:
+                // close our side and let the handshake see the server's
+                // EOF, so `on_end` (what holds the connection's place) goes
+                // only once that backend is gone. Bounded like any close.
+                closer.close();
+                let _ = tokio::time::timeout(stream::CLOSE_WAIT * 2, open).await;
+                Err(timed_out())
+            }
+        }
     }
 
-    async fn open_within<F>(&self, on_end: F) -> Result<(Client, Closer), OpenError>
+    async fn open_within<F>(&self, on_end: F, closer: Closer) -> Result<(Client, Closer), OpenError>
     where
         F: FnOnce(DriverEnd) + Send + 'static,
     {
@@ -140,7 +152,6 @@ impl Connector {
             self.endpoint.connect_timeout,
         )
         .await?;
-        let closer = Closer::default();
         let stream = TrackedStream::new(tcp, closer.clone());
         let client = match &self.tls {
             Err(why) => return Err(OpenError::Tls(why.clone())),

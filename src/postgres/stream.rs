@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 /// How long a close waits for the server to close its side: a peer that
 /// never answers must not hold a slot forever.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Asks a stream to close from outside its driver task.
 #[derive(Clone, Default)]

@@ -24,13 +24,14 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
     let admin = cluster().admin().await;
     let app = format!("poolplane/{pool}");
 
-    // 300 calls whose deadline passes while they wait, connect or run, and
-    // 300 whose result is cut at the row limit, 32 at a time.
+    // 300 calls whose deadline (10 to 100 ms) passes while they wait,
+    // connect or run, and 300 whose result is cut at the row limit, 32 at a
+    // time.
     let deadline_calls = (0..300).map(|_| {
         let server = &server;
         async move {
             let mut request = tonic::Request::new(exec(pool, "SELECT pg_sleep(0.25)", vec![]));
-            request.set_timeout(Duration::from_millis(100));
+            request.set_timeout(Duration::from_millis(fastrand::u64(10..=100)));
             server.query().await.execute(request).await.map(|_| ())
         }
     });
@@ -47,11 +48,29 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
         .chain(limit_calls.map(futures::FutureExt::boxed))
         .collect();
     fastrand::shuffle(&mut calls);
-    let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-        futures::stream::iter(calls),
-        32,
-    ))
-    .await;
+    // Meanwhile PostgreSQL never sees more than max_connections backends of
+    // the pool, counting those still starting up for an abandoned connect.
+    let storm_over = std::sync::atomic::AtomicBool::new(false);
+    let most_seen = async {
+        let sampler = cluster().admin().await;
+        let mut most = 0;
+        while !storm_over.load(std::sync::atomic::Ordering::Relaxed) {
+            most = most.max(backends(&sampler, &app).await);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        most
+    };
+    let storm = async {
+        let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(calls),
+            32,
+        ))
+        .await;
+        storm_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        results
+    };
+    let (results, most_seen) = tokio::join!(storm, most_seen);
+    assert!(most_seen <= 4, "{most_seen} backends of a pool of 4");
     for result in &results {
         let status = result.as_ref().expect_err("every call of the storm fails");
         assert!(

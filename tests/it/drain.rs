@@ -186,3 +186,191 @@ async fn drain_timeout_cancels_what_is_still_running() {
     assert_eq!(backends(&admin_pg, "poolplane/drain_timeout").await, 0);
     server.stop().await;
 }
+
+/// Starts `n` calls of `sql` on `pool` and waits until all run in PostgreSQL.
+async fn busy(
+    server: &TestServer,
+    pool: &'static str,
+    sql: &'static str,
+    n: i64,
+) -> Vec<
+    tokio::task::JoinHandle<
+        Result<tonic::Response<poolplane::proto::ExecuteResponse>, tonic::Status>,
+    >,
+> {
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let mut client = server.query().await;
+        calls.push(tokio::spawn(async move {
+            client.execute(exec(pool, sql, vec![])).await
+        }));
+    }
+    let admin_pg = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    eventually("the calls run", Duration::from_secs(10), || {
+        let (admin_pg, app) = (&admin_pg, &app);
+        async move {
+            let running: i64 = admin_pg
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+                    &[app],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            running == n
+        }
+    })
+    .await;
+    calls
+}
+
+/// Concurrent UpdatePools each apply to what the one before left, and a
+/// shrink waiting for busy connections holds nobody up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_all_apply_and_a_forced_delete_does_not_wait_behind_a_shrink() {
+    let _turn = crate::support::machine_to_myself().await;
+    use poolplane::proto::UpdatePoolRequest;
+    let pool = "drain_race";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 8)])).await;
+    let calls = busy(&server, pool, "SELECT pg_sleep(20)", 3).await;
+    let update = |request: UpdatePoolRequest| {
+        let server = &server;
+        async move { server.admin().await.update_pool(request).await }
+    };
+    let shrinking = update(UpdatePoolRequest {
+        name: pool.into(),
+        max_connections: Some(2),
+        ..Default::default()
+    });
+    let narrower = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        update(UpdatePoolRequest {
+            name: pool.into(),
+            max_connections: Some(1),
+            min_connections: Some(1),
+            ..Default::default()
+        })
+        .await
+    };
+    let unrelated = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        update(UpdatePoolRequest {
+            name: pool.into(),
+            idle_timeout_ms: Some(60_000),
+            ..Default::default()
+        })
+        .await
+    };
+    // The shrinks settle only when the statements end; the delete ends them.
+    let deleting = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let spec = server
+            .admin()
+            .await
+            .get_pool(GetPoolRequest { name: pool.into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .spec
+            .expect("spec");
+        assert_eq!(
+            (
+                spec.max_connections,
+                spec.min_connections,
+                spec.idle_timeout_ms
+            ),
+            (1, 1, 60_000),
+            "every update applied, in order"
+        );
+        let started = Instant::now();
+        let report = server
+            .admin()
+            .await
+            .delete_pool(DeletePoolRequest {
+                name: pool.into(),
+                drain_timeout_ms: 0,
+                force: true,
+            })
+            .await
+            .expect("forced delete")
+            .into_inner();
+        (report, started.elapsed())
+    };
+    let (_, _, _, (report, took)) = tokio::join!(shrinking, narrower, unrelated, deleting);
+    assert!(took < Duration::from_secs(5), "the delete waited {took:?}");
+    assert_eq!(report.cancelled, 3);
+    for call in calls {
+        let status = call
+            .await
+            .expect("join")
+            .expect_err("cancelled by the drain");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    server.stop().await;
+}
+
+/// A drain, once begun, finishes even if the DeletePool caller goes away:
+/// the pool is removed and its name can be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_caller_gives_up_still_removes_the_pool() {
+    let pool = "drain_abandoned";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 2)])).await;
+    let calls = busy(&server, pool, "SELECT pg_sleep(1)", 1).await;
+    let mut request = tonic::Request::new(DeletePoolRequest {
+        name: pool.into(),
+        drain_timeout_ms: 10_000,
+        force: false,
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let status = server
+        .admin()
+        .await
+        .delete_pool(request)
+        .await
+        .expect_err("the caller gives up first");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    for call in calls {
+        call.await.expect("join").expect("in-flight work finishes");
+    }
+    eventually("the pool is gone", Duration::from_secs(10), || {
+        let server = &server;
+        async move {
+            server
+                .admin()
+                .await
+                .get_pool(GetPoolRequest { name: pool.into() })
+                .await
+                .is_err_and(|status| status.code() == Code::NotFound)
+        }
+    })
+    .await;
+    assert_eq!(
+        backends(&cluster().admin().await, "poolplane/drain_abandoned").await,
+        0
+    );
+    server
+        .admin()
+        .await
+        .create_pool(poolplane::proto::CreatePoolRequest {
+            name: pool.into(),
+            host: "127.0.0.1".into(),
+            port: u32::from(cluster().port),
+            database: "postgres".into(),
+            password: crate::support::SUPERUSER_PASSWORD.into(),
+            max_connections: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("the name is free again");
+    server
+        .query()
+        .await
+        .execute(exec(pool, "SELECT 1", vec![]))
+        .await
+        .expect("the new pool works");
+    server.stop().await;
+}
