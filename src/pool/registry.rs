@@ -101,7 +101,14 @@ impl Registry {
         }
         tracing::info!(pool = %name, ?drain_timeout, force, "draining pool");
         let report = pool.drain(drain_timeout, force).await;
-        self.write().remove(name);
+        {
+            // Only this pool: a pool created under the name since (after a
+            // concurrent delete of this one finished) stays.
+            let mut pools = self.write();
+            if pools.get(name).is_some_and(|current| Arc::ptr_eq(current, &pool)) {
+                pools.remove(name);
+            }
+        }
         tracing::info!(
             pool = %name,
             cancelled = report.cancelled,
