@@ -60,8 +60,9 @@ pub async fn run(
 
 /// Serves the gRPC API and `/metrics` for `app` until `shutdown` completes,
 /// then reports NOT_SERVING, ends Watch streams, lets in-flight calls
-/// finish (bounded by `server.shutdown_timeout_ms`), drains every pool and
-/// stops the HTTP listener last.
+/// finish and drains every pool, all within `server.shutdown_timeout_ms`
+/// (then running statements are cancelled), and stops the HTTP listener
+/// last.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
@@ -116,15 +117,18 @@ pub async fn serve(
     tokio::pin!(server);
 
     let shutdown_timeout = app.server().shutdown_timeout;
+    // One budget for the whole shutdown: in-flight calls, then the drains.
+    let mut stop_by = tokio::time::Instant::now() + shutdown_timeout;
     tokio::select! {
         result = &mut server => result?,
         () = shutdown => {
+            stop_by = tokio::time::Instant::now() + shutdown_timeout;
             tracing::info!("shutting down: refusing new calls, finishing in-flight ones");
             readiness.abort();
             readiness::not_serving(&health).await;
             let _ = stopping_tx.send(true);
             let _ = stop_tx.send(());
-            match tokio::time::timeout(shutdown_timeout, &mut server).await {
+            match tokio::time::timeout_at(stop_by, &mut server).await {
                 Ok(result) => result?,
                 Err(_) => tracing::warn!(
                     timeout = ?shutdown_timeout,
@@ -133,7 +137,10 @@ pub async fn serve(
             }
         }
     }
-    app.shutdown(shutdown_timeout).await;
+    // What is left of the budget; with none left, statements still running
+    // are cancelled at once.
+    app.shutdown(stop_by.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     let _ = http_stop_tx.send(());
     match http.await {
         Ok(Ok(())) => {}

@@ -105,7 +105,10 @@ impl Registry {
             // Only this pool: a pool created under the name since (after a
             // concurrent delete of this one finished) stays.
             let mut pools = self.write();
-            if pools.get(name).is_some_and(|current| Arc::ptr_eq(current, &pool)) {
+            if pools
+                .get(name)
+                .is_some_and(|current| Arc::ptr_eq(current, &pool))
+            {
                 pools.remove(name);
             }
         }

@@ -116,3 +116,76 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         assert!(!line.contains("forged line"), "logged: {line}");
     }
 }
+
+/// SIGTERM honours `shutdown_timeout_ms` once, in all: in-flight calls and
+/// the pools' drains share it, then running statements are cancelled, and
+/// no backend of the pool is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_long_statements_in_flight_takes_one_shutdown_timeout() {
+    let _turn = crate::support::machine_to_myself().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("poolplane.yaml");
+    let yaml = config_yaml(&[PoolSpec::new("bin_sigterm", 2)])
+        .replace("shutdown_timeout_ms: 5000", "shutdown_timeout_ms: 2000");
+    assert!(yaml.contains("shutdown_timeout_ms: 2000"));
+    std::fs::write(&path, yaml).expect("write config");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn poolplane serve");
+    let address = format!("http://127.0.0.1:{port}");
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let address = address.clone();
+        calls.push(tokio::spawn(async move {
+            let mut client = loop {
+                match poolplane::proto::query_client::QueryClient::connect(address.clone()).await {
+                    Ok(client) => break client,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            client
+                .execute(crate::support::exec(
+                    "bin_sigterm",
+                    "SELECT pg_sleep(30)",
+                    vec![],
+                ))
+                .await
+        }));
+    }
+    let admin = crate::support::cluster().admin().await;
+    crate::support::eventually("both statements run", Duration::from_secs(20), || {
+        let admin = &admin;
+        async move { crate::support::backends(admin, "poolplane/bin_sigterm").await == 2 }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    // Two seconds of budget, plus the cancels and closes (about 15 ms
+    // here): not the twice-the-budget it took when calls and drains each
+    // had their own.
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert_eq!(
+        crate::support::backends(&admin, "poolplane/bin_sigterm").await,
+        0
+    );
+    for call in calls {
+        let _ = call.await;
+    }
+}
