@@ -324,6 +324,7 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         created,
         closed,
         broken,
+        sql_errors,
         wait,
         hold,
         setup,

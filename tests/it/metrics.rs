@@ -44,6 +44,22 @@ async fn scraped_values_match_what_happened() {
         ),
         Some(0.0)
     );
+    // The caller's division by zero is counted by SQLSTATE class (22).
+    assert_eq!(
+        value(
+            "poolplane_pool_sql_errors_total",
+            &[p, ("sqlstate_class", "22")]
+        ),
+        Some(1.0)
+    );
+    // Classes that never occurred are not exported (44 classes per pool).
+    assert_eq!(
+        value(
+            "poolplane_pool_sql_errors_total",
+            &[p, ("sqlstate_class", "42")]
+        ),
+        None
+    );
     // Every acquisition is in the wait histogram; every statement and every
     // returned lease in theirs.
     assert_eq!(
