@@ -58,6 +58,7 @@ pub async fn execute(
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
     admit(&statement.sql)?;
+    admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, move |lease| {
         run_statement(lease, Arc::clone(&statement))
@@ -73,6 +74,9 @@ pub async fn execute_batch(
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
     admit(&sql)?;
+    for (i, set) in parameter_sets.iter().enumerate() {
+        admit_params(&format!("parameter_sets[{i}].params"), set.len())?;
+    }
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
     with_lease(pool, deadline, move |lease| {
@@ -81,10 +85,21 @@ pub async fn execute_batch(
     .await
 }
 
-/// Refuses what must not run on a shared connection in autocommit.
+/// Most parameters one statement can have: the protocol counts them in 16 bits.
+const MAX_PARAMS: usize = 65_535;
+
+/// Refuses what must not run on a shared connection in autocommit, and
+/// what PostgreSQL or the driver would refuse before running anything (the
+/// caller's mistake, not a broken connection).
 fn admit(sql: &str) -> Result<(), QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
+    }
+    if let Some(at) = sql.find('\0') {
+        return Err(QueryError::invalid(
+            "sql",
+            format!("contains a NUL byte (at byte {at}), which PostgreSQL does not accept in a statement"),
+        ));
     }
     match classify::check(sql) {
         Ok(()) => Ok(()),
@@ -95,6 +110,16 @@ fn admit(sql: &str) -> Result<(), QueryError> {
             format!("holds {count} statements; send one statement per request"),
         )),
     }
+}
+
+fn admit_params(field: &str, count: usize) -> Result<(), QueryError> {
+    if count > MAX_PARAMS {
+        return Err(QueryError::invalid(
+            field,
+            format!("{count} parameters; a statement takes at most {MAX_PARAMS}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Stale connections usually come in groups (a server restart, a mass

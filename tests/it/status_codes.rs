@@ -285,3 +285,40 @@ async fn a_lost_connection_says_whether_the_statement_may_have_run() {
     );
     server.stop().await;
 }
+
+/// Requests PostgreSQL or the driver would refuse before anything ran are
+/// the caller's mistake: INVALID_ARGUMENT, and the pool's connections stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_before_running_cost_no_connection() {
+    let pool = "refused_early";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)])).await;
+    let mut client = server.query().await;
+    let pid = |response: poolplane::proto::ExecuteResponse| response.rows[0].values[0].clone();
+    let first = pid(client
+        .execute(exec(pool, "SELECT pg_backend_pid()::int8", vec![]))
+        .await
+        .expect("pid")
+        .into_inner());
+    let too_many = vec![crate::support::v::int(1); 65_536];
+    for (request, field) in [
+        (exec(pool, "SELECT 1\0", vec![]), "sql"),
+        (exec(pool, "SELECT $1::int8", too_many), "params"),
+    ] {
+        let status = client.execute(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(meta(&status, "poolplane-field").as_deref(), Some(field));
+    }
+    // A placeholder beyond what the protocol can number is PostgreSQL's own error.
+    let status = client
+        .execute(exec(pool, "SELECT $70000::int8", vec![]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let now = pid(client
+        .execute(exec(pool, "SELECT pg_backend_pid()::int8", vec![]))
+        .await
+        .expect("pid")
+        .into_inner());
+    assert_eq!(now, first, "the connection was kept");
+    server.stop().await;
+}
