@@ -341,8 +341,9 @@ fn encode_scalar(value: &SqlValue, ty: &Type, out: &mut Vec<u8>) -> Result<(), S
         (&Type::INT4, SqlValue::Int(v)) => out.extend_from_slice(&narrow::<i32>(*v, ty)?.to_be_bytes()),
         (&Type::INT8, SqlValue::Int(v)) => out.extend_from_slice(&v.to_be_bytes()),
         (&Type::OID, SqlValue::Int(v)) => out.extend_from_slice(&narrow::<u32>(*v, ty)?.to_be_bytes()),
-        // Lossy by nature; the caller asked for a float column.
-        (&Type::FLOAT4, SqlValue::Float(v)) => out.extend_from_slice(&(*v as f32).to_be_bytes()),
+        // Rounded to float4's precision, as PostgreSQL rounds; out of its
+        // range is an error, as in PostgreSQL.
+        (&Type::FLOAT4, SqlValue::Float(v)) => out.extend_from_slice(&float4(*v)?.to_be_bytes()),
         (&Type::FLOAT4, SqlValue::Int(v)) => out.extend_from_slice(&(*v as f32).to_be_bytes()),
         (&Type::FLOAT8, SqlValue::Float(v)) => out.extend_from_slice(&v.to_be_bytes()),
         (&Type::FLOAT8, SqlValue::Int(v)) => out.extend_from_slice(&(*v as f64).to_be_bytes()),
@@ -434,7 +435,29 @@ fn parse_date(text: &str) -> Result<i32, String> {
         .map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// `v` as float4, refused where PostgreSQL refuses it: finite but beyond
+/// float4's range (it would become infinity), or so small it would become 0.
+fn float4(v: f64) -> Result<f32, String> {
+    let narrowed = v as f32;
+    let overflow = v.is_finite() && narrowed.is_infinite();
+    let underflow = v != 0.0 && narrowed == 0.0;
+    if overflow || underflow {
+        return Err(format!("{v} is out of range for float4"));
+    }
+    Ok(narrowed)
+}
+
+/// The end of the day, which PostgreSQL's `time` allows and chrono cannot hold.
+const END_OF_DAY_US: i64 = 86_400_000_000;
+
 fn parse_time(text: &str) -> Result<i64, String> {
+    if matches!(text, "24:00:00" | "24:00")
+        || text
+            .strip_prefix("24:00:00.")
+            .is_some_and(|f| !f.is_empty() && f.bytes().all(|b| b == b'0'))
+    {
+        return Ok(END_OF_DAY_US);
+    }
     let time = NaiveTime::parse_from_str(text, TIME_FORMAT)
         .map_err(|err| format!("`{text}` is not a time (HH:MM:SS[.ffffff]): {err}"))?;
     let since_midnight = time - NaiveTime::MIN;
@@ -461,6 +484,40 @@ fn parse_timestamp(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float4_parameters_are_range_checked_like_postgresql() {
+        for bad in [1e300, -1e300, 1e-50, -1e-50, f64::from(f32::MAX) * 2.0] {
+            assert!(
+                encode_param(&SqlValue::Float(bad), &Type::FLOAT4).is_err(),
+                "{bad}"
+            );
+        }
+        for good in [
+            0.0,
+            -0.0,
+            1.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            3.4e38,
+            1.2e-38,
+        ] {
+            assert!(
+                encode_param(&SqlValue::Float(good), &Type::FLOAT4).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_end_of_the_day_is_a_time() {
+        assert_eq!(parse_time("24:00:00"), Ok(END_OF_DAY_US));
+        assert_eq!(parse_time("24:00:00.000000"), Ok(END_OF_DAY_US));
+        assert!(parse_time("24:00:01").is_err());
+        assert!(parse_time("24:00:00.5").is_err());
+        assert_eq!(parse_time("00:00:01"), Ok(1_000_000));
+    }
 
     #[test]
     fn int_parameters_are_range_checked() {

@@ -391,3 +391,29 @@ async fn batch_is_one_transaction_all_or_nothing() {
     assert!(update.columns.is_empty());
     server.stop().await;
 }
+
+/// Values PostgreSQL itself would refuse are refused, never silently
+/// changed; values it accepts come back as they went in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_values_round_trip_exactly_or_are_refused() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("edges", 1)])).await;
+    let mut client = server.query().await;
+    for bad in [1e300, 1e-50] {
+        let status = client
+            .execute(exec("edges", "SELECT $1::float4", vec![v::float(bad)]))
+            .await
+            .expect_err("out of float4's range");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad}: {status:?}"
+        );
+    }
+    let end_of_day = client
+        .execute(exec("edges", "SELECT $1::time", vec![v::time("24:00:00")]))
+        .await
+        .expect("24:00:00 is a time")
+        .into_inner();
+    assert_eq!(end_of_day.rows[0].values[0], v::time("24:00:00"));
+    server.stop().await;
+}
