@@ -135,7 +135,10 @@ fn may_have_run_status(code: Code, message: String, may_have_run: bool) -> Statu
 }
 
 fn sql_status(sql: &SqlError) -> Status {
-    let mut status = Status::new(sqlstate_code(&sql.sqlstate), sql.to_string());
+    let mut status = Status::new(
+        sqlstate_code(&sql.sqlstate),
+        clip(&sql.to_string(), MAX_MESSAGE_BYTES),
+    );
     let metadata = status.metadata_mut();
     insert_ascii(metadata, "poolplane-sqlstate", &sql.sqlstate);
     insert_binary(metadata, "poolplane-message-bin", &sql.message);
@@ -180,8 +183,28 @@ pub(crate) fn sqlstate_code(sqlstate: &str) -> Code {
     }
 }
 
+/// Most bytes of an error message on the wire: messages quote the
+/// caller's input (a pool name, a value, PostgreSQL's echo of it), and
+/// response headers are small (tonic's default limit is 16 KiB in all).
+const MAX_MESSAGE_BYTES: usize = 1024;
+/// Most bytes of one metadata value.
+const MAX_METADATA_BYTES: usize = 512;
+
+/// `text`, cut at a character boundary to at most about `max` bytes, saying
+/// how long it was.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
 fn with(code: Code, message: String, metadata: &[(&'static str, String)]) -> Status {
-    let mut status = Status::new(code, message);
+    let mut status = Status::new(code, clip(&message, MAX_MESSAGE_BYTES));
     for (key, value) in metadata {
         insert_ascii(status.metadata_mut(), key, value);
     }
@@ -191,18 +214,29 @@ fn with(code: Code, message: String, metadata: &[(&'static str, String)]) -> Sta
 fn insert_ascii(metadata: &mut MetadataMap, key: &'static str, value: &str) {
     // Values come from our own formatting or PostgreSQL; a non-ASCII pool
     // name cannot exist (validated), so failing here only drops the extra.
-    if let Ok(value) = AsciiMetadataValue::try_from(value) {
+    if let Ok(value) = AsciiMetadataValue::try_from(clip(value, MAX_METADATA_BYTES)) {
         metadata.insert(key, value);
     }
 }
 
 fn insert_binary(metadata: &mut MetadataMap, key: &'static str, value: &str) {
+    let value = clip(value, MAX_METADATA_BYTES);
     metadata.insert_bin(key, BinaryMetadataValue::from_bytes(value.as_bytes()));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(1000);
+        let clipped = clip(&long, 101);
+        assert!(clipped.starts_with(&"é".repeat(50)));
+        assert!(clipped.ends_with("(2000 bytes in all)"), "{clipped}");
+        assert!(clipped.len() < 140);
+    }
 
     #[test]
     fn sqlstate_classes_map_as_documented() {

@@ -322,3 +322,28 @@ async fn requests_refused_before_running_cost_no_connection() {
     assert_eq!(now, first, "the connection was kept");
     server.stop().await;
 }
+
+/// An error that quotes huge input still arrives with its real code: the
+/// quote is clipped, so the response headers never overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quoting_huge_input_keep_their_code() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("clipped", 1)])).await;
+    let mut client = server.query().await;
+    let status = client
+        .execute(exec(&"p".repeat(100_000), "SELECT 1", vec![]))
+        .await
+        .expect_err("no such pool");
+    assert!(
+        matches!(status.code(), Code::NotFound | Code::InvalidArgument),
+        "{status:?}"
+    );
+    assert!(status.message().len() < 2048);
+    let digits = "9".repeat(140_000);
+    let status = client
+        .execute(exec("clipped", &format!("SELECT {digits}::int4"), vec![]))
+        .await
+        .expect_err("out of range for int4");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().len() < 2048);
+    server.stop().await;
+}
