@@ -296,11 +296,21 @@ impl Checker {
             );
         }
         let limits = self.limits(path, raw, &defaults.limits);
+        let host = self.host(path, raw.host.as_deref(), &defaults.host);
+        let user = raw.user.clone().unwrap_or_else(|| defaults.user.clone());
+        for (field, value) in [
+            ("host", &host),
+            ("database", &database),
+            ("user", &user),
+            ("application_name", &application_name),
+        ] {
+            self.printable(path, field, value);
+        }
         Some(PoolConfig {
-            host: self.host(path, raw.host.as_deref(), &defaults.host),
+            host,
             port: self.port(path, raw.port, defaults.port),
             database,
-            user: raw.user.clone().unwrap_or_else(|| defaults.user.clone()),
+            user,
             password,
             password_source,
             application_name,
@@ -589,6 +599,20 @@ impl Checker {
                 format!("{ms} ms {why}: allowed 1 to {MAX_DURATION_MS} ms"),
             );
             Duration::from_millis(default_ms.clamp(1, MAX_DURATION_MS).unsigned_abs())
+        }
+    }
+
+    /// Connection parameters travel in NUL-terminated protocol fields: a
+    /// control character would fail every connect, so it is refused here.
+    fn printable(&mut self, path: &str, field: &str, value: &str) {
+        if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+            self.error(
+                &key(path, field),
+                format!(
+                    "contains a control character (U+{:04X}) at byte {at}; PostgreSQL cannot take it",
+                    u32::from(c)
+                ),
+            );
         }
     }
 

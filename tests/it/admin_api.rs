@@ -92,6 +92,15 @@ async fn pools_are_listed_created_updated_and_reported() {
     assert!(!status.message().contains(SUPERUSER_PASSWORD));
 
     let mut bad = create_request("admin_c");
+    bad.database = "app\0x".into();
+    let status = admin.create_pool(bad).await.expect_err("NUL in database");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        meta(&status, "poolplane-field").as_deref(),
+        Some("database")
+    );
+
+    let mut bad = create_request("admin_c");
     bad.min_connections = Some(5);
     let status = admin.create_pool(bad).await.expect_err("min > max");
     assert_eq!(status.code(), Code::InvalidArgument);

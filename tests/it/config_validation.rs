@@ -83,6 +83,14 @@ fn each_malformed_config_names_its_problem() {
         ),
         (format!("{POOL}      max_connections: 0\n"), vec!["pools[0].max_connections", "allowed 1 to"]),
         (
+            "connection_pool:\n  pools:\n    - name: main\n      database: \"app\\0x\"\n".into(),
+            vec!["pools[0].database", "control character (U+0000) at byte 3"],
+        ),
+        (
+            format!("{POOL}      user: \"bob\\nsmith\"\n"),
+            vec!["pools[0].user", "control character (U+000A)"],
+        ),
+        (
             format!("{POOL}      connection_timeout_ms: 0\n"),
             vec!["connection_timeout_ms", "must be positive"],
         ),
