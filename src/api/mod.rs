@@ -8,6 +8,7 @@
 mod admin;
 mod convert;
 mod deadline;
+mod decode_errors;
 mod events;
 mod query;
 mod readiness;
@@ -100,6 +101,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .layer(GrpcMetricsLayer::new(grpc_metrics))
+        // Inside the metrics layer, so they count the code clients see.
+        .layer(decode_errors::DecodeErrorsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

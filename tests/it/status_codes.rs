@@ -347,3 +347,105 @@ async fn errors_quoting_huge_input_keep_their_code() {
     assert!(status.message().len() < 2048);
     server.stop().await;
 }
+
+/// Sends raw bytes as a gRPC message, to test what a real codec never sends.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// One length-delimited protobuf field.
+fn field(number: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2];
+    let mut len = payload.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A request that cannot be decoded is the caller's error: INVALID_ARGUMENT,
+/// not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_arguments() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("undecodable", 1)])).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    // A string field (sql, 2) holding invalid UTF-8; garbage; a parameter
+    // nested far beyond protobuf's recursion limit (array_value 15 holding
+    // elements 1 holding array_value ...).
+    let mut value = Vec::new();
+    for _ in 0..200 {
+        let array = field(1, &value);
+        value = field(15, &array);
+    }
+    let deep = field(3, &value);
+    for body in [
+        vec![0x12, 0x02, 0xff, 0xfe],
+        vec![0xff, 0xff, 0xff, 0xff, 0xff],
+        deep,
+    ] {
+        grpc.ready().await.expect("ready");
+        let status = grpc
+            .unary::<Vec<u8>, Vec<u8>, RawCodec>(
+                tonic::Request::new(body.clone()),
+                http::uri::PathAndQuery::from_static("/poolplane.v1.Query/Execute"),
+                RawCodec,
+            )
+            .await
+            .expect_err("undecodable");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("decode"), "{status:?}");
+    }
+    server.stop().await;
+}
