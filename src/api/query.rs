@@ -55,6 +55,7 @@ impl Query for QueryService {
             sql: r.sql,
             params: values_from_proto("params", r.params)?,
             max_rows: self.row_limit(r.max_rows)?,
+            max_bytes: self.app.server().max_result_bytes,
             allow_truncation: r.allow_truncation,
         };
         let result = q::execute(&pool, statement, deadline)

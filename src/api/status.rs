@@ -107,6 +107,11 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-row-limit", limit.to_string())],
         ),
+        QueryError::ResultTooManyBytes { limit } => with(
+            Code::ResourceExhausted,
+            message,
+            &[("poolplane-byte-limit", limit.to_string())],
+        ),
         QueryError::NeedsSession { kind } => with(
             Code::FailedPrecondition,
             message,

@@ -164,7 +164,10 @@ pub struct ServerConfig {
     pub http_listen: SocketAddr,
     /// The most rows one Execute may return.
     pub max_result_rows: u32,
-    /// How long shutdown waits for in-flight calls.
+    /// The most bytes of values one Execute may return (as
+    /// `SqlValue::response_bytes` counts them).
+    pub max_result_bytes: u64,
+    /// The whole shutdown's budget: in-flight calls, then the drains.
     pub shutdown_timeout: Duration,
     /// How long DeletePool lets in-flight work run when the request sets none.
     pub drain_timeout: Duration,

@@ -914,6 +914,15 @@ impl Checker {
                 1,
                 1_000_000,
             ),
+            // Under the 4 MiB most gRPC clients accept by default.
+            max_result_bytes: u64::from(self.count(
+                &path,
+                "max_result_bytes",
+                raw.max_result_bytes,
+                4_000_000,
+                1_024,
+                1_073_741_824,
+            )),
             shutdown_timeout: self.duration(
                 &path,
                 "shutdown_timeout_ms",

@@ -22,6 +22,8 @@ pub enum QueryError {
     DeadlineExceeded { may_have_run: bool },
     #[error("the result has more than {limit} rows; raise max_rows (up to the server's limit) or set allow_truncation")]
     ResultTooLarge { limit: u32 },
+    #[error("the result is larger than {limit} bytes (server.max_result_bytes); select fewer rows or columns, or set allow_truncation")]
+    ResultTooManyBytes { limit: u64 },
     /// Transaction control or a session-level statement, which only a
     /// session may run: `kind` names the statement.
     #[error("{kind} is not allowed in Execute or ExecuteBatch, which run in autocommit on a shared connection; open a Session to use transactions and session state")]

@@ -28,6 +28,8 @@ pub struct Statement {
     pub params: Vec<SqlValue>,
     /// Most rows to return (already checked against the server's limit).
     pub max_rows: u32,
+    /// Most bytes of values to return (`SqlValue::response_bytes`).
+    pub max_bytes: u64,
     pub allow_truncation: bool,
 }
 
@@ -342,41 +344,55 @@ async fn run_prepared(
         .await
         .map_err(|err| driver_error(lease, &err))?;
     pin_mut!(stream);
-    let limit = statement.max_rows as usize;
     let mut rows = Vec::new();
+    let mut bytes = 0;
     while let Some(row) = stream
         .try_next()
         .await
         .map_err(|err| driver_error(lease, &err))?
     {
-        if rows.len() == limit {
-            // The rest of the result is still coming: cancel it in
-            // PostgreSQL (the backend must not stay busy producing rows
-            // nobody reads) and close the connection.
-            lease
-                .canceller()
-                .cancel_in_background(CancelReason::ResultLimit);
-            if !statement.allow_truncation {
-                return Err(QueryError::ResultTooLarge {
-                    limit: statement.max_rows,
-                });
+        let values = if rows.len() == statement.max_rows as usize {
+            Err(Limit::Rows)
+        } else {
+            match decode_row(&row, &columns) {
+                Ok(values) => {
+                    bytes += values.iter().map(SqlValue::response_bytes).sum::<usize>();
+                    if bytes as u64 > statement.max_bytes {
+                        Err(Limit::Bytes)
+                    } else {
+                        Ok(values)
+                    }
+                }
+                Err(error) => Err(Limit::Undecodable(error)),
             }
-            let rows_affected = rows.len() as u64;
-            return Ok(QueryResult {
-                columns,
-                rows,
-                rows_affected,
-                truncated: true,
-            });
-        }
-        match decode_row(&row, &columns) {
+        };
+        match values {
             Ok(values) => rows.push(values),
-            Err(error) => {
-                // Nobody reads the rest: it must not keep the backend busy.
+            Err(limit) => {
+                // The rest of the result is still coming: cancel it in
+                // PostgreSQL (the backend must not stay busy producing rows
+                // nobody reads); the connection is closed.
                 lease
                     .canceller()
                     .cancel_in_background(CancelReason::ResultLimit);
-                return Err(error);
+                return match limit {
+                    Limit::Undecodable(error) => Err(error),
+                    Limit::Rows | Limit::Bytes if statement.allow_truncation => {
+                        let rows_affected = rows.len() as u64;
+                        Ok(QueryResult {
+                            columns,
+                            rows,
+                            rows_affected,
+                            truncated: true,
+                        })
+                    }
+                    Limit::Rows => Err(QueryError::ResultTooLarge {
+                        limit: statement.max_rows,
+                    }),
+                    Limit::Bytes => Err(QueryError::ResultTooManyBytes {
+                        limit: statement.max_bytes,
+                    }),
+                };
             }
         }
     }
@@ -520,6 +536,13 @@ fn classify(lease: &Lease, error: QueryError) -> QueryError {
         }
         (error, _) => error,
     }
+}
+
+/// Why reading a result stopped early.
+enum Limit {
+    Rows,
+    Bytes,
+    Undecodable(QueryError),
 }
 
 /// SQLSTATE 57014, what PostgreSQL reports for a statement cancelled by request.

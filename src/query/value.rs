@@ -45,6 +45,30 @@ pub enum SqlValue {
     Array(Vec<SqlValue>),
 }
 
+impl SqlValue {
+    /// About how many bytes the value takes in a response: its payload plus
+    /// a few bytes of protobuf framing. What the result byte limit counts.
+    pub fn response_bytes(&self) -> usize {
+        /// Tag, length and wrapper of one value.
+        const FRAMING: usize = 6;
+        FRAMING
+            + match self {
+                SqlValue::Null | SqlValue::Bool(_) => 1,
+                SqlValue::Int(_) | SqlValue::Float(_) => 10,
+                SqlValue::Timestamptz(_) | SqlValue::Interval(_) => 24,
+                SqlValue::Numeric(text)
+                | SqlValue::Text(text)
+                | SqlValue::Uuid(text)
+                | SqlValue::Date(text)
+                | SqlValue::Time(text)
+                | SqlValue::Timestamp(text)
+                | SqlValue::Json(text) => text.len(),
+                SqlValue::Bytes(bytes) => bytes.len(),
+                SqlValue::Array(elements) => elements.iter().map(SqlValue::response_bytes).sum(),
+            }
+    }
+}
+
 /// A timestamptz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instant {

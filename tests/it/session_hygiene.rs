@@ -539,3 +539,73 @@ async fn a_connection_whose_driver_keeps_type_lookups_is_reset_without_losing_th
     assert_ne!(pid, first_pid, "that connection was closed");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_above_the_byte_limit_is_refused_or_truncated_and_cancelled() {
+    let pool = "hygiene_bytes";
+    let server = TestServer::start(&crate::support::config_yaml_with(
+        &[PoolSpec::new(pool, 2)],
+        "  server:\n    grpc_listen: 127.0.0.1:0\n    max_result_rows: 100000\n    max_result_bytes: 100000\n    shutdown_timeout_ms: 5000\n    drain_timeout_ms: 5000\n",
+    ))
+    .await;
+    // About 1 MB of text, produced slowly enough that it would keep the
+    // backend busy for minutes.
+    let big = "SELECT repeat('x', 1000), pg_sleep(0.01) FROM generate_series(1, 100000)";
+    let status = server
+        .query()
+        .await
+        .execute(exec(pool, big, vec![]))
+        .await
+        .expect_err("above the byte limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-byte-limit").as_deref(),
+        Some("100000")
+    );
+    let mut request = exec(pool, big, vec![]);
+    request.allow_truncation = true;
+    let truncated = server
+        .query()
+        .await
+        .execute(request)
+        .await
+        .expect("truncated")
+        .into_inner();
+    assert!(truncated.truncated);
+    assert!(
+        (90..100).contains(&truncated.rows.len()),
+        "{} rows of about 1 KB each under 100,000 bytes",
+        truncated.rows.len()
+    );
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    eventually("no backend of the pool is active", Duration::from_secs(1), || {
+        let (admin, app) = (&admin, &app);
+        async move {
+            let active: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
+                    &[app],
+                )
+                .await
+                .expect("count active")
+                .get(0);
+            active == 0
+        }
+    })
+    .await;
+    // A result under the limit is whole.
+    let whole = server
+        .query()
+        .await
+        .execute(exec(
+            pool,
+            "SELECT repeat('x', 1000) FROM generate_series(1, 50)",
+            vec![],
+        ))
+        .await
+        .expect("under the limit")
+        .into_inner();
+    assert_eq!((whole.rows.len(), whole.truncated), (50, false));
+    server.stop().await;
+}
