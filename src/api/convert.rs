@@ -55,7 +55,7 @@ fn value_from_proto(field: &str, value: proto::Value) -> Result<SqlValue, Status
                 .checked_mul(1_000_000)
                 .and_then(|us| us.checked_add(i64::from(ts.nanos / 1000)))
                 .ok_or_else(|| invalid_argument(field, "timestamptz out of range"))?;
-            SqlValue::Timestamptz(Instant::UnixMicros(micros))
+            SqlValue::Timestamptz(Instant::UnixMicros(i128::from(micros)))
         }
         Kind::IntervalValue(iv) => SqlValue::Interval(Interval {
             months: iv.months,
@@ -65,6 +65,51 @@ fn value_from_proto(field: &str, value: proto::Value) -> Result<SqlValue, Status
         Kind::JsonValue(v) => SqlValue::Json(v),
         Kind::ArrayValue(array) => SqlValue::Array(values_from_proto(field, array.elements)?),
     })
+}
+
+/// google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z.
+const TIMESTAMP_MIN_SECONDS: i64 = -62_135_596_800;
+const TIMESTAMP_MAX_SECONDS: i64 = 253_402_300_799;
+
+/// An instant as ISO 8601 text in UTC with an expanded, signed year
+/// (`+294276-12-31T23:59:59.000000Z`; 1 BC is year 0, so 4713 BC is
+/// `-4712-...`). Computed by hand: chrono stops at year 262143, PostgreSQL
+/// at 294276.
+fn iso_instant(unix_micros: i128) -> String {
+    let days = unix_micros.div_euclid(86_400_000_000);
+    let of_day = unix_micros.rem_euclid(86_400_000_000);
+    let (year, month, day) = civil_from_days(days);
+    let seconds = of_day / 1_000_000;
+    format!(
+        "{}{:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        if year < 0 { "-" } else { "+" },
+        year.abs(),
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        of_day % 1_000_000
+    )
+}
+
+/// The proleptic Gregorian date of a day count from 1970-01-01 (Howard
+/// Hinnant's algorithm, exact for any count).
+fn civil_from_days(days: i128) -> (i128, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i128::from(month <= 2);
+    (year, month as u32, day as u32)
 }
 
 pub(crate) fn value_to_proto(value: SqlValue) -> proto::Value {
@@ -81,11 +126,21 @@ pub(crate) fn value_to_proto(value: SqlValue) -> proto::Value {
         SqlValue::Time(v) => Kind::TimeValue(v),
         SqlValue::Timestamp(v) => Kind::TimestampValue(v),
         SqlValue::Timestamptz(Instant::UnixMicros(us)) => {
-            Kind::TimestamptzValue(prost_types::Timestamp {
-                seconds: us.div_euclid(1_000_000),
-                // rem_euclid keeps this in 0..1e6, so the product fits an i32.
-                nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-            })
+            let seconds = i64::try_from(us.div_euclid(1_000_000))
+                .ok()
+                .filter(|s| (TIMESTAMP_MIN_SECONDS..=TIMESTAMP_MAX_SECONDS).contains(s));
+            if let Some(seconds) = seconds {
+                Kind::TimestamptzValue(prost_types::Timestamp {
+                    seconds,
+                    // rem_euclid keeps this in 0..1e6, so the product fits an i32.
+                    nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+                })
+            } else {
+                // google.protobuf.Timestamp covers years 1 to 9999 only;
+                // standard clients cannot read one outside. Documented in
+                // value.proto.
+                Kind::TextValue(iso_instant(us))
+            }
         }
         // google.protobuf.Timestamp has no infinity; documented in value.proto.
         SqlValue::Timestamptz(Instant::Infinity) => Kind::TextValue("infinity".into()),
@@ -443,4 +498,18 @@ pub(crate) fn severity_from_proto(severity: i32) -> Result<Option<Severity>, Sta
         proto::AlertSeverity::Error => Some(Severity::Error),
         proto::AlertSeverity::Critical => Some(Severity::Critical),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_exact_far_from_1970() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-719_162), (1, 1, 1));
+        assert_eq!(civil_from_days(-719_163), (0, 12, 31));
+        assert_eq!(iso_instant(-1), "+1969-12-31T23:59:59.999999Z");
+    }
 }

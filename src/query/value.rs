@@ -73,7 +73,9 @@ impl SqlValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instant {
     /// Microseconds since 1970-01-01T00:00:00Z.
-    UnixMicros(i64),
+    /// (Wider than i64: PostgreSQL's range, to 294276 AD, does not fit
+    /// 64 bits counted from 1970.)
+    UnixMicros(i128),
     Infinity,
     NegInfinity,
 }
@@ -110,6 +112,12 @@ impl SqlValue {
 
 /// PostgreSQL's epoch (2000-01-01) in microseconds after the Unix epoch.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// PostgreSQL's timestamp range, in microseconds since its epoch: from
+/// 4714-11-24 00:00 BC (Julian day 0) to before 294277-01-01 (its
+/// `MIN_TIMESTAMP` and `END_TIMESTAMP`). Outside it, a value would be
+/// silently clamped or taken for ±infinity.
+const PG_TIMESTAMP_MIN: i64 = -211_813_488_000_000_000;
+const PG_TIMESTAMP_END: i64 = 9_223_371_331_200_000_000;
 const DATE_FORMAT: &str = "%Y-%m-%d";
 const TIME_FORMAT: &str = "%H:%M:%S%.f";
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.f";
@@ -263,7 +271,7 @@ fn instant_from_pg(micros: i64) -> Instant {
     match micros {
         i64::MAX => Instant::Infinity,
         i64::MIN => Instant::NegInfinity,
-        _ => Instant::UnixMicros(micros.saturating_add(PG_EPOCH_UNIX_MICROS)),
+        _ => Instant::UnixMicros(i128::from(micros) + i128::from(PG_EPOCH_UNIX_MICROS)),
     }
 }
 
@@ -390,7 +398,13 @@ fn encode_scalar(value: &SqlValue, ty: &Type, out: &mut Vec<u8>) -> Result<(), S
             let micros = match instant {
                 Instant::Infinity => i64::MAX,
                 Instant::NegInfinity => i64::MIN,
-                Instant::UnixMicros(us) => us.saturating_sub(PG_EPOCH_UNIX_MICROS),
+                Instant::UnixMicros(us) => i64::try_from(us - i128::from(PG_EPOCH_UNIX_MICROS))
+                    .ok()
+                    .filter(|pg| (PG_TIMESTAMP_MIN..PG_TIMESTAMP_END).contains(pg))
+                    .ok_or_else(|| {
+                        "the instant is outside PostgreSQL's timestamptz range (4713 BC to 294276 AD)"
+                            .to_string()
+                    })?,
             };
             out.extend_from_slice(&micros.to_be_bytes());
         }
@@ -532,6 +546,22 @@ mod tests {
                 "{good}"
             );
         }
+    }
+
+    #[test]
+    fn timestamptz_parameters_are_range_checked_like_postgresql() {
+        let at = |us: i64| {
+            encode_param(
+                &SqlValue::Timestamptz(Instant::UnixMicros(i128::from(us))),
+                &Type::TIMESTAMPTZ,
+            )
+        };
+        assert!(at(i64::MIN).is_err(), "near i64::MIN is not -infinity");
+        assert!(at(PG_TIMESTAMP_MIN + PG_EPOCH_UNIX_MICROS - 1).is_err());
+        assert!(at(PG_TIMESTAMP_MIN + PG_EPOCH_UNIX_MICROS).is_ok());
+        // i64::MAX microseconds after 1970 is in year 294247: still in range.
+        assert!(at(i64::MAX).is_ok());
+        assert!(at(0).is_ok());
     }
 
     #[test]

@@ -415,5 +415,35 @@ async fn edge_values_round_trip_exactly_or_are_refused() {
         .expect("24:00:00 is a time")
         .into_inner();
     assert_eq!(end_of_day.rows[0].values[0], v::time("24:00:00"));
+    // Not taken for -infinity: outside PostgreSQL's range, refused.
+    let status = client
+        .execute(exec(
+            "edges",
+            "SELECT $1::timestamptz",
+            vec![v::timestamptz(i64::MIN / 1_000_000 + 1, 0)],
+        ))
+        .await
+        .expect_err("outside timestamptz's range");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // Outside google.protobuf.Timestamp's years 1 to 9999: ISO text.
+    let far = client
+        .execute(exec(
+            "edges",
+            "SELECT '294276-12-31 23:59:59+00'::timestamptz, '4713-01-01 00:00:00+00 BC'::timestamptz, \
+             '2024-02-29 12:00:00+00'::timestamptz",
+            vec![],
+        ))
+        .await
+        .expect("far instants")
+        .into_inner();
+    assert_eq!(
+        far.rows[0].values[0],
+        v::text("+294276-12-31T23:59:59.000000Z")
+    );
+    assert_eq!(
+        far.rows[0].values[1],
+        v::text("-4712-01-01T00:00:00.000000Z")
+    );
+    assert_eq!(far.rows[0].values[2], v::timestamptz(1_709_208_000, 0));
     server.stop().await;
 }
