@@ -15,18 +15,28 @@ pub(crate) struct FileRoot {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoot {
     pub(crate) enabled: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) default_pool: RawPool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) pools: Vec<RawPool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) health_monitoring: RawHealthMonitoring,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) monitoring: RawMonitoring,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) security: RawSecurity,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) server: RawServer,
+}
+
+/// A section written with no value (`default_pool:` or `default_pool: ~`)
+/// is the same as a section left out, as an empty `connection_pool:` is.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// One pool, or (as `default_pool`) the values every pool inherits.

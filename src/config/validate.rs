@@ -27,8 +27,17 @@ const MAX_DURATION_MS: i64 = 86_400_000;
 const AUTH_METHODS: &[&str] = &["database"];
 
 /// Parses and validates configuration text.
+/// Largest configuration file read: far above any real one, and small
+/// enough that a hostile one is rejected quickly.
+const MAX_FILE_BYTES: usize = 1 << 20;
+/// Deepest nesting of flow collections (`[`, `{`) allowed: the schema needs
+/// a handful; the YAML parser's cost grows with the square of the depth.
+const MAX_FLOW_DEPTH: usize = 32;
+
 pub(crate) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let root: FileRoot = serde_yaml::from_str(text).map_err(|err| vec![from_serde(&err)])?;
+    bounded(text)?;
+    let root: FileRoot = serde_yaml::from_str(text)
+        .map_err(|err| vec![tab_indent(text).unwrap_or_else(|| from_serde(&err))])?;
     let mut checker = Checker {
         index: LineIndex::build(text),
         errors: Vec::new(),
@@ -1003,6 +1012,70 @@ fn duration_ms(duration: Duration) -> i64 {
 
 /// Rewrites a serde_yaml error into our shape, adding a "did you mean" to
 /// unknown keys.
+fn document_error(line: Option<usize>, message: String) -> ConfigError {
+    ConfigError {
+        path: "<document>".into(),
+        line,
+        message,
+    }
+}
+
+/// Refuses, before parsing, a file too large or nested too deep to parse
+/// in reasonable time.
+fn bounded(text: &str) -> Result<(), Vec<ConfigError>> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(vec![document_error(
+            None,
+            format!(
+                "the file has {} bytes; a configuration may have at most {MAX_FILE_BYTES}",
+                text.len()
+            ),
+        )]);
+    }
+    let (mut depth, mut quote) = (0usize, None);
+    for (number, line) in text.lines().enumerate() {
+        let mut previous = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(open), c) if c == open => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err(vec![document_error(
+                            Some(number + 1),
+                            format!("collections nested more than {MAX_FLOW_DEPTH} deep"),
+                        )]);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    Ok(())
+}
+
+/// A tab in a line's indentation, which YAML forbids, with its own message
+/// (the parser's is "found character that cannot start any token").
+fn tab_indent(text: &str) -> Option<ConfigError> {
+    text.lines().enumerate().find_map(|(number, line)| {
+        let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+        indent.find('\t').map(|at| {
+            document_error(
+                Some(number + 1),
+                format!(
+                    "column {}: a tab in the indentation; YAML indents with spaces only",
+                    at + 1
+                ),
+            )
+        })
+    })
+}
+
 fn from_serde(err: &serde_yaml::Error) -> ConfigError {
     let line = err.location().map(|location| location.line());
     let text = err.to_string();

@@ -83,6 +83,18 @@ fn each_malformed_config_names_its_problem() {
         ),
         (format!("{POOL}      max_connections: 0\n"), vec!["pools[0].max_connections", "allowed 1 to"]),
         (
+            "connection_pool:\n  pools:\n\t- name: main\n".into(),
+            vec!["line 3", "column 1", "tab in the indentation"],
+        ),
+        (
+            format!("{POOL}      user: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            vec!["line 5", "nested more than 32 deep"],
+        ),
+        (
+            format!("{POOL}# {}\n", "x".repeat(2 << 20)),
+            vec!["at most 1048576"],
+        ),
+        (
             "connection_pool:\n  pools:\n    - name: main\n      database: \"app\\0x\"\n".into(),
             vec!["pools[0].database", "control character (U+0000) at byte 3"],
         ),
@@ -166,4 +178,14 @@ fn every_error_is_reported_not_just_the_first() {
     let yaml = "connection_pool:\n  pools:\n    - name: a\n      database: x\n      max_connections: 0\n    - name: b\n      database: y\n      port: 0\n      min_connections: -1\n";
     let errors = errors_of(yaml);
     assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+#[test]
+fn an_empty_section_is_a_section_left_out() {
+    for yaml in [
+        "connection_pool:\n".to_string(),
+        "connection_pool:\n  default_pool:\n  server: ~\n  pools:\n    - name: main\n      database: app\n".to_string(),
+    ] {
+        assert!(Config::parse(&yaml, "test.yaml").is_ok(), "{yaml}");
+    }
 }
