@@ -3,13 +3,11 @@
 //! the next caller on the same pooled connection sees a fresh session, and
 //! nothing is left `idle in transaction`.
 
-use std::time::Duration;
-
 use poolplane::proto::value::Kind;
 use poolplane::proto::{ExecuteBatchRequest, ParameterSet};
 use tonic::Code;
 
-use crate::support::{cluster, config_yaml, eventually, exec, meta, v, PoolSpec, TestServer};
+use crate::support::{cluster, config_yaml, exec, meta, v, PoolSpec, TestServer};
 
 /// The pool's role besides the superuser it connects as.
 const OTHER_ROLE: &str = "pp_hygiene_other";
@@ -366,8 +364,6 @@ async fn a_row_limit_failure_cancels_the_statement_in_postgresql() {
     let mut spec = PoolSpec::new(pool, 4);
     spec.connection_timeout_ms = 2000;
     let server = TestServer::start(&config_yaml(&[spec])).await;
-    let admin = cluster().admin().await;
-    let app = format!("poolplane/{pool}");
     // A result of many rows, produced slowly enough that, uncancelled, the
     // backend would stay active for minutes.
     let endless = "SELECT g, pg_sleep(0.01) FROM generate_series(1, 100000) g";
@@ -397,25 +393,7 @@ async fn a_row_limit_failure_cancels_the_statement_in_postgresql() {
         .await
         .expect_err("a 2-D array is not returned");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    eventually(
-        "no backend of the pool is active",
-        Duration::from_secs(1),
-        || {
-            let (admin, app) = (&admin, &app);
-            async move {
-                let active: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
-                        &[app],
-                    )
-                    .await
-                    .expect("count active")
-                    .get(0);
-                active == 0
-            }
-        },
-    )
-    .await;
+    crate::support::nothing_left_running(pool).await;
     // Truncation cancels the rest the same way.
     let mut request = exec(pool, endless, vec![]);
     request.max_rows = 3;
@@ -577,23 +555,7 @@ async fn a_result_above_the_byte_limit_is_refused_or_truncated_and_cancelled() {
         "{} rows of about 1 KB each under 100,000 bytes",
         truncated.rows.len()
     );
-    let admin = cluster().admin().await;
-    let app = format!("poolplane/{pool}");
-    eventually("no backend of the pool is active", Duration::from_secs(1), || {
-        let (admin, app) = (&admin, &app);
-        async move {
-            let active: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
-                    &[app],
-                )
-                .await
-                .expect("count active")
-                .get(0);
-            active == 0
-        }
-    })
-    .await;
+    crate::support::nothing_left_running(pool).await;
     // A result under the limit is whole.
     let whole = server
         .query()

@@ -339,6 +339,36 @@ pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
         .get(0)
 }
 
+/// Backends of `app_name` doing anything but waiting idle (running,
+/// idle in a transaction, starting).
+pub async fn busy_backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND state IS DISTINCT FROM 'idle'",
+            &[&app_name],
+        )
+        .await
+        .expect("count busy backends")
+        .get(0)
+}
+
+/// Waits until no backend of `pool` is busy, within the 1 s the cancel of
+/// an abandoned result is promised to take.
+pub async fn nothing_left_running(pool: &str) {
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    eventually(
+        "no backend of the pool is busy",
+        Duration::from_secs(1),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move { busy_backends(admin, app).await == 0 }
+        },
+    )
+    .await;
+}
+
 /// Waits (bounded) until `check` is true, polling every 20 ms.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
