@@ -2,7 +2,8 @@
 //! string, nesting deeper than protobuf allows) is the caller's error. tonic
 //! answers it INTERNAL, which tells clients the server failed; this layer
 //! turns exactly those answers into INVALID_ARGUMENT, as the status
-//! contract says. Nothing else is touched.
+//! contract says, and a request above `server.max_request_bytes` (tonic's
+//! OUT_OF_RANGE) into RESOURCE_EXHAUSTED. Nothing else is touched.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,9 +12,11 @@ use std::task::{Context, Poll};
 use http::HeaderValue;
 use http_body::{Body, Frame};
 
-/// What tonic's protobuf codec says when it cannot decode a message, as it
-/// travels in `grpc-message` (percent-encoded: spaces are `%20`).
+/// What tonic says, as it travels in `grpc-message` (percent-encoded:
+/// spaces are `%20`), when its protobuf codec cannot decode a message...
 const DECODE_FAILURE: &str = "failed%20to%20decode%20Protobuf%20message";
+/// ...and when a message is above the size limit.
+const TOO_LARGE: &str = "Error,%20decoded%20message%20length%20too%20large";
 
 #[derive(Clone, Copy, Default)]
 pub(crate) struct DecodeErrorsLayer;
@@ -88,16 +91,17 @@ impl<B: Body + Unpin> Body for RelabeledBody<B> {
 
 /// Relabels a status (in headers or trailers) that reports a decode failure.
 fn relabel(headers: &mut http::HeaderMap) {
-    let internal = headers
-        .get("grpc-status")
-        .is_some_and(|code| code.as_bytes() == b"13");
-    let undecodable = headers
+    let code = headers.get("grpc-status").map(HeaderValue::as_bytes);
+    let message = headers
         .get("grpc-message")
         .and_then(|message| message.to_str().ok())
-        .is_some_and(|message| message.starts_with(DECODE_FAILURE));
-    if internal && undecodable {
-        headers.insert("grpc-status", HeaderValue::from_static("3"));
-    }
+        .unwrap_or("");
+    let relabelled = match code {
+        Some(b"13") if message.starts_with(DECODE_FAILURE) => "3",
+        Some(b"11") if message.starts_with(TOO_LARGE) => "8",
+        _ => return,
+    };
+    headers.insert("grpc-status", HeaderValue::from_static(relabelled));
 }
 
 #[cfg(test)]
@@ -105,7 +109,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_decode_failures_become_invalid_argument() {
+    fn only_decode_failures_and_oversized_requests_are_relabelled() {
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-status", HeaderValue::from_static("13"));
         headers.insert(
@@ -116,6 +120,15 @@ mod tests {
         );
         relabel(&mut headers);
         assert_eq!(headers["grpc-status"], "3");
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static("11"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large:%20found"),
+        );
+        relabel(&mut headers);
+        assert_eq!(headers["grpc-status"], "8");
 
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-status", HeaderValue::from_static("13"));

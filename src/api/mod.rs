@@ -98,6 +98,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let max_request = usize::try_from(app.server().max_request_bytes).unwrap_or(usize::MAX);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .layer(GrpcMetricsLayer::new(grpc_metrics))
@@ -106,14 +107,18 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PoolAdminServer::new(admin::AdminService::new(Arc::clone(
-            &app,
-        ))))
-        .add_service(QueryServer::new(query::QueryService::new(Arc::clone(&app))))
-        .add_service(PoolEventsServer::new(events::EventsService::new(
-            Arc::clone(&app),
-            stopping,
-        )))
+        .add_service(
+            PoolAdminServer::new(admin::AdminService::new(Arc::clone(&app)))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            QueryServer::new(query::QueryService::new(Arc::clone(&app)))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            PoolEventsServer::new(events::EventsService::new(Arc::clone(&app), stopping))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_incoming_shutdown(incoming(listeners.grpc), async {
             let _ = stop_rx.await;
         });

@@ -167,6 +167,8 @@ pub struct ServerConfig {
     /// The most bytes of values one Execute may return (as
     /// `SqlValue::response_bytes` counts them).
     pub max_result_bytes: u64,
+    /// The largest request message accepted.
+    pub max_request_bytes: u64,
     /// The whole shutdown's budget: in-flight calls, then the drains.
     pub shutdown_timeout: Duration,
     /// How long DeletePool lets in-flight work run when the request sets none.

@@ -128,6 +128,7 @@ pub(crate) struct RawServer {
     pub(crate) http_listen: Option<String>,
     pub(crate) max_result_rows: Option<i64>,
     pub(crate) max_result_bytes: Option<i64>,
+    pub(crate) max_request_bytes: Option<i64>,
     pub(crate) shutdown_timeout_ms: Option<i64>,
     pub(crate) drain_timeout_ms: Option<i64>,
     pub(crate) event_replay_buffer: Option<i64>,

@@ -932,6 +932,14 @@ impl Checker {
                 1_024,
                 1_073_741_824,
             )),
+            max_request_bytes: u64::from(self.count(
+                &path,
+                "max_request_bytes",
+                raw.max_request_bytes,
+                4_194_304,
+                1_024,
+                268_435_456,
+            )),
             shutdown_timeout: self.duration(
                 &path,
                 "shutdown_timeout_ms",

@@ -200,7 +200,7 @@ async fn a_lost_connection_says_whether_the_statement_may_have_run() {
             let running: i64 = admin
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'poolplane/lost_midway' \
-                     AND state = 'active' AND query = $1",
+                     AND state = 'active' AND wait_event = 'PgSleep' AND query = $1",
                     &[&sql],
                 )
                 .await
@@ -210,7 +210,8 @@ async fn a_lost_connection_says_whether_the_statement_may_have_run() {
         }
     };
 
-    // The statement was sent: it may have run.
+    // The statement was sent (it is sleeping, not being parsed): it may
+    // have run.
     let call = {
         let mut client = server.query().await;
         tokio::spawn(async move {
@@ -233,7 +234,8 @@ async fn a_lost_connection_says_whether_the_statement_may_have_run() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         meta(&status, "poolplane-may-have-run").as_deref(),
-        Some("true")
+        Some("true"),
+        "{status:?}"
     );
 
     // A batch cut before its COMMIT certainly did not commit.
@@ -447,5 +449,29 @@ async fn undecodable_requests_are_invalid_arguments() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("decode"), "{status:?}");
     }
+    server.stop().await;
+}
+
+/// A request above `server.max_request_bytes` is RESOURCE_EXHAUSTED, and
+/// one below it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_above_the_size_limit_is_resource_exhausted() {
+    let server = TestServer::start(&crate::support::config_yaml_with(
+        &[PoolSpec::new("request_size", 1)],
+        "  server:\n    grpc_listen: 127.0.0.1:0\n    max_request_bytes: 100000\n    shutdown_timeout_ms: 5000\n    drain_timeout_ms: 5000\n",
+    ))
+    .await;
+    let mut client = server.query().await;
+    let padded = |bytes: usize| format!("SELECT 1 -- {}", "x".repeat(bytes));
+    let status = client
+        .execute(exec("request_size", &padded(200_000), vec![]))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("100000"), "{}", status.message());
+    client
+        .execute(exec("request_size", &padded(50_000), vec![]))
+        .await
+        .expect("under the limit");
     server.stop().await;
 }
