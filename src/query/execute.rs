@@ -334,10 +334,14 @@ async fn run_prepared(
     let params = encode_params("params", &statement.params, prepared.params())?;
     let columns = describe_columns(prepared.columns())?;
     if !lease.begin_effect() {
-        // The caller's deadline passed during the prepare: nothing is sent.
-        return Err(QueryError::DeadlineExceeded {
-            may_have_run: false,
-        });
+        // The caller gave up (or a drain stopped the lease) during the
+        // prepare: nothing is sent.
+        return Err(classify(
+            lease,
+            QueryError::DeadlineExceeded {
+                may_have_run: false,
+            },
+        ));
     }
     let stream = client
         .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
@@ -450,10 +454,13 @@ async fn run_batch_prepared(
             }
             classify(lease, error)
         }
-        // The caller already has its answer (deadline, disconnect, drain).
-        BatchFailure::Stopped => QueryError::DeadlineExceeded {
-            may_have_run: false,
-        },
+        // The caller gave up (deadline, disconnect) or a drain stopped it.
+        BatchFailure::Stopped => classify(
+            lease,
+            QueryError::DeadlineExceeded {
+                may_have_run: false,
+            },
+        ),
     })
 }
 
@@ -525,6 +532,10 @@ fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
 fn classify(lease: &Lease, error: QueryError) -> QueryError {
     match (error, lease.cancel_reason()) {
         (QueryError::Sql(sql), Some(CancelReason::Drain)) if sql.sqlstate == QUERY_CANCELED => {
+            QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
+        }
+        // Stopped before it was sent, by a drain rather than its caller.
+        (QueryError::DeadlineExceeded { .. }, Some(CancelReason::Drain)) => {
             QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
         }
         (QueryError::ConnectionLost { error, .. }, _) => {

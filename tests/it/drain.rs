@@ -374,3 +374,55 @@ async fn a_delete_whose_caller_gives_up_still_removes_the_pool() {
         .expect("the new pool works");
     server.stop().await;
 }
+
+/// A forced drain that stops a call before its statement went out (here:
+/// while a slow network carries the prepare) answers UNAVAILABLE
+/// "draining", like one that cancels it running, and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_drain_before_the_statement_went_out_says_draining() {
+    use crate::proxy::{Mode, Proxy};
+    let proxy = Proxy::start(cluster().port).await;
+    let pool = "drain_early";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1).port(proxy.port)])).await;
+    server
+        .query()
+        .await
+        .execute(exec(pool, "SELECT 1", vec![]))
+        .await
+        .expect("a warm connection");
+    proxy.set(Mode::Latency(Duration::from_millis(300)));
+    let call = {
+        let mut client = server.query().await;
+        tokio::spawn(async move {
+            client
+                .execute(exec(pool, "SELECT pg_sleep(5)", vec![]))
+                .await
+        })
+    };
+    // Leased: its prepare is on the slow wire for at least 600 ms.
+    eventually(
+        "the call holds the connection",
+        Duration::from_secs(5),
+        || {
+            let server = &server;
+            async move { crate::support::pool_statistics(server, pool).await.active == 1 }
+        },
+    )
+    .await;
+    let report = server
+        .admin()
+        .await
+        .delete_pool(DeletePoolRequest {
+            name: pool.into(),
+            drain_timeout_ms: 0,
+            force: true,
+        })
+        .await
+        .expect("forced delete")
+        .into_inner();
+    assert_eq!(report.cancelled, 1);
+    let status = call.await.expect("join").expect_err("stopped by the drain");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("draining"), "{status:?}");
+    server.stop().await;
+}
