@@ -22,4 +22,5 @@ mod serve_binary;
 mod session_hygiene;
 mod status_codes;
 mod tls;
+mod value_properties;
 mod watch;
