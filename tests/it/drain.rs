@@ -23,7 +23,7 @@ async fn delete_lets_in_flight_calls_finish_then_closes_every_connection() {
     }
     eventually("statements are running", Duration::from_secs(10), || {
         let admin_pg = &admin_pg;
-        async move { backends(admin_pg, "poolplane/drain_soft").await >= 4 }
+        async move { crate::support::sleeping(admin_pg, "poolplane/drain_soft").await >= 4 }
     })
     .await;
     let mut admin = server.admin().await;
@@ -109,7 +109,7 @@ async fn forced_delete_cancels_running_statements() {
         Duration::from_secs(10),
         || {
             let admin_pg = &admin_pg;
-            async move { backends(admin_pg, "poolplane/drain_hard").await == 4 }
+            async move { crate::support::sleeping(admin_pg, "poolplane/drain_hard").await == 4 }
         },
     )
     .await;
@@ -160,7 +160,7 @@ async fn drain_timeout_cancels_what_is_still_running() {
     });
     eventually("the statement is running", Duration::from_secs(10), || {
         let admin_pg = &admin_pg;
-        async move { backends(admin_pg, "poolplane/drain_timeout").await == 1 }
+        async move { crate::support::sleeping(admin_pg, "poolplane/drain_timeout").await == 1 }
     })
     .await;
     let started = Instant::now();
@@ -209,17 +209,7 @@ async fn busy(
     let app = format!("poolplane/{pool}");
     eventually("the calls run", Duration::from_secs(10), || {
         let (admin_pg, app) = (&admin_pg, &app);
-        async move {
-            let running: i64 = admin_pg
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
-                    &[app],
-                )
-                .await
-                .expect("count")
-                .get(0);
-            running == n
-        }
+        async move { crate::support::sleeping(admin_pg, app).await == n }
     })
     .await;
     calls

@@ -339,6 +339,21 @@ pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
         .get(0)
 }
 
+/// Backends of `app_name` inside `pg_sleep`: statements really running
+/// (a backend exists before its lease, and a statement being parsed shows
+/// as active too).
+pub async fn sleeping(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event = 'PgSleep'",
+            &[&app_name],
+        )
+        .await
+        .expect("count sleeping statements")
+        .get(0)
+}
+
 /// Backends of `app_name` doing anything but waiting idle (running,
 /// idle in a transaction, starting).
 pub async fn busy_backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
