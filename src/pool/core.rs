@@ -236,6 +236,10 @@ struct Entry<C: Connector> {
     close_reason: Option<CloseReason>,
     /// Whether the connect succeeded (a failed open is not a "close").
     opened: bool,
+    /// The caller's running statement may end this very backend
+    /// (`pg_terminate_backend`): if the server ends it now, that is the
+    /// caller's doing, not a pool failure. Cleared when it comes back clean.
+    caller_may_end: bool,
 }
 
 struct Table<C: Connector> {
@@ -473,6 +477,7 @@ impl<C: Connector> Core<C> {
                 retire: None,
                 close_reason: None,
                 opened: false,
+                caller_may_end: false,
             },
         );
         table.peak = table.peak.max(table.entries.len());
@@ -657,6 +662,7 @@ impl<C: Connector> Core<C> {
                 return;
             };
             entry.lease = None;
+            entry.caller_may_end = false;
             let close = if !serving || live > max {
                 Some(CloseReason::Retired)
             } else {
@@ -683,12 +689,25 @@ impl<C: Connector> Core<C> {
             if let Some(entry) = table.entries.get_mut(&id) {
                 entry.state = ConnState::Closing;
                 entry.lease = None;
+                let reason = match reason {
+                    CloseReason::Broken if entry.caller_may_end => CloseReason::Discarded,
+                    reason => reason,
+                };
                 entry.close_reason.get_or_insert(reason);
             }
         }
         self.changed.notify_waiters();
         if let Some(conn) = conn {
             conn.close();
+        }
+    }
+
+    /// The caller's statement about to run on leased connection `id` may
+    /// end its own backend: should the server end it, that is not counted
+    /// as a broken connection.
+    pub(crate) fn caller_may_end(&self, id: u64) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.caller_may_end = true;
         }
     }
 
@@ -706,6 +725,14 @@ impl<C: Connector> Core<C> {
             }
             table.grant_free_slots(self, &mut after);
             removed
+        };
+        let caller_ended = removed.as_ref().is_some_and(|entry| entry.caller_may_end);
+        let end = match end {
+            SlotEnd::Broken(error) if caller_ended => {
+                tracing::debug!(%error, "a caller's statement ended its own connection");
+                SlotEnd::Closed
+            }
+            end => end,
         };
         if let SlotEnd::Broken(error) = &end {
             self.stats.connection_broke();

@@ -103,6 +103,12 @@ impl<C: Connector> Lease<C> {
         self.control.reusable() && !self.conn().is_broken()
     }
 
+    /// Whether the connection is known to be dead.
+    pub fn connection_broken(&self) -> bool {
+        use super::connector::Connection;
+        self.conn().is_broken()
+    }
+
     /// Close the connection when the lease ends instead of reusing it.
     pub fn discard(&self) {
         self.control.discard();
@@ -129,6 +135,13 @@ impl<C: Connector> Lease<C> {
     /// the session (only a Parse, which failed): no reset is needed.
     pub fn nothing_ran(&self) {
         self.control.set_dirty(false);
+    }
+
+    /// The statement about to run may end this connection's own backend
+    /// (it calls `pg_terminate_backend`): if the server ends it, that is
+    /// the caller's doing, not counted as a broken connection.
+    pub fn caller_may_end_connection(&self) {
+        self.core.caller_may_end(self.id);
     }
 
     /// The pool this lease came from.

@@ -16,7 +16,7 @@ use futures::{pin_mut, TryStreamExt};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::classify::{self, Refusal};
+use super::classify::{self, Admitted, Refusal};
 use super::error::QueryError;
 use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
 use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
@@ -59,11 +59,11 @@ pub async fn execute(
     statement: Statement,
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
-    admit(&statement.sql)?;
+    let admitted = admit(&statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, move |lease| {
-        run_statement(lease, Arc::clone(&statement))
+        run_statement(lease, Arc::clone(&statement), admitted)
     })
     .await
 }
@@ -75,14 +75,19 @@ pub async fn execute_batch(
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
-    admit(&sql)?;
+    let admitted = admit(&sql)?;
     for (i, set) in parameter_sets.iter().enumerate() {
         admit_params(&format!("parameter_sets[{i}].params"), set.len())?;
     }
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
     with_lease(pool, deadline, move |lease| {
-        run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
+        run_batch(
+            lease,
+            Arc::clone(&sql),
+            Arc::clone(&parameter_sets),
+            admitted,
+        )
     })
     .await
 }
@@ -93,7 +98,7 @@ const MAX_PARAMS: usize = 65_535;
 /// Refuses what must not run on a shared connection in autocommit, and
 /// what PostgreSQL or the driver would refuse before running anything (the
 /// caller's mistake, not a broken connection).
-fn admit(sql: &str) -> Result<(), QueryError> {
+fn admit(sql: &str) -> Result<Admitted, QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
@@ -104,7 +109,7 @@ fn admit(sql: &str) -> Result<(), QueryError> {
         ));
     }
     match classify::check(sql) {
-        Ok(()) => Ok(()),
+        Ok(admitted) => Ok(admitted),
         Err(Refusal::NeedsSession(kind)) => Err(QueryError::NeedsSession { kind }),
         Err(Refusal::Copy) => Err(QueryError::CopyUnsupported),
         Err(Refusal::MultipleStatements(count)) => Err(QueryError::invalid(
@@ -214,31 +219,71 @@ where
 
 /// Prepares `sql`; a connection that died while idle shows up here first,
 /// either as a closed connection or as the FATAL report the server queued
-/// while ending it (e.g. 57P01 after `pg_terminate_backend`).
-async fn prepare(lease: &Lease, sql: &str) -> Result<tokio_postgres::Statement, Attempt<()>> {
+/// while ending it (e.g. 57P01 after `pg_terminate_backend`). Only such a
+/// connection is stale and worth another try: any other failure is the
+/// statement's own and is answered as it is.
+async fn prepare(
+    lease: &Lease,
+    sql: &str,
+    admitted: Admitted,
+) -> Result<tokio_postgres::Statement, Attempt<()>> {
     let prepared = lease.client().prepare(sql).await;
-    if let Ok(statement) = &prepared {
-        lease.prepared(statement);
-    }
-    prepared.map_err(|err| {
-        // A failed Parse created nothing: the session is as it was.
-        lease.nothing_ran();
-        let fatal = err
-            .as_db_error()
-            .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
-        if fatal {
-            lease.discard();
-            return Attempt::StaleConnection(QueryError::from_postgres(&err));
-        }
-        match driver_error(lease, &err) {
-            error @ QueryError::ConnectionLost { .. } => Attempt::StaleConnection(error),
-            other => {
-                let failed = Err(other);
-                count_sql_error(lease, &failed);
-                Attempt::Done(failed)
+    let err = match prepared {
+        Ok(statement) => {
+            lease.prepared(&statement);
+            if admitted.may_end_own_backend {
+                lease.caller_may_end_connection();
             }
+            return Ok(statement);
         }
-    })
+        Err(err) => err,
+    };
+    // A failed Parse created nothing: the session is as it was.
+    lease.nothing_ran();
+    let failed = match prepare_failure(&err, !lease.connection_broken()) {
+        PrepareFailure::Stale => {
+            lease.discard();
+            return Err(Attempt::StaleConnection(QueryError::from_postgres(&err)));
+        }
+        PrepareFailure::Sql => Err(QueryError::from_postgres(&err)),
+        PrepareFailure::Refused => Err(QueryError::invalid(
+            "sql",
+            format!(
+                "refused before it was sent: {}",
+                crate::postgres::error_chain(&err)
+            ),
+        )),
+    };
+    count_sql_error(lease, &failed);
+    Err(Attempt::Done(failed))
+}
+
+/// An I/O error: the socket failed, whatever the driver has noticed yet.
+fn failed_on_the_wire(err: &tokio_postgres::Error) -> bool {
+    std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>())
+}
+
+/// How a prepare failed.
+#[derive(Debug, PartialEq, Eq)]
+enum PrepareFailure {
+    /// The connection was dead before the statement reached the server.
+    Stale,
+    /// PostgreSQL refused the statement (syntax, unknown table, ...).
+    Sql,
+    /// The driver refused it before sending anything (it could not be
+    /// encoded): the caller's request, on a connection that is fine.
+    Refused,
+}
+
+fn prepare_failure(err: &tokio_postgres::Error, connection_alive: bool) -> PrepareFailure {
+    match err.as_db_error() {
+        Some(db) if matches!(db.severity(), "FATAL" | "PANIC") => PrepareFailure::Stale,
+        Some(_) => PrepareFailure::Sql,
+        None if err.is_closed() || !connection_alive || failed_on_the_wire(err) => {
+            PrepareFailure::Stale
+        }
+        None => PrepareFailure::Refused,
+    }
 }
 
 impl Attempt<()> {
@@ -273,8 +318,12 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<QueryResult> {
-    let prepared = match prepare(&lease, &statement.sql).await {
+async fn run_statement(
+    lease: Lease,
+    statement: Arc<Statement>,
+    admitted: Admitted,
+) -> Attempt<QueryResult> {
+    let prepared = match prepare(&lease, &statement.sql, admitted).await {
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };
@@ -413,8 +462,9 @@ async fn run_batch(
     lease: Lease,
     sql: Arc<String>,
     parameter_sets: Arc<Vec<Vec<SqlValue>>>,
+    admitted: Admitted,
 ) -> Attempt<BatchResult> {
-    let prepared = match prepare(&lease, &sql).await {
+    let prepared = match prepare(&lease, &sql, admitted).await {
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };

@@ -10,7 +10,7 @@ mod execute;
 mod numeric;
 mod value;
 
-pub use classify::{check as classify, Refusal};
+pub use classify::{check as classify, Admitted, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use value::{is_supported, Instant, Interval, SqlValue};

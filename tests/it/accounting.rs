@@ -153,3 +153,68 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
     );
     server.stop().await;
 }
+
+/// A caller that ends its own backend did not find the pool broken: its
+/// connection is closed, but not counted as broken (which feeds the error
+/// rate and `high_error_rate`), and no connection-lost event is published.
+/// Ending *another* pool's backend is still that pool's broken connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_ending_its_own_backend_is_not_a_pool_failure() {
+    let (killer, victim) = ("self_ending", "ended_by_others");
+    let mut victim_spec = PoolSpec::new(victim, 1);
+    victim_spec.min = 1;
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(killer, 1), victim_spec])).await;
+    let admin = cluster().admin().await;
+    let mut client = server.query().await;
+
+    let status = client
+        .execute(exec(
+            killer,
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+            vec![],
+        ))
+        .await
+        .expect_err("the backend ends");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    eventually("the ended backend is gone", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { backends(admin, &format!("poolplane/{killer}")).await == 0 }
+    })
+    .await;
+    // The pool works on, and its numbers show no failure.
+    client
+        .execute(exec(killer, "SELECT 1", vec![]))
+        .await
+        .expect("a fresh connection");
+    let stats = pool_statistics(&server, killer).await;
+    assert_eq!(stats.broken_connections, 0, "{stats:?}");
+
+    // The same call aimed at the other pool's idle backend breaks that pool.
+    eventually("the victim's backend is up", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { backends(admin, &format!("poolplane/{victim}")).await == 1 }
+    })
+    .await;
+    client
+        .execute(exec(
+            killer,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'poolplane/{victim}'"
+            ),
+            vec![],
+        ))
+        .await
+        .expect("ends the other pool's backend");
+    eventually(
+        "the victim pool counts a broken connection",
+        Duration::from_secs(5),
+        || {
+            let server = &server;
+            async move { pool_statistics(server, victim).await.broken_connections == 1 }
+        },
+    )
+    .await;
+    assert_eq!(pool_statistics(&server, killer).await.broken_connections, 0);
+    server.stop().await;
+}
