@@ -11,7 +11,7 @@ use crate::health::{HealthReport, HealthState};
 use crate::monitor::{Alert, AlertRule, AlertState, MetricsSample, Severity};
 use crate::pool::{PoolInfo, PoolState, StatsSnapshot};
 use crate::proto::{self, event::Detail, value::Kind};
-use crate::query::{Column, Instant, Interval, QueryResult, SqlValue};
+use crate::query::{Column, Instant, Interval, QueryResult, SqlValue, StreamPart};
 
 pub(crate) fn values_from_proto(
     field: &str,
@@ -161,16 +161,38 @@ pub(crate) fn value_to_proto(value: SqlValue) -> proto::Value {
 pub(crate) fn result_to_proto(result: QueryResult) -> proto::ExecuteResponse {
     proto::ExecuteResponse {
         columns: result.columns.into_iter().map(column_to_proto).collect(),
-        rows: result
-            .rows
-            .into_iter()
-            .map(|row| proto::Row {
-                values: row.into_iter().map(value_to_proto).collect(),
-            })
-            .collect(),
+        rows: rows_to_proto(result.rows),
         rows_affected: result.rows_affected,
         truncated: result.truncated,
     }
+}
+
+pub(crate) fn stream_part_to_proto(part: StreamPart) -> proto::ExecuteStreamResponse {
+    use proto::execute_stream_response::Part;
+    let part = match part {
+        StreamPart::Columns(columns) => Part::Header(proto::ResultHeader {
+            columns: columns.into_iter().map(column_to_proto).collect(),
+        }),
+        StreamPart::Rows(rows) => Part::Rows(proto::RowChunk {
+            rows: rows_to_proto(rows),
+        }),
+        StreamPart::End {
+            rows_affected,
+            truncated,
+        } => Part::End(proto::ResultEnd {
+            rows_affected,
+            truncated,
+        }),
+    };
+    proto::ExecuteStreamResponse { part: Some(part) }
+}
+
+fn rows_to_proto(rows: Vec<Vec<SqlValue>>) -> Vec<proto::Row> {
+    rows.into_iter()
+        .map(|row| proto::Row {
+            values: row.into_iter().map(value_to_proto).collect(),
+        })
+        .collect()
 }
 
 fn column_to_proto(column: Column) -> proto::Column {

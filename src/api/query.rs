@@ -1,16 +1,19 @@
 //! `poolplane.v1.Query`: translation only; `crate::query` runs the SQL.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{result_to_proto, values_from_proto};
+use super::convert::{result_to_proto, stream_part_to_proto, values_from_proto};
 use super::deadline;
 use super::status::{invalid_argument, pool_status, query_status};
 use crate::app::App;
 use crate::pool::ManagedPool;
 use crate::proto::{self, query_server::Query};
-use crate::query::{self as q, Statement};
+use crate::query::{self as q, Statement, StreamStatement};
 
 pub(crate) struct QueryService {
     app: Arc<App>,
@@ -42,8 +45,12 @@ impl QueryService {
     }
 }
 
+type PartStream = Pin<Box<dyn Stream<Item = Result<proto::ExecuteStreamResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Query for QueryService {
+    type ExecuteStreamStream = PartStream;
+
     async fn execute(
         &self,
         request: Request<proto::ExecuteRequest>,
@@ -85,5 +92,28 @@ impl Query for QueryService {
             rows_affected: result.rows_affected,
             total_rows_affected,
         }))
+    }
+
+    async fn execute_stream(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<PartStream>, Status> {
+        let deadline = deadline::from_metadata(request.metadata());
+        let r = request.into_inner();
+        let pool = self.pool(&r.pool)?;
+        let statement = StreamStatement {
+            sql: r.sql,
+            params: values_from_proto("params", r.params)?,
+            max_rows: (r.max_rows != 0).then_some(r.max_rows),
+            max_row_bytes: self.app.server().max_result_bytes,
+            allow_truncation: r.allow_truncation,
+        };
+        let (parts, received) = tokio::sync::mpsc::channel(q::STREAM_BUFFER);
+        // The statement runs on its own; dropping the response (the caller
+        // went away) closes the channel, which stops and cancels it.
+        tokio::spawn(async move { q::execute_stream(&pool, statement, deadline, parts).await });
+        let responses = ReceiverStream::new(received)
+            .map(|part| part.map(stream_part_to_proto).map_err(query_status));
+        Ok(Response::new(Box::pin(responses)))
     }
 }

@@ -107,7 +107,7 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-row-limit", limit.to_string())],
         ),
-        QueryError::ResultTooManyBytes { limit } => with(
+        QueryError::ResultTooManyBytes { limit } | QueryError::RowTooLarge { limit } => with(
             Code::ResourceExhausted,
             message,
             &[("poolplane-byte-limit", limit.to_string())],

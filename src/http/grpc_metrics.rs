@@ -234,7 +234,10 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "ClearAlert",
         ],
     ),
-    ("poolplane.v1.Query", &["Execute", "ExecuteBatch"]),
+    (
+        "poolplane.v1.Query",
+        &["Execute", "ExecuteBatch", "ExecuteStream"],
+    ),
     ("poolplane.v1.PoolEvents", &["Watch"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
     (
@@ -263,7 +266,7 @@ fn split_path(path: &str) -> (String, String) {
 
 fn grpc_type(method: &str) -> &'static str {
     match method {
-        "Watch" => "server_stream",
+        "Watch" | "ExecuteStream" => "server_stream",
         "ServerReflectionInfo" => "bidi_stream",
         _ => "unary",
     }

@@ -24,6 +24,9 @@ pub enum QueryError {
     ResultTooLarge { limit: u32 },
     #[error("the result is larger than {limit} bytes (server.max_result_bytes); select fewer rows or columns, or set allow_truncation")]
     ResultTooManyBytes { limit: u64 },
+    /// One row of a streamed result is larger than a response may be.
+    #[error("a row is larger than {limit} bytes (server.max_result_bytes); select fewer or smaller columns")]
+    RowTooLarge { limit: u64 },
     /// Transaction control or a session-level statement, which only a
     /// session may run: `kind` names the statement.
     #[error("{kind} is not allowed in Execute or ExecuteBatch, which run in autocommit on a shared connection; open a Session to use transactions and session state")]

@@ -98,7 +98,7 @@ const MAX_PARAMS: usize = 65_535;
 /// Refuses what must not run on a shared connection in autocommit, and
 /// what PostgreSQL or the driver would refuse before running anything (the
 /// caller's mistake, not a broken connection).
-fn admit(sql: &str) -> Result<Admitted, QueryError> {
+pub(super) fn admit(sql: &str) -> Result<Admitted, QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
@@ -119,7 +119,7 @@ fn admit(sql: &str) -> Result<Admitted, QueryError> {
     }
 }
 
-fn admit_params(field: &str, count: usize) -> Result<(), QueryError> {
+pub(super) fn admit_params(field: &str, count: usize) -> Result<(), QueryError> {
     if count > MAX_PARAMS {
         return Err(QueryError::invalid(
             field,
@@ -135,7 +135,7 @@ fn admit_params(field: &str, count: usize) -> Result<(), QueryError> {
 const STALE_RETRIES: usize = 3;
 
 /// How one attempt on one connection ended.
-enum Attempt<T> {
+pub(super) enum Attempt<T> {
     Done(Result<T, QueryError>),
     /// The connection turned out dead before the statement reached the
     /// server (it failed at prepare, which has no effects): another
@@ -146,7 +146,7 @@ enum Attempt<T> {
 /// Borrows a connection and runs `work` on it within `deadline`; another
 /// connection is tried (up to `STALE_RETRIES` times) if one was stale: a
 /// backend that ended while idle, before its driver noticed.
-async fn with_lease<T, F, Fut>(
+pub(super) async fn with_lease<T, F, Fut>(
     pool: &ManagedPool,
     deadline: Option<Instant>,
     work: F,
@@ -222,7 +222,7 @@ where
 /// while ending it (e.g. 57P01 after `pg_terminate_backend`). Only such a
 /// connection is stale and worth another try: any other failure is the
 /// statement's own and is answered as it is.
-async fn prepare(
+pub(super) async fn prepare(
     lease: &Lease,
     sql: &str,
     admitted: Admitted,
@@ -288,7 +288,7 @@ fn prepare_failure(err: &tokio_postgres::Error, connection_alive: bool) -> Prepa
 
 impl Attempt<()> {
     /// The same failure for an attempt that would have produced a `T`.
-    fn retype<T>(self) -> Attempt<T> {
+    pub(super) fn retype<T>(self) -> Attempt<T> {
         match self {
             Attempt::StaleConnection(error) => Attempt::StaleConnection(error),
             Attempt::Done(Err(error)) => Attempt::Done(Err(error)),
@@ -339,7 +339,7 @@ async fn run_statement(
 /// ends with the connection still reusable, the reset's reply decides
 /// whether it goes back to the pool; otherwise the reset is not waited for
 /// (the connection is closed anyway).
-async fn with_pipelined_reset<T>(
+pub(super) async fn with_pipelined_reset<T>(
     lease: &Lease,
     work: impl Future<Output = Result<T, QueryError>>,
 ) -> Result<T, QueryError> {
@@ -368,7 +368,7 @@ async fn with_pipelined_reset<T>(
 }
 
 /// The caller's SQL failing is not the pool failing: counted by class.
-fn count_sql_error<T>(lease: &Lease, result: &Result<T, QueryError>) {
+pub(super) fn count_sql_error<T>(lease: &Lease, result: &Result<T, QueryError>) {
     if let Err(QueryError::Sql(sql)) = result {
         lease.sql_error(&sql.sqlstate);
     }
@@ -571,7 +571,7 @@ async fn run_in_transaction(
     Ok(BatchResult { rows_affected })
 }
 
-fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
+pub(super) fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
     classify(lease, QueryError::from_postgres(err))
 }
 
@@ -579,7 +579,7 @@ fn driver_error(lease: &Lease, err: &tokio_postgres::Error) -> QueryError {
 /// cancelled for a drain is the pool's refusal, not the caller's SQL; a
 /// broken connection must not go back, and whether the statement had been
 /// sent when it broke is the caller's to know.
-fn classify(lease: &Lease, error: QueryError) -> QueryError {
+pub(super) fn classify(lease: &Lease, error: QueryError) -> QueryError {
     match (error, lease.cancel_reason()) {
         (QueryError::Sql(sql), Some(CancelReason::Drain)) if sql.sqlstate == QUERY_CANCELED => {
             QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
@@ -607,9 +607,9 @@ enum Limit {
 }
 
 /// SQLSTATE 57014, what PostgreSQL reports for a statement cancelled by request.
-const QUERY_CANCELED: &str = "57014";
+pub(super) const QUERY_CANCELED: &str = "57014";
 
-fn encode_params(
+pub(super) fn encode_params(
     field: &str,
     values: &[SqlValue],
     types: &[Type],
@@ -636,7 +636,9 @@ fn encode_params(
         .collect()
 }
 
-fn describe_columns(columns: &[tokio_postgres::Column]) -> Result<Vec<Column>, QueryError> {
+pub(super) fn describe_columns(
+    columns: &[tokio_postgres::Column],
+) -> Result<Vec<Column>, QueryError> {
     columns
         .iter()
         .enumerate()
@@ -662,7 +664,10 @@ fn describe_columns(columns: &[tokio_postgres::Column]) -> Result<Vec<Column>, Q
         .collect()
 }
 
-fn decode_row(row: &tokio_postgres::Row, columns: &[Column]) -> Result<Vec<SqlValue>, QueryError> {
+pub(super) fn decode_row(
+    row: &tokio_postgres::Row,
+    columns: &[Column],
+) -> Result<Vec<SqlValue>, QueryError> {
     (0..row.len())
         .map(|i| {
             row.try_get::<_, SqlValue>(i).map_err(|err| {

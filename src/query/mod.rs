@@ -8,9 +8,11 @@ mod classify;
 mod error;
 mod execute;
 mod numeric;
+mod stream;
 mod value;
 
 pub use classify::{check as classify, Admitted, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
+pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};
 pub use value::{is_supported, Instant, Interval, SqlValue};

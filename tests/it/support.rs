@@ -569,6 +569,118 @@ impl Drop for TestServer {
     }
 }
 
+/// A process's resident memory, from /proc; `None` if it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The real `poolplane serve` binary in a process of its own (so its
+/// memory can be measured apart from the test's), optionally under a
+/// wrapper command such as `prlimit`.
+pub struct ServedBinary {
+    child: Child,
+    pub grpc: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServedBinary {
+    /// Starts it on `yaml` (its `grpc_listen` is replaced by a free port)
+    /// and waits until it answers gRPC.
+    pub async fn start(yaml: &str, wrapper: &[&str]) -> ServedBinary {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("poolplane.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let port = free_port();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_poolplane"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_poolplane")),
+        };
+        let child = command
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn poolplane serve");
+        let served = ServedBinary {
+            child,
+            grpc: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while Channel::from_shared(served.grpc.clone())
+            .expect("valid uri")
+            .connect()
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the binary never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        served
+    }
+
+    pub async fn query(&self) -> QueryClient<Channel> {
+        QueryClient::connect(self.grpc.clone())
+            .await
+            .expect("connect to the binary")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now; `None` once the process is gone.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        resident_bytes(self.pid())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Shorthands for protobuf values.
 pub mod v {
     use poolplane::proto::{value::Kind, Array, Interval, NullValue, Value};
