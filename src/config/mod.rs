@@ -52,6 +52,10 @@ pub struct PoolConfig {
     /// Certificates from `security.ssl`, used by every mode but disable.
     pub tls: TlsFiles,
     pub limits: PoolLimits,
+    /// The largest row, error or notice a connection takes from PostgreSQL
+    /// (from `server.max_result_bytes`); larger ones never reach memory
+    /// whole (`postgres::limit`).
+    pub max_message_bytes: u64,
     pub recovery: RecoveryConfig,
     pub alerts: AlertThresholds,
 }
@@ -106,6 +110,8 @@ pub struct PoolDefaults {
     pub sslmode: SslMode,
     pub tls: TlsFiles,
     pub limits: PoolLimits,
+    /// Every pool's `max_message_bytes` (not settable per pool).
+    pub max_message_bytes: u64,
     pub recovery: RecoveryConfig,
     pub alerts: AlertThresholds,
 }

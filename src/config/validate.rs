@@ -204,7 +204,9 @@ impl Checker {
         let security = self.security(&raw.security);
         let health = self.health(&raw.health_monitoring);
         let monitoring = self.monitoring(&raw.monitoring);
-        let defaults = self.defaults(&raw.default_pool, &security, &health, &monitoring);
+        let server = self.server(&raw.server);
+        let mut defaults = self.defaults(&raw.default_pool, &security, &health, &monitoring);
+        defaults.max_message_bytes = max_message_bytes(server.max_result_bytes);
         let mut pools = Vec::new();
         let mut seen = HashSet::new();
         for (i, raw_pool) in raw.pools.iter().enumerate() {
@@ -231,7 +233,7 @@ impl Checker {
             health,
             monitoring,
             security,
-            server: self.server(&raw.server),
+            server,
         }
     }
 
@@ -276,6 +278,7 @@ impl Checker {
             sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode, &builtin.tls),
             tls: builtin.tls.clone(),
             limits,
+            max_message_bytes: builtin.max_message_bytes,
             recovery: self.recovery(&path, raw, &builtin.recovery),
             alerts: self.alert_thresholds(&path, raw, &builtin.alerts),
         }
@@ -331,6 +334,7 @@ impl Checker {
             ),
             tls: defaults.tls.clone(),
             limits,
+            max_message_bytes: defaults.max_message_bytes,
             recovery: self.recovery(path, raw, &defaults.recovery),
             alerts: self.alert_thresholds(path, raw, &defaults.alerts),
             name,
@@ -967,8 +971,17 @@ impl Checker {
     }
 }
 
+/// The largest row, error or notice a pool connection takes from
+/// PostgreSQL: a row over `max_result_bytes` could not be returned anyway,
+/// and a row's message carries a few bytes of framing per value more than
+/// its values.
+fn max_message_bytes(max_result_bytes: u64) -> u64 {
+    max_result_bytes.saturating_add(64 * 1024)
+}
+
 fn builtin_defaults() -> PoolDefaults {
     PoolDefaults {
+        max_message_bytes: max_message_bytes(4_000_000),
         host: "localhost".into(),
         port: 5432,
         user: "postgres".into(),

@@ -51,12 +51,12 @@ impl Probe {
 
     async fn check(&mut self) -> Result<(), String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, _closer) = self
+            let opened = self
                 .connector
                 .open(|_: DriverEnd| {})
                 .await
                 .map_err(|err| err.to_string())?;
-            self.client = Some(client);
+            self.client = Some(opened.client);
         }
         let client = self.client.as_ref().ok_or("probe connection missing")?;
         client

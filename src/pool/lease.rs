@@ -179,6 +179,20 @@ impl Lease<PgConnector> {
         conn.client().simple_query(conn.reset_kind().sql())
     }
 
+    /// Starts watching for rows too large to take (over
+    /// `server.max_result_bytes`) in the result of the statement about to
+    /// be sent; the mark goes to [`Lease::rows_before_drop`].
+    pub fn begin_result(&self) -> u64 {
+        self.conn().message_limit().begin_result()
+    }
+
+    /// How many rows of the result begun at `mark` came before one too
+    /// large to take, if PostgreSQL sent one: the rows after it are not
+    /// the result.
+    pub fn rows_before_drop(&self, mark: u64) -> Option<u64> {
+        self.conn().message_limit().rows_before_drop(mark)
+    }
+
     /// Notes the types of a statement prepared on this lease's connection
     /// (they decide which reset it needs).
     pub fn prepared(&self, statement: &tokio_postgres::Statement) {

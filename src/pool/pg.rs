@@ -16,7 +16,7 @@ use tokio_postgres::{CancelToken, Client};
 use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd};
 use crate::config::PoolConfig;
 use crate::postgres::reset::ResetKind;
-use crate::postgres::{self, Closer, DriverEnd, Endpoint, OpenError};
+use crate::postgres::{self, Closer, DriverEnd, Endpoint, MessageLimit, OpenError};
 
 /// How long a closing connection may take to end by itself before its
 /// socket is closed from outside.
@@ -31,6 +31,7 @@ pub struct PgConnector {
 pub struct PgConn {
     client: Client,
     closer: Closer,
+    limit: Arc<MessageLimit>,
     cancel: PgCancel,
     /// The driver looked up a type that is not built in, and keeps that
     /// lookup as prepared statements of its own for the connection's life.
@@ -68,6 +69,11 @@ impl PgConn {
         }
     }
 
+    /// The limit on what one message may bring (`postgres::limit`).
+    pub(crate) fn message_limit(&self) -> &MessageLimit {
+        &self.limit
+    }
+
     /// The reset this connection needs.
     pub(crate) fn reset_kind(&self) -> ResetKind {
         if self.driver_statements.load(Ordering::Acquire) {
@@ -88,7 +94,11 @@ impl Connector for PgConnector {
             DriverEnd::Failed(error) => slot.end(SlotEnd::Broken(error)),
             DriverEnd::Closed | DriverEnd::Aborted => slot.end(SlotEnd::Closed),
         };
-        let (client, closer) = self.connector.open(on_end).await?;
+        let postgres::Opened {
+            client,
+            closer,
+            limit,
+        } = self.connector.open(on_end).await?;
         let cancel = PgCancel {
             token: client.cancel_token(),
             endpoint: self.connector.endpoint(),
@@ -96,6 +106,7 @@ impl Connector for PgConnector {
         Ok(PgConn {
             client,
             closer,
+            limit,
             cancel,
             driver_statements: AtomicBool::new(false),
         })

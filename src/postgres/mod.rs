@@ -5,6 +5,7 @@
 //! Used by the pool's PostgreSQL connector and by the health probe; knows nothing
 //! about pooling.
 
+mod limit;
 pub(crate) mod reset;
 mod stream;
 mod tls;
@@ -16,6 +17,8 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{CancelToken, Client, NoTls};
 
 use crate::config::PoolConfig;
+pub(crate) use limit::MessageLimit;
+use limit::{Filter, Limited, LimitedTls};
 pub(crate) use stream::Closer;
 use stream::TrackedStream;
 use tls::Tls;
@@ -26,6 +29,17 @@ pub(crate) struct Connector {
     /// `Err` holds why TLS could not be set up; every open reports it.
     tls: Result<Tls, String>,
     endpoint: Arc<Endpoint>,
+    /// `PoolConfig::max_message_bytes`.
+    max_message_bytes: u64,
+}
+
+/// A connection just opened; its driver task runs.
+pub(crate) struct Opened {
+    pub(crate) client: Client,
+    /// Closes the connection from outside.
+    pub(crate) closer: Closer,
+    /// What the connection's message filter dropped.
+    pub(crate) limit: Arc<MessageLimit>,
 }
 
 /// Where a pool's server listens; also where cancel requests go.
@@ -100,6 +114,7 @@ impl Connector {
                 port: config.port,
                 connect_timeout: config.limits.connection_timeout,
             }),
+            max_message_bytes: config.max_message_bytes,
         }
     }
 
@@ -111,7 +126,7 @@ impl Connector {
     /// exactly once, when the driver ends (the backend is gone by then, see
     /// `stream.rs`), however it ends, so whatever it releases is released.
     /// The [`Closer`] closes the connection from outside.
-    pub(crate) async fn open<F>(&self, on_end: F) -> Result<(Client, Closer), OpenError>
+    pub(crate) async fn open<F>(&self, on_end: F) -> Result<Opened, OpenError>
     where
         F: FnOnce(DriverEnd) + Send + 'static,
     {
@@ -142,7 +157,7 @@ impl Connector {
         }
     }
 
-    async fn open_within<F>(&self, on_end: F, closer: Closer) -> Result<(Client, Closer), OpenError>
+    async fn open_within<F>(&self, on_end: F, closer: Closer) -> Result<Opened, OpenError>
     where
         F: FnOnce(DriverEnd) + Send + 'static,
     {
@@ -153,25 +168,38 @@ impl Connector {
         )
         .await?;
         let stream = TrackedStream::new(tcp, closer.clone());
+        let limit = MessageLimit::new(self.max_message_bytes);
+        // Every message passes a size filter before the driver buffers it:
+        // right above the socket for plain connections, above the
+        // decryption for TLS ones.
         let client = match &self.tls {
             Err(why) => return Err(OpenError::Tls(why.clone())),
             Ok(Tls::Plain) => {
+                let stream = Limited::new(stream, Filter::messages(Arc::clone(&limit)));
                 let (client, connection) = self.pg.connect_raw(stream, NoTls).await?;
                 spawn_driver(connection, closer.clone(), on_end);
                 client
             }
             Ok(Tls::Rustls(make)) => {
-                let tls = MakeTlsConnect::<TrackedStream>::make_tls_connect(
+                // Should the server refuse TLS (`prefer`), plain messages
+                // follow its answer on the socket itself.
+                let stream = Limited::new(stream, Filter::after_ssl_answer(Arc::clone(&limit)));
+                let tls = MakeTlsConnect::<Limited<TrackedStream>>::make_tls_connect(
                     &mut make.clone(),
                     &self.endpoint.host,
                 )
                 .map_err(|err| OpenError::Tls(err.to_string()))?;
+                let tls = LimitedTls::new(tls, Arc::clone(&limit));
                 let (client, connection) = self.pg.connect_raw(stream, tls).await?;
                 spawn_driver(connection, closer.clone(), on_end);
                 client
             }
         };
-        Ok((client, closer))
+        Ok(Opened {
+            client,
+            closer,
+            limit,
+        })
     }
 }
 

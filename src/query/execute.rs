@@ -392,6 +392,8 @@ async fn run_prepared(
             },
         ));
     }
+    // Marked before the statement goes out: the driver reads ahead.
+    let mark = lease.begin_result();
     let stream = client
         .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
         .await
@@ -399,25 +401,18 @@ async fn run_prepared(
     pin_mut!(stream);
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = stream
-        .try_next()
-        .await
-        .map_err(|err| driver_error(lease, &err))?
-    {
-        let values = if rows.len() == statement.max_rows as usize {
-            Err(Limit::Rows)
-        } else {
-            match decode_row(&row, &columns) {
-                Ok(values) => {
-                    bytes += values.iter().map(SqlValue::response_bytes).sum::<usize>();
-                    if bytes as u64 > statement.max_bytes {
-                        Err(Limit::Bytes)
-                    } else {
-                        Ok(values)
-                    }
-                }
-                Err(error) => Err(Limit::Undecodable(error)),
-            }
+    loop {
+        let next = stream
+            .try_next()
+            .await
+            .map_err(|err| driver_error(lease, &err))?;
+        let gap = lease.rows_before_drop(mark);
+        let values = match next {
+            // A row too large to take was left out before this point.
+            _ if gap.is_some_and(|before| before <= rows.len() as u64) => Err(Limit::Bytes),
+            None => break,
+            Some(_) if rows.len() == statement.max_rows as usize => Err(Limit::Rows),
+            Some(row) => counted_values(&row, &columns, &mut bytes, statement.max_bytes),
         };
         match values {
             Ok(values) => rows.push(values),
@@ -597,6 +592,22 @@ pub(super) fn classify(lease: &Lease, error: QueryError) -> QueryError {
         }
         (error, _) => error,
     }
+}
+
+/// A row's values, adding their size to `bytes`; `Limit::Bytes` once the
+/// total passes `max_bytes`.
+fn counted_values(
+    row: &tokio_postgres::Row,
+    columns: &[Column],
+    bytes: &mut usize,
+    max_bytes: u64,
+) -> Result<Vec<SqlValue>, Limit> {
+    let values = decode_row(row, columns).map_err(Limit::Undecodable)?;
+    *bytes += values.iter().map(SqlValue::response_bytes).sum::<usize>();
+    if *bytes as u64 > max_bytes {
+        return Err(Limit::Bytes);
+    }
+    Ok(values)
 }
 
 /// Why reading a result stopped early.

@@ -136,6 +136,8 @@ async fn stream_prepared(
             },
         ));
     }
+    // Marked before the statement goes out: the driver reads ahead.
+    let mark = lease.begin_result();
     let rows = client
         .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
         .await
@@ -156,7 +158,18 @@ async fn stream_prepared(
                 }
             }
         };
-        let Some(row) = next.transpose().map_err(|err| driver_error(lease, &err))? else {
+        let next = next.transpose().map_err(|err| driver_error(lease, &err))?;
+        if lease
+            .rows_before_drop(mark)
+            .is_some_and(|before| before <= sent)
+        {
+            // A row too large to take was left out before this point.
+            stop_reading(lease);
+            return Err(QueryError::RowTooLarge {
+                limit: statement.max_row_bytes,
+            });
+        }
+        let Some(row) = next else {
             break;
         };
         if let Some(limit) = statement.max_rows.filter(|max| sent == u64::from(*max)) {

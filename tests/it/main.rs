@@ -16,6 +16,7 @@ mod health_recovery;
 mod maintenance;
 mod memory_bounds;
 mod metrics;
+mod oversized_messages;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;

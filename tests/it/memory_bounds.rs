@@ -87,9 +87,10 @@ async fn two_gib_streamed_to_a_slow_reader_stay_within_64_mib_of_idle() {
     );
 }
 
-/// Four concurrent 600 MB results under a 2 GiB address-space limit: the
-/// server stays up, each call is refused at server.max_result_bytes with
-/// RESOURCE_EXHAUSTED, and the backends are cancelled.
+/// Four concurrent 600 MB results, of many rows or of one value, under a
+/// 2 GiB address-space limit: the server stays up, each call is refused at
+/// server.max_result_bytes with RESOURCE_EXHAUSTED, and the backends are
+/// cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_600_mb_results_under_a_2_gib_limit_are_refused_not_fatal() {
     let _turn = crate::support::machine_to_myself().await;
@@ -99,25 +100,31 @@ async fn four_600_mb_results_under_a_2_gib_limit_are_refused_not_fatal() {
         &["prlimit", "--as=2147483648", "--"],
     )
     .await;
-    let sql = "SELECT repeat('x', 1000000) FROM generate_series(1, 600)";
-    let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let address = server.grpc.clone();
-            tokio::spawn(async move {
-                let mut client = poolplane::proto::query_client::QueryClient::connect(address)
-                    .await
-                    .expect("connect");
-                client.execute(exec(pool, sql, vec![])).await
+    // 600 rows of 1 MB each, then one value of 600 MB (which PostgreSQL
+    // would send as one message).
+    for sql in [
+        "SELECT repeat('x', 1000000) FROM generate_series(1, 600)",
+        "SELECT repeat('x', 600000000)",
+    ] {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let address = server.grpc.clone();
+                tokio::spawn(async move {
+                    let mut client = poolplane::proto::query_client::QueryClient::connect(address)
+                        .await
+                        .expect("connect");
+                    client.execute(exec(pool, sql, vec![])).await
+                })
             })
-        })
-        .collect();
-    for call in calls {
-        let status = call.await.expect("join").expect_err("too large");
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(
-            meta(&status, "poolplane-byte-limit").is_some(),
-            "{status:?}"
-        );
+            .collect();
+        for call in calls {
+            let status = call.await.expect("join").expect_err("too large");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{sql}: {status:?}");
+            assert!(
+                meta(&status, "poolplane-byte-limit").is_some(),
+                "{status:?}"
+            );
+        }
     }
     assert!(server.running(), "the server survived");
     nothing_left_running(pool).await;

@@ -1,0 +1,630 @@
+//! A cap on what one message from PostgreSQL may cost poolplane's memory.
+//!
+//! The driver reads every message whole before anyone sees it, and
+//! PostgreSQL allows a single value, so a row, an error or a notice, of up
+//! to 1 GB. This filter sits between the socket (or the TLS session) and
+//! the driver, reads each message's header, and lets nothing larger than
+//! the limit through:
+//! - a row (DataRow) is dropped and recorded in [`MessageLimit`]; the query
+//!   path sees the record, cancels the statement and answers as for a
+//!   result over its byte limit;
+//! - an error (ErrorResponse) is shortened to its first KiB, so the caller
+//!   still gets its SQLSTATE and the start of its message;
+//! - a notice (NoticeResponse) is dropped: nobody reads notices.
+//!
+//! Other messages pass whatever their size: none of them can be large.
+//! The filter itself holds a header and a shortened error at most; a
+//! dropped message is read and discarded as it arrives.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
+
+/// The limit of one connection, and where it dropped rows.
+#[derive(Debug)]
+pub(crate) struct MessageLimit {
+    max: usize,
+    /// Rows (DataRow messages) seen on this connection, passed or dropped.
+    rows_seen: AtomicU64,
+    /// Index (in `rows_seen` terms) of the first row dropped since the last
+    /// [`MessageLimit::begin_result`]; `NONE` if none was.
+    first_dropped: AtomicU64,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl MessageLimit {
+    pub(crate) fn new(max: u64) -> Arc<MessageLimit> {
+        Arc::new(MessageLimit {
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            rows_seen: AtomicU64::new(0),
+            first_dropped: AtomicU64::new(NONE),
+        })
+    }
+
+    /// Called before a statement is sent (the connection's earlier results
+    /// have all been read): returns the mark to pass to
+    /// [`MessageLimit::rows_before_drop`].
+    pub(crate) fn begin_result(&self) -> u64 {
+        self.first_dropped.store(NONE, Ordering::Release);
+        self.rows_seen.load(Ordering::Acquire)
+    }
+
+    /// How many rows of the result begun at `mark` came before the first
+    /// one dropped, if one was. Recorded before any later message reaches
+    /// the driver, so a reader that got row `n` sees any drop before it.
+    pub(crate) fn rows_before_drop(&self, mark: u64) -> Option<u64> {
+        match self.first_dropped.load(Ordering::Acquire) {
+            NONE => None,
+            index => Some(index.saturating_sub(mark)),
+        }
+    }
+}
+
+/// How much of an oversized error is kept.
+const ERROR_PREFIX: usize = 1024;
+
+/// A message header: its type byte and its length (which counts itself).
+const HEADER: usize = 5;
+
+/// Where the filter is in the byte stream.
+#[derive(Debug)]
+enum Phase {
+    /// The one-byte answer to an SSLRequest comes first: `S` means TLS
+    /// (this layer then carries ciphertext), anything else plain messages.
+    SslAnswer,
+    /// Ciphertext: passes untouched (the layer above TLS filters).
+    Opaque,
+    Header {
+        bytes: [u8; HEADER],
+        have: usize,
+    },
+    Pass(usize),
+    Drop(usize),
+    /// An oversized error: the first bytes of its body are kept, the rest
+    /// dropped; a shortened copy follows.
+    Clip {
+        kept: Vec<u8>,
+        remaining: usize,
+        size: usize,
+    },
+}
+
+const fn header() -> Phase {
+    Phase::Header {
+        bytes: [0; HEADER],
+        have: 0,
+    }
+}
+
+/// The pure part: bytes in, the bytes the driver may see out.
+#[derive(Debug)]
+pub(crate) struct Filter {
+    limit: Arc<MessageLimit>,
+    phase: Phase,
+}
+
+impl Filter {
+    /// For a stream that carries protocol messages from its first byte.
+    pub(crate) fn messages(limit: Arc<MessageLimit>) -> Filter {
+        Filter {
+            limit,
+            phase: header(),
+        }
+    }
+
+    /// For a raw socket on which the driver will ask for TLS first.
+    pub(crate) fn after_ssl_answer(limit: Arc<MessageLimit>) -> Filter {
+        Filter {
+            limit,
+            phase: Phase::SslAnswer,
+        }
+    }
+
+    /// Bytes of a message body that may go to the driver as they are.
+    fn passing(&self) -> usize {
+        match self.phase {
+            Phase::Pass(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Whether a message body is being dropped or clipped.
+    fn dropping(&self) -> bool {
+        matches!(self.phase, Phase::Drop(_) | Phase::Clip { .. })
+    }
+
+    fn passed(&mut self, n: usize) {
+        if let Phase::Pass(remaining) = &mut self.phase {
+            *remaining -= n;
+            if *remaining == 0 {
+                self.phase = header();
+            }
+        }
+    }
+
+    /// Appends to `out` what the driver may see of `input`.
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            let taken = self.step(input, out);
+            input = &input[taken..];
+        }
+    }
+
+    /// Consumes a prefix of `input` (at least one byte unless empty);
+    /// returns its length.
+    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        match &mut self.phase {
+            Phase::Opaque => {
+                out.extend_from_slice(input);
+                input.len()
+            }
+            Phase::SslAnswer => {
+                if input[0] == b'S' {
+                    out.push(b'S');
+                    self.phase = Phase::Opaque;
+                    return 1;
+                }
+                if input[0] == b'N' {
+                    out.push(b'N');
+                    self.phase = header();
+                    return 1;
+                }
+                // Not an answer (an old server's error): a message.
+                self.phase = header();
+                0
+            }
+            Phase::Header { bytes, have } => {
+                let take = (HEADER - *have).min(input.len());
+                bytes[*have..*have + take].copy_from_slice(&input[..take]);
+                *have += take;
+                if *have == HEADER {
+                    let bytes = *bytes;
+                    self.start_message(bytes, out);
+                }
+                take
+            }
+            Phase::Pass(remaining) => {
+                let take = (*remaining).min(input.len());
+                out.extend_from_slice(&input[..take]);
+                self.passed(take);
+                take
+            }
+            Phase::Drop(remaining) => {
+                let take = (*remaining).min(input.len());
+                *remaining -= take;
+                if *remaining == 0 {
+                    self.phase = header();
+                }
+                take
+            }
+            Phase::Clip {
+                kept,
+                remaining,
+                size,
+            } => {
+                let take = (*remaining).min(input.len());
+                let keep = take.min(ERROR_PREFIX - kept.len());
+                kept.extend_from_slice(&input[..keep]);
+                *remaining -= take;
+                if *remaining == 0 {
+                    out.extend_from_slice(&shortened_error(kept, *size));
+                    self.phase = header();
+                }
+                take
+            }
+        }
+    }
+
+    fn start_message(&mut self, header_bytes: [u8; HEADER], out: &mut Vec<u8>) {
+        let kind = header_bytes[0];
+        let length = u32::from_be_bytes([
+            header_bytes[1],
+            header_bytes[2],
+            header_bytes[3],
+            header_bytes[4],
+        ]) as usize;
+        let body = length.saturating_sub(4);
+        let oversized = length > self.limit.max;
+        if kind == b'D' {
+            let index = self.limit.rows_seen.fetch_add(1, Ordering::AcqRel);
+            if oversized {
+                self.limit.first_dropped.fetch_min(index, Ordering::AcqRel);
+            }
+        }
+        self.phase = match kind {
+            b'D' if oversized => Phase::Drop(body),
+            b'N' if oversized => Phase::Drop(body),
+            b'E' if oversized => Phase::Clip {
+                kept: Vec::with_capacity(ERROR_PREFIX),
+                remaining: body,
+                size: length,
+            },
+            _ => {
+                out.extend_from_slice(&header_bytes);
+                Phase::Pass(body)
+            }
+        };
+        if matches!(self.phase, Phase::Pass(0) | Phase::Drop(0)) {
+            self.phase = header();
+        }
+    }
+}
+
+/// An ErrorResponse built from the kept start of one too large to pass:
+/// its complete fields, the cut one shortened (at a character boundary),
+/// and the fields the driver requires if they were not among them.
+fn shortened_error(kept: &[u8], size: usize) -> Vec<u8> {
+    let mut fields: Vec<(u8, String)> = Vec::new();
+    let mut rest = kept;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let (value, cut) = match after.iter().position(|&b| b == 0) {
+            Some(end) => (&after[..end], false),
+            None => (after, true),
+        };
+        let text = match std::str::from_utf8(value) {
+            Ok(text) => text,
+            Err(err) => std::str::from_utf8(&value[..err.valid_up_to()]).unwrap_or_default(),
+        };
+        let mut text = text.to_string();
+        if cut {
+            text.push_str(&format!(
+                "… (cut by poolplane: the whole error was {size} bytes)"
+            ));
+        }
+        fields.push((code, text));
+        if cut {
+            break;
+        }
+        rest = &after[value.len() + 1..];
+    }
+    for (code, default) in [
+        (b'S', "ERROR"),
+        (b'C', "54000"),
+        (b'M', "an error too large to show"),
+    ] {
+        if !fields.iter().any(|(c, _)| *c == code) {
+            fields.push((code, default.to_string()));
+        }
+    }
+    let mut body = Vec::new();
+    for (code, text) in fields {
+        body.push(code);
+        body.extend_from_slice(text.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = Vec::with_capacity(HEADER + body.len());
+    message.push(b'E');
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+/// Bytes read from the inner stream at a time when they must be looked at
+/// (headers and small messages); bodies that pass go straight through.
+const SCRATCH: usize = 8 * 1024;
+/// Bytes read at a time while a body is dropped.
+const DISCARD: usize = 256 * 1024;
+
+/// A stream whose reads go through a [`Filter`].
+pub(crate) struct Limited<S> {
+    inner: S,
+    filter: Filter,
+    /// Filtered bytes not yet handed to the reader.
+    ready: Vec<u8>,
+    at: usize,
+    scratch: Box<[u8]>,
+}
+
+impl<S> Limited<S> {
+    pub(crate) fn new(inner: S, filter: Filter) -> Limited<S> {
+        Limited {
+            inner,
+            filter,
+            ready: Vec::new(),
+            at: 0,
+            scratch: Box::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.at < this.ready.len() {
+                let n = (this.ready.len() - this.at).min(buf.remaining());
+                buf.put_slice(&this.ready[this.at..this.at + n]);
+                this.at += n;
+                if this.at == this.ready.len() {
+                    this.ready.clear();
+                    this.at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let passing = this.filter.passing();
+            if passing > 0 {
+                // A body that passes: straight into the reader's buffer.
+                let want = passing.min(buf.remaining());
+                let mut direct = ReadBuf::new(buf.initialize_unfilled_to(want));
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut direct))?;
+                let got = direct.filled().len();
+                buf.advance(got);
+                this.filter.passed(got);
+                return Poll::Ready(Ok(()));
+            }
+            // A body being dropped is read in large pieces (it can be 1 GB);
+            // anything else in small ones, as it must be looked at.
+            let want = if this.filter.dropping() { DISCARD } else { SCRATCH };
+            if this.scratch.len() != want {
+                this.scratch = vec![0; want].into_boxed_slice();
+            }
+            let mut read = ReadBuf::new(&mut this.scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.filter.feed(read.filled(), &mut this.ready);
+            if this.ready.capacity() > 4 * SCRATCH && this.ready.is_empty() {
+                this.ready.shrink_to(SCRATCH);
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: TlsStream + Unpin> TlsStream for Limited<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.inner.channel_binding()
+    }
+}
+
+/// A TLS connector whose sessions are filtered above the decryption.
+pub(crate) struct LimitedTls<T> {
+    inner: T,
+    limit: Arc<MessageLimit>,
+}
+
+impl<T> LimitedTls<T> {
+    pub(crate) fn new(inner: T, limit: Arc<MessageLimit>) -> LimitedTls<T> {
+        LimitedTls { inner, limit }
+    }
+}
+
+type Connecting<S, E> = Pin<Box<dyn std::future::Future<Output = Result<S, E>> + Send>>;
+
+impl<S, T> TlsConnect<S> for LimitedTls<T>
+where
+    T: TlsConnect<S>,
+    T::Future: Send + 'static,
+    T::Stream: Send + 'static,
+{
+    type Stream = Limited<T::Stream>;
+    type Error = T::Error;
+    type Future = Connecting<Self::Stream, T::Error>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let limit = self.limit;
+        let connecting = self.inner.connect(stream);
+        Box::pin(async move {
+            let session = connecting.await?;
+            Ok(Limited::new(session, Filter::messages(limit)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn error_body(message_text: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (code, text) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "P0001")] {
+            body.push(code);
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        body.push(b'M');
+        body.extend_from_slice(message_text.as_bytes());
+        body.push(0);
+        body.push(0);
+        body
+    }
+
+    /// Feeds `input` in pieces of `piece` bytes.
+    fn filtered(filter: &mut Filter, input: &[u8], piece: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in input.chunks(piece.max(1)) {
+            filter.feed(chunk, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn small_messages_pass_unchanged_however_they_are_split() {
+        let mut input = message(b'T', b"row description");
+        input.extend(message(b'D', &[7; 100]));
+        input.extend(message(b'1', b""));
+        input.extend(message(b'Z', b"I"));
+        for piece in [1, 2, 3, 5, 7, 64, 4096] {
+            let limit = MessageLimit::new(200);
+            let mark = limit.begin_result();
+            let mut filter = Filter::messages(Arc::clone(&limit));
+            assert_eq!(filtered(&mut filter, &input, piece), input, "piece {piece}");
+            assert_eq!(limit.rows_before_drop(mark), None);
+        }
+    }
+
+    #[test]
+    fn an_oversized_row_is_dropped_and_recorded_the_rest_passes() {
+        let before = message(b'D', &[1; 50]);
+        let huge = message(b'D', &[2; 5000]);
+        let after = [message(b'C', b"SELECT 3\0"), message(b'Z', b"I")].concat();
+        let input = [before.clone(), huge, after.clone()].concat();
+        for piece in [1, 4, 5, 6, 333, 100_000] {
+            let limit = MessageLimit::new(1000);
+            let mut filter = Filter::messages(Arc::clone(&limit));
+            // An earlier result of three rows, then this one.
+            filtered(&mut filter, &before.repeat(3), piece);
+            let mark = limit.begin_result();
+            let out = filtered(&mut filter, &input, piece);
+            assert_eq!(
+                out,
+                [before.clone(), after.clone()].concat(),
+                "piece {piece}"
+            );
+            assert_eq!(limit.rows_before_drop(mark), Some(1), "one row came first");
+        }
+    }
+
+    #[test]
+    fn an_oversized_notice_is_dropped_silently() {
+        let input = [message(b'N', &[b'x'; 3000]), message(b'Z', b"I")].concat();
+        let limit = MessageLimit::new(1000);
+        let mark = limit.begin_result();
+        let mut filter = Filter::messages(Arc::clone(&limit));
+        assert_eq!(filtered(&mut filter, &input, 17), message(b'Z', b"I"));
+        assert_eq!(limit.rows_before_drop(mark), None);
+    }
+
+    #[test]
+    fn an_oversized_error_keeps_its_code_and_the_start_of_its_message() {
+        let text = "é".repeat(5000);
+        let input = [message(b'E', &error_body(&text)), message(b'Z', b"I")].concat();
+        let limit = MessageLimit::new(1000);
+        let mut filter = Filter::messages(limit);
+        let out = filtered(&mut filter, &input, 9);
+        let (error, ready) = out.split_at(out.len() - 6);
+        assert_eq!(ready, message(b'Z', b"I"));
+        assert_eq!(error[0], b'E');
+        let length = u32::from_be_bytes([error[1], error[2], error[3], error[4]]) as usize;
+        assert_eq!(length + 1, error.len());
+        assert!(error.len() < ERROR_PREFIX + 200, "{} bytes", error.len());
+        // The driver's own parser reads it, field by field.
+        use fallible_iterator::FallibleIterator;
+        let mut bytes = bytes::BytesMut::from(error);
+        let Ok(Some(postgres_protocol::message::backend::Message::ErrorResponse(parsed))) =
+            postgres_protocol::message::backend::Message::parse(&mut bytes)
+        else {
+            panic!("not a valid ErrorResponse");
+        };
+        let codes: Vec<u8> = parsed
+            .fields()
+            .map(|field| Ok(field.type_()))
+            .collect()
+            .expect("valid fields");
+        assert_eq!(codes, [b'S', b'V', b'C', b'M']);
+        let body = String::from_utf8(error[5..].to_vec()).expect("valid UTF-8 throughout");
+        assert!(body.contains("CP0001\0"), "{body}");
+        assert!(body.contains("Méé"), "{body}");
+        assert!(body.contains("cut by poolplane"), "{body}");
+        assert!(body.ends_with("\0\0"));
+    }
+
+    #[test]
+    fn after_an_ssl_answer_ciphertext_passes_and_a_refusal_is_followed_by_messages() {
+        let limit = MessageLimit::new(10);
+        let mut tls = Filter::after_ssl_answer(Arc::clone(&limit));
+        let ciphertext = [b"S".as_slice(), &[b'D', 0, 0, 1, 0], &[9; 300]].concat();
+        assert_eq!(filtered(&mut tls, &ciphertext, 3), ciphertext);
+
+        let mut plain = Filter::after_ssl_answer(Arc::clone(&limit));
+        let mark = limit.begin_result();
+        let input = [b"N".to_vec(), message(b'D', &[1; 300])].concat();
+        assert_eq!(filtered(&mut plain, &input, 3), b"N");
+        assert_eq!(limit.rows_before_drop(mark), Some(0));
+    }
+
+    /// What the filter should make of whole messages, one at a time.
+    fn reference(messages: &[(u8, Vec<u8>)], max: usize) -> (Vec<u8>, Option<u64>) {
+        let mut out = Vec::new();
+        let mut first_dropped = None;
+        let mut row = 0;
+        for (kind, body) in messages {
+            let oversized = body.len() + 4 > max;
+            if *kind == b'D' {
+                if oversized {
+                    first_dropped.get_or_insert(row);
+                }
+                row += 1;
+            }
+            match kind {
+                b'D' | b'N' if oversized => {}
+                b'E' if oversized => out.extend(shortened_error(
+                    &body[..body.len().min(ERROR_PREFIX)],
+                    body.len() + 4,
+                )),
+                _ => out.extend(message(*kind, body)),
+            }
+        }
+        (out, first_dropped)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_of_any_messages_filters_like_whole_messages(
+            messages in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![b'D', b'E', b'N', b'T', b'Z', b'C']),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+                ),
+                0..12,
+            ),
+            cuts in proptest::collection::vec(1usize..4000, 0..40),
+        ) {
+            let max = 1500;
+            let input: Vec<u8> = messages.iter().flat_map(|(k, b)| message(*k, b)).collect();
+            let limit = MessageLimit::new(max as u64);
+            let mark = limit.begin_result();
+            let mut filter = Filter::messages(Arc::clone(&limit));
+            let mut out = Vec::new();
+            let mut rest = input.as_slice();
+            for cut in cuts {
+                let (piece, after) = rest.split_at(cut.min(rest.len()));
+                filter.feed(piece, &mut out);
+                rest = after;
+            }
+            filter.feed(rest, &mut out);
+            let (expected, first_dropped) = reference(&messages, max);
+            proptest::prop_assert_eq!(out, expected);
+            proptest::prop_assert_eq!(limit.rows_before_drop(mark), first_dropped);
+        }
+    }
+}
