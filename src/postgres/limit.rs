@@ -368,7 +368,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
             }
             // A body being dropped is read in large pieces (it can be 1 GB);
             // anything else in small ones, as it must be looked at.
-            let want = if this.filter.dropping() { DISCARD } else { SCRATCH };
+            let want = if this.filter.dropping() {
+                DISCARD
+            } else {
+                SCRATCH
+            };
             if this.scratch.len() != want {
                 this.scratch = vec![0; want].into_boxed_slice();
             }

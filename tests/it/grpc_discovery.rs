@@ -257,5 +257,45 @@ async fn grpcurl_lists_services_and_runs_sql_without_proto_files() {
         serde_json::from_slice(&executed.stdout).expect("grpcurl prints JSON");
     assert_eq!(json["rows"][0]["values"][0]["intValue"], "42");
     assert_eq!(json["columns"][0]["name"], "answer");
+
+    // A server stream, as the README shows it: one JSON object per part.
+    let addr = server.addr.to_string();
+    let body = r#"{"pool":"grpcurl","sql":"SELECT generate_series(1, 3)::int8 AS n"}"#;
+    let streamed = tokio::task::spawn_blocking(move || {
+        grpcurl(&[
+            "-plaintext",
+            "-format-error",
+            "-d",
+            body,
+            &addr,
+            "poolplane.v1.Query/ExecuteStream",
+        ])
+    })
+    .await
+    .expect("join");
+    assert!(
+        streamed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
+    let parts: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&streamed.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("grpcurl prints JSON objects");
+    assert_eq!(
+        parts.first().map(|p| &p["header"]["columns"][0]["name"]),
+        Some(&"n".into())
+    );
+    let numbers: Vec<&serde_json::Value> = parts
+        .iter()
+        .filter_map(|p| p["rows"]["rows"].as_array())
+        .flatten()
+        .map(|row| &row["values"][0]["intValue"])
+        .collect();
+    assert_eq!(numbers, ["1", "2", "3"]);
+    assert_eq!(
+        parts.last().map(|p| &p["end"]["rowsAffected"]),
+        Some(&"3".into())
+    );
     server.stop().await;
 }
