@@ -6,6 +6,7 @@
 //! the secrets it names, nothing else. The result, [`Config`], is what the
 //! rest of the service runs on; the raw serde structs stay private.
 
+mod files;
 mod lines;
 mod schema;
 mod secret;

@@ -66,7 +66,7 @@ pub(crate) fn resolve(
                 "environment variable `{name}` is not set (or not valid UTF-8)"
             )),
         },
-        (None, Some(path)) => match std::fs::read_to_string(path) {
+        (None, Some(path)) => match read_secret_file(path) {
             // A trailing newline is an artefact of `echo secret > file`, never part of a password.
             Ok(value) => Ok((
                 PasswordSource::File(path.into()),
@@ -76,4 +76,14 @@ pub(crate) fn resolve(
         },
         (None, None) => Ok((PasswordSource::None, None)),
     }
+}
+
+/// The largest secret file read: far above any password or token.
+pub(crate) const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file as UTF-8 text (see `files::read_regular`).
+pub(crate) fn read_secret_file(path: &str) -> std::io::Result<String> {
+    let bytes = super::files::read_regular(path, MAX_SECRET_FILE_BYTES)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }

@@ -63,7 +63,8 @@ pub(crate) fn load(
     let client = match (cert, key) {
         (Some(cert), Some(key)) => {
             let chain = certificates("client_certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| TlsFileError {
+            let pem = read_pem("client_key", key)?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| TlsFileError {
                 field: "client_key",
                 message: format!("`{key}` holds no usable PEM private key: {err}"),
             })?;
@@ -86,16 +87,22 @@ pub(crate) fn load(
     Ok(TlsMaterial { roots, client })
 }
 
+/// The largest certificate or key file read (a long chain is a few KiB).
+const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
+
+fn read_pem(field: &'static str, path: &str) -> Result<Vec<u8>, TlsFileError> {
+    super::files::read_regular(path, MAX_PEM_FILE_BYTES).map_err(|err| TlsFileError {
+        field,
+        message: format!("cannot read `{path}`: {err}"),
+    })
+}
+
 fn certificates(
     field: &'static str,
     path: &str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let parsed: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|err| TlsFileError {
-            field,
-            message: format!("cannot read certificate file `{path}`: {err}"),
-        })?
-        .collect();
+    let pem = read_pem(field, path)?;
+    let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match parsed {
         Ok(certs) if !certs.is_empty() => Ok(certs),
         Ok(_) => Err(TlsFileError {

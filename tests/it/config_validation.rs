@@ -189,3 +189,36 @@ fn an_empty_section_is_a_section_left_out() {
         assert!(Config::parse(&yaml, "test.yaml").is_ok(), "{yaml}");
     }
 }
+
+/// A secret or certificate file that is a FIFO or a device is refused at
+/// once with the key that names it: reading it would block or never end.
+#[test]
+fn a_fifo_or_a_device_as_a_secret_or_certificate_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("secret.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let fifo = fifo.display().to_string();
+    for (file, expected) in [
+        (fifo.as_str(), "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+    ] {
+        assert_single_error(
+            &format!("{POOL}      password_file: {file}\n"),
+            &["connection_pool.pools[0].password_file", file, expected],
+        );
+        assert_single_error(
+            &format!(
+                "{POOL}  security:\n    ssl:\n      enabled: true\n      ca_certificate: {file}\n"
+            ),
+            &[
+                "connection_pool.security.ssl.ca_certificate",
+                file,
+                expected,
+            ],
+        );
+    }
+}
