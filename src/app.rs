@@ -38,7 +38,11 @@ impl App {
             config.server.event_subscriber_buffer as usize,
         ));
         let app = Arc::new(App {
-            registry: Registry::new(config.defaults.clone(), Arc::clone(&events)),
+            registry: Registry::new(
+                config.defaults.clone(),
+                config.server.max_pools,
+                Arc::clone(&events),
+            ),
             monitors: Mutex::new(HashMap::new()),
             events,
             health: config.health.clone(),
@@ -74,6 +78,22 @@ impl App {
 
     pub fn server(&self) -> &ServerConfig {
         &self.server
+    }
+
+    /// Creates a pool a caller asked for over the API: only towards a
+    /// target `server.allowed_targets` permits, checked before anything
+    /// connects (so the answer tells nothing about the address).
+    pub fn create_requested_pool(
+        &self,
+        config: PoolConfig,
+        if_not_exists: bool,
+    ) -> Result<Arc<ManagedPool>, PoolError> {
+        if !self.server.allowed_targets.permits(&config.host, config.port) {
+            return Err(PoolError::TargetNotAllowed {
+                target: format!("{}:{}", config.host, config.port),
+            });
+        }
+        self.create_pool(config, if_not_exists)
     }
 
     /// Creates and starts a pool and its health monitor.

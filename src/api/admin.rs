@@ -87,6 +87,7 @@ impl PoolAdmin for AdminService {
             password: non_empty(r.password).map(Secret::new),
             password_env: non_empty(r.password_env),
             password_file: non_empty(r.password_file),
+            credential: non_empty(r.credential),
             sslmode: non_empty(r.sslmode),
             application_name: non_empty(r.application_name),
             max_connections: r.max_connections,
@@ -104,7 +105,7 @@ impl PoolAdmin for AdminService {
             .map_err(|errors| invalid_config(&errors))?;
         let pool = self
             .app
-            .create_pool(config, if_not_exists)
+            .create_requested_pool(config, if_not_exists)
             .map_err(pool_status)?;
         Ok(Response::new(self.pool_report(pool.info())))
     }

@@ -33,6 +33,12 @@ pub(crate) fn pool_status(err: PoolError) -> Status {
             with(Code::Unavailable, message, &[("poolplane-pool", pool)])
         }
         PoolError::InvalidConfig(errors) => invalid_config(&errors),
+        PoolError::TooManyPools(max) => with(
+            Code::ResourceExhausted,
+            message,
+            &[("poolplane-max-pools", max.to_string())],
+        ),
+        PoolError::TargetNotAllowed { .. } => Status::new(Code::PermissionDenied, message),
     }
 }
 

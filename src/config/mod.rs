@@ -10,15 +10,18 @@ mod files;
 mod lines;
 mod schema;
 mod secret;
+mod targets;
 mod tls;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 pub use secret::{PasswordSource, Secret};
+pub use targets::AllowedTargets;
 pub use tls::{TlsFiles, TlsMaterial};
 pub(crate) use validate::{check_limits, check_thresholds};
 pub use validate::{pool_from_request, PoolRequest};
@@ -99,15 +102,25 @@ pub struct PoolLimits {
     pub max_lifetime: Duration,
 }
 
+/// A named database login from `connection_pool.credentials`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub user: String,
+    pub password: Option<Secret>,
+    pub source: PasswordSource,
+}
+
 /// Values pools inherit when they do not set their own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolDefaults {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// Where pools that name no password source of their own read it.
-    pub password_env: Option<String>,
-    pub password_file: Option<String>,
+    /// The password of pools that name none of their own, read at load.
+    pub password: Option<Secret>,
+    pub password_source: PasswordSource,
+    /// `connection_pool.credentials`, by name, read at load.
+    pub credentials: BTreeMap<String, Credential>,
     pub sslmode: SslMode,
     pub tls: TlsFiles,
     pub limits: PoolLimits,
@@ -184,6 +197,11 @@ pub struct ServerConfig {
     pub event_replay_buffer: u32,
     /// How far a Watch subscriber may fall behind before it loses events.
     pub event_subscriber_buffer: u32,
+    /// Where pools created over the API may connect (by default, only
+    /// where the configured pools do).
+    pub allowed_targets: AllowedTargets,
+    /// The most pools the server holds.
+    pub max_pools: u32,
 }
 
 /// How the connection to PostgreSQL uses TLS, with libpq's meanings.

@@ -27,6 +27,19 @@ pub(crate) struct RawRoot {
     pub(crate) security: RawSecurity,
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) server: RawServer,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) credentials: Vec<RawCredential>,
+}
+
+/// A named database login that pools (also those created over the API)
+/// refer to, so that requests never name the server's files or variables.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    pub(crate) name: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) password_file: Option<String>,
 }
 
 /// A section written with no value (`default_pool:` or `default_pool: ~`)
@@ -50,6 +63,8 @@ pub(crate) struct RawPool {
     pub(crate) user: Option<String>,
     pub(crate) password_env: Option<String>,
     pub(crate) password_file: Option<String>,
+    /// A name from `credentials`: its user and password.
+    pub(crate) credential: Option<String>,
     pub(crate) sslmode: Option<String>,
     pub(crate) application_name: Option<String>,
     pub(crate) max_connections: Option<i64>,
@@ -133,4 +148,6 @@ pub(crate) struct RawServer {
     pub(crate) drain_timeout_ms: Option<i64>,
     pub(crate) event_replay_buffer: Option<i64>,
     pub(crate) event_subscriber_buffer: Option<i64>,
+    pub(crate) allowed_targets: Option<Vec<String>>,
+    pub(crate) max_pools: Option<i64>,
 }

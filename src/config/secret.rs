@@ -39,6 +39,8 @@ pub enum PasswordSource {
     File(String),
     /// Given in a CreatePool request.
     Inline,
+    /// From `connection_pool.credentials`, by this name.
+    Credential(String),
 }
 
 impl fmt::Display for PasswordSource {
@@ -48,6 +50,7 @@ impl fmt::Display for PasswordSource {
             PasswordSource::Env(name) => write!(f, "env:{name}"),
             PasswordSource::File(path) => write!(f, "file:{path}"),
             PasswordSource::Inline => f.write_str("inline"),
+            PasswordSource::Credential(name) => write!(f, "credential:{name}"),
         }
     }
 }

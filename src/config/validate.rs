@@ -3,17 +3,17 @@
 //! and collects *every* problem with its key path and line rather than
 //! stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::lines::LineIndex;
-use super::schema::{FileRoot, RawPool, RawRoot, RawSsl};
+use super::schema::{FileRoot, RawCredential, RawPool, RawRoot, RawSsl};
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
-    AlertThresholds, Config, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults,
+    AllowedTargets, AlertThresholds, Config, Credential, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults,
     PoolLimits, RecoveryConfig, SecurityConfig, ServerConfig, SslMode,
 };
 
@@ -61,8 +61,12 @@ pub struct PoolRequest {
     pub database: String,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// Refused: a request must not make the server read its environment.
     pub password_env: Option<String>,
+    /// Refused: a request must not make the server read its files.
     pub password_file: Option<String>,
+    /// A name from `connection_pool.credentials`.
+    pub credential: Option<String>,
     pub sslmode: Option<String>,
     pub application_name: Option<String>,
     pub max_connections: Option<u32>,
@@ -90,8 +94,10 @@ pub fn pool_from_request(
         port: request.port.map(i64::from),
         database: Some(request.database),
         user: request.user,
-        password_env: request.password_env,
-        password_file: request.password_file,
+        // Never from a request: see below.
+        password_env: None,
+        password_file: None,
+        credential: request.credential,
         sslmode: request.sslmode,
         application_name: request.application_name,
         max_connections: request.max_connections.map(i64::from),
@@ -115,10 +121,23 @@ pub fn pool_from_request(
         errors: Vec::new(),
         tls_failed: false,
     };
-    if inline_password.is_some() && (raw.password_env.is_some() || raw.password_file.is_some()) {
+    // The server's environment and files are its own: a pool created over
+    // the API would send what they hold to a target the caller chose.
+    for (field, named) in [
+        ("password_env", request.password_env.is_some()),
+        ("password_file", request.password_file.is_some()),
+    ] {
+        if named {
+            checker.error(
+                field,
+                "pools created over the API cannot read the server's environment or files: name a credential from connection_pool.credentials in `credential`, or send `password`".into(),
+            );
+        }
+    }
+    if inline_password.is_some() && raw.credential.is_some() {
         checker.error(
             "password",
-            "set one of password, password_env, password_file".into(),
+            "set either password or credential, not both".into(),
         );
     }
     let pool = checker.pool("", &raw, defaults);
@@ -204,8 +223,15 @@ impl Checker {
         let security = self.security(&raw.security);
         let health = self.health(&raw.health_monitoring);
         let monitoring = self.monitoring(&raw.monitoring);
-        let server = self.server(&raw.server);
-        let mut defaults = self.defaults(&raw.default_pool, &security, &health, &monitoring);
+        let mut server = self.server(&raw.server);
+        let credentials = self.credentials(&raw.credentials);
+        let mut defaults = self.defaults(
+            &raw.default_pool,
+            &security,
+            &health,
+            &monitoring,
+            credentials,
+        );
         defaults.max_message_bytes = max_message_bytes(server.max_result_bytes);
         let mut pools = Vec::new();
         let mut seen = HashSet::new();
@@ -226,6 +252,26 @@ impl Checker {
             }
             pools.push(pool);
         }
+        if raw.server.allowed_targets.is_none() {
+            // Unless told otherwise, API-created pools may go only where
+            // the configured ones do.
+            server.allowed_targets = AllowedTargets::exactly(
+                pools
+                    .iter()
+                    .map(|pool| (pool.host.as_str(), pool.port))
+                    .chain([(defaults.host.as_str(), defaults.port)]),
+            );
+        }
+        if pools.len() > server.max_pools as usize {
+            self.error(
+                &format!("{ROOT}.server.max_pools"),
+                format!(
+                    "{} pools are configured but max_pools is {}",
+                    pools.len(),
+                    server.max_pools
+                ),
+            );
+        }
         Config {
             enabled: raw.enabled.unwrap_or(true),
             pools,
@@ -243,6 +289,7 @@ impl Checker {
         security: &SecurityConfig,
         health: &HealthConfig,
         monitoring: &MonitoringConfig,
+        credentials: BTreeMap<String, Credential>,
     ) -> PoolDefaults {
         let path = format!("{ROOT}.default_pool");
         if raw.name.is_some() {
@@ -269,12 +316,23 @@ impl Checker {
             acquire_wait: monitoring.acquire_wait_threshold,
         };
         let limits = self.limits(&path, raw, &builtin.limits);
+        let login = self.login(
+            &path,
+            raw,
+            Login {
+                user: builtin.user.clone(),
+                source: PasswordSource::None,
+                password: None,
+            },
+            &credentials,
+        );
         PoolDefaults {
             host: self.host(&path, raw.host.as_deref(), &builtin.host),
             port: self.port(&path, raw.port, builtin.port),
-            user: raw.user.clone().unwrap_or(builtin.user),
-            password_env: raw.password_env.clone(),
-            password_file: raw.password_file.clone(),
+            user: login.user,
+            password: login.password,
+            password_source: login.source,
+            credentials,
             sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode, &builtin.tls),
             tls: builtin.tls.clone(),
             limits,
@@ -296,7 +354,16 @@ impl Checker {
                 String::new()
             }
         };
-        let (password_source, password) = self.password(path, raw, defaults);
+        let login = self.login(
+            path,
+            raw,
+            Login {
+                user: defaults.user.clone(),
+                source: defaults.password_source.clone(),
+                password: defaults.password.clone(),
+            },
+            &defaults.credentials,
+        );
         let application_name = raw
             .application_name
             .clone()
@@ -309,7 +376,7 @@ impl Checker {
         }
         let limits = self.limits(path, raw, &defaults.limits);
         let host = self.host(path, raw.host.as_deref(), &defaults.host);
-        let user = raw.user.clone().unwrap_or_else(|| defaults.user.clone());
+        let user = login.user;
         for (field, value) in [
             ("host", &host),
             ("database", &database),
@@ -323,8 +390,8 @@ impl Checker {
             port: self.port(path, raw.port, defaults.port),
             database,
             user,
-            password,
-            password_source,
+            password: login.password,
+            password_source: login.source,
             application_name,
             sslmode: self.sslmode(
                 path,
@@ -341,28 +408,56 @@ impl Checker {
         })
     }
 
-    /// The pool's own password source, else default_pool's; errors point
-    /// at whichever section named the source that failed.
-    fn password(
+    /// The login a pool section names: a credential, or its own user and
+    /// password source, else what it inherits.
+    fn login(
         &mut self,
         path: &str,
         raw: &RawPool,
-        defaults: &PoolDefaults,
+        inherited: Login,
+        credentials: &BTreeMap<String, Credential>,
+    ) -> Login {
+        if let Some(name) = &raw.credential {
+            if raw.user.is_some() || raw.password_env.is_some() || raw.password_file.is_some() {
+                self.error(
+                    &key(path, "credential"),
+                    "a credential gives the user and the password: drop user, password_env and password_file, or the credential".into(),
+                );
+            }
+            return match credentials.get(name) {
+                Some(credential) => Login {
+                    user: credential.user.clone(),
+                    source: PasswordSource::Credential(name.clone()),
+                    password: credential.password.clone(),
+                },
+                None => {
+                    let declared: Vec<&str> = credentials.keys().map(String::as_str).collect();
+                    self.error(
+                        &key(path, "credential"),
+                        format!(
+                            "`{name}` is not declared in {ROOT}.credentials (declared: {})",
+                            if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                        ),
+                    );
+                    inherited
+                }
+            };
+        }
+        let user = raw.user.clone().unwrap_or(inherited.user);
+        if raw.password_env.is_none() && raw.password_file.is_none() {
+            return Login { user, ..inherited };
+        }
+        let (source, password) = self.secret(path, raw.password_env.as_deref(), raw.password_file.as_deref());
+        Login { user, source, password }
+    }
+
+    /// Reads a password source; an error names the field that failed.
+    fn secret(
+        &mut self,
+        path: &str,
+        env: Option<&str>,
+        file: Option<&str>,
     ) -> (PasswordSource, Option<Secret>) {
-        let own = raw.password_env.is_some() || raw.password_file.is_some();
-        let (env, file, section) = if own {
-            (
-                raw.password_env.as_deref(),
-                raw.password_file.as_deref(),
-                path.to_string(),
-            )
-        } else {
-            (
-                defaults.password_env.as_deref(),
-                defaults.password_file.as_deref(),
-                format!("{ROOT}.default_pool"),
-            )
-        };
         match secret::resolve(env, file) {
             Ok(found) => found,
             Err(message) => {
@@ -371,10 +466,44 @@ impl Checker {
                 } else {
                     "password_file"
                 };
-                self.error(&key(&section, field), message);
+                self.error(&key(path, field), message);
                 (PasswordSource::None, None)
             }
         }
+    }
+
+    /// `connection_pool.credentials`, each read now (never at request time).
+    fn credentials(&mut self, raw: &[RawCredential]) -> BTreeMap<String, Credential> {
+        let mut credentials = BTreeMap::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let path = format!("{ROOT}.credentials[{i}]");
+            let Some(name) = entry.name.clone().filter(|name| is_valid_pool_name(name)) else {
+                self.error(
+                    &key(&path, "name"),
+                    "missing or invalid: 1 to 63 letters, digits, `_` or `-`".into(),
+                );
+                continue;
+            };
+            let Some(user) = entry.user.clone().filter(|user| !user.is_empty()) else {
+                self.error(&key(&path, "user"), "missing: a credential names its user".into());
+                continue;
+            };
+            self.printable(&path, "user", &user);
+            let (source, password) =
+                self.secret(&path, entry.password_env.as_deref(), entry.password_file.as_deref());
+            let credential = Credential {
+                user,
+                password,
+                source,
+            };
+            if credentials.insert(name.clone(), credential).is_some() {
+                self.error(
+                    &key(&path, "name"),
+                    format!("duplicate credential name `{name}`"),
+                );
+            }
+        }
+        credentials
     }
 
     fn alert_thresholds(
@@ -967,8 +1096,25 @@ impl Checker {
                 1,
                 1_000_000,
             ),
+            allowed_targets: match &raw.allowed_targets {
+                // Filled in from the pools once they are read.
+                None => AllowedTargets::default(),
+                Some(entries) => AllowedTargets::parse(entries.iter().map(String::as_str))
+                    .unwrap_or_else(|message| {
+                        self.error(&key(&path, "allowed_targets"), message);
+                        AllowedTargets::default()
+                    }),
+            },
+            max_pools: self.count(&path, "max_pools", raw.max_pools, 100, 1, 100_000),
         }
     }
+}
+
+/// A pool's user and password, and where the password came from.
+struct Login {
+    user: String,
+    source: PasswordSource,
+    password: Option<Secret>,
 }
 
 /// The largest row, error or notice a pool connection takes from
@@ -985,8 +1131,9 @@ fn builtin_defaults() -> PoolDefaults {
         host: "localhost".into(),
         port: 5432,
         user: "postgres".into(),
-        password_env: None,
-        password_file: None,
+        password: None,
+        password_source: PasswordSource::None,
+        credentials: BTreeMap::new(),
         sslmode: SslMode::Disable,
         tls: TlsFiles::default(),
         limits: PoolLimits {

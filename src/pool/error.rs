@@ -26,4 +26,11 @@ pub enum PoolError {
     Unavailable { pool: String, last_error: String },
     #[error("invalid pool settings")]
     InvalidConfig(Vec<ConfigError>),
+    /// The server holds as many pools as it may (`server.max_pools`).
+    #[error("the server already holds its maximum of {0} pools (server.max_pools)")]
+    TooManyPools(u32),
+    /// A pool created over the API may not connect there. Says nothing of
+    /// what, if anything, listens at that address.
+    #[error("`{target}` is not among the targets pools created over the API may use (server.allowed_targets)")]
+    TargetNotAllowed { target: String },
 }

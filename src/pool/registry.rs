@@ -13,14 +13,17 @@ use crate::events::EventBus;
 pub struct Registry {
     pools: RwLock<BTreeMap<String, Arc<ManagedPool>>>,
     defaults: PoolDefaults,
+    /// `server.max_pools`.
+    max_pools: u32,
     events: Arc<EventBus>,
 }
 
 impl Registry {
-    pub fn new(defaults: PoolDefaults, events: Arc<EventBus>) -> Registry {
+    pub fn new(defaults: PoolDefaults, max_pools: u32, events: Arc<EventBus>) -> Registry {
         Registry {
             pools: RwLock::new(BTreeMap::new()),
             defaults,
+            max_pools,
             events,
         }
     }
@@ -44,6 +47,9 @@ impl Registry {
             } else {
                 Err(PoolError::AlreadyExists(config.name))
             };
+        }
+        if pools.len() >= self.max_pools as usize {
+            return Err(PoolError::TooManyPools(self.max_pools));
         }
         let name = config.name.clone();
         tracing::info!(
