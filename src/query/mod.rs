@@ -14,3 +14,5 @@ pub use classify::{check as classify, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use value::{is_supported, Instant, Interval, SqlValue};
+// For `crate::fuzzing` only.
+pub(crate) use value::encode_param;
