@@ -17,6 +17,8 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod monitor;

@@ -14,6 +14,9 @@ mod query;
 mod readiness;
 mod status;
 
+// For `crate::fuzzing` only.
+pub(crate) use convert::{value_to_proto, values_from_proto};
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -16,3 +16,5 @@ pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};
 pub use value::{is_supported, Instant, Interval, SqlValue};
+// For `crate::fuzzing` only.
+pub(crate) use value::encode_param;
