@@ -88,7 +88,11 @@ impl App {
         config: PoolConfig,
         if_not_exists: bool,
     ) -> Result<Arc<ManagedPool>, PoolError> {
-        if !self.server.allowed_targets.permits(&config.host, config.port) {
+        if !self
+            .server
+            .allowed_targets
+            .permits(&config.host, config.port)
+        {
             return Err(PoolError::TargetNotAllowed {
                 target: format!("{}:{}", config.host, config.port),
             });

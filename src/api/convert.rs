@@ -50,6 +50,12 @@ fn value_from_proto(field: &str, value: proto::Value) -> Result<SqlValue, Status
                     "timestamptz nanos must be in 0..1e9",
                 ));
             }
+            if ts.nanos % 1000 != 0 {
+                return Err(invalid_argument(
+                    field,
+                    "timestamptz has nanoseconds; PostgreSQL keeps microseconds: send a multiple of 1000",
+                ));
+            }
             let micros = ts
                 .seconds
                 .checked_mul(1_000_000)

@@ -117,7 +117,11 @@ fn parse_entry(entry: &str) -> Result<Target, String> {
             "" => (host, None),
             _ => (
                 host,
-                Some(after.strip_prefix(':').ok_or_else(|| bad("has text after `]`"))?),
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("has text after `]`"))?,
+                ),
             ),
         }
     } else if entry.matches(':').count() > 1 {
@@ -135,7 +139,7 @@ fn parse_entry(entry: &str) -> Result<Target, String> {
             _ => return Err(bad("has no valid port (1 to 65535)")),
         },
     };
-    let host = host_pattern(host).map_err(|why| bad(why))?;
+    let host = host_pattern(host).map_err(bad)?;
     Ok(Target { host, port })
 }
 
@@ -195,7 +199,15 @@ mod tests {
 
     #[test]
     fn bad_entries_are_named() {
-        for entry in ["", "host:0", "host:99999", "[::1", "[::1]x", "bad host", "a/b"] {
+        for entry in [
+            "",
+            "host:0",
+            "host:99999",
+            "[::1",
+            "[::1]x",
+            "bad host",
+            "a/b",
+        ] {
             let err = AllowedTargets::parse([entry]).expect_err(entry);
             assert!(err.contains(&format!("`{}`", entry.trim())), "{err}");
         }

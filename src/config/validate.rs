@@ -13,8 +13,9 @@ use super::schema::{FileRoot, RawCredential, RawPool, RawRoot, RawSsl};
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
-    AllowedTargets, AlertThresholds, Config, Credential, ConfigError, HealthConfig, MonitoringConfig, PoolConfig, PoolDefaults,
-    PoolLimits, RecoveryConfig, SecurityConfig, ServerConfig, SslMode,
+    AlertThresholds, AllowedTargets, Config, ConfigError, Credential, HealthConfig,
+    MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
+    ServerConfig, SslMode,
 };
 
 const ROOT: &str = "connection_pool";
@@ -30,9 +31,9 @@ const AUTH_METHODS: &[&str] = &["database"];
 /// Largest configuration file read: far above any real one, and small
 /// enough that a hostile one is rejected quickly.
 const MAX_FILE_BYTES: usize = 1 << 20;
-/// Deepest nesting of flow collections (`[`, `{`) allowed: the schema needs
-/// a handful; the YAML parser's cost grows with the square of the depth.
-const MAX_FLOW_DEPTH: usize = 32;
+/// Deepest nesting of collections allowed: the schema needs a handful; the
+/// YAML parser's cost grows with the square of the depth.
+const MAX_DEPTH: usize = 32;
 
 pub(crate) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     bounded(text)?;
@@ -436,7 +437,11 @@ impl Checker {
                         &key(path, "credential"),
                         format!(
                             "`{name}` is not declared in {ROOT}.credentials (declared: {})",
-                            if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                            if declared.is_empty() {
+                                "none".to_string()
+                            } else {
+                                declared.join(", ")
+                            }
                         ),
                     );
                     inherited
@@ -447,8 +452,16 @@ impl Checker {
         if raw.password_env.is_none() && raw.password_file.is_none() {
             return Login { user, ..inherited };
         }
-        let (source, password) = self.secret(path, raw.password_env.as_deref(), raw.password_file.as_deref());
-        Login { user, source, password }
+        let (source, password) = self.secret(
+            path,
+            raw.password_env.as_deref(),
+            raw.password_file.as_deref(),
+        );
+        Login {
+            user,
+            source,
+            password,
+        }
     }
 
     /// Reads a password source; an error names the field that failed.
@@ -485,12 +498,18 @@ impl Checker {
                 continue;
             };
             let Some(user) = entry.user.clone().filter(|user| !user.is_empty()) else {
-                self.error(&key(&path, "user"), "missing: a credential names its user".into());
+                self.error(
+                    &key(&path, "user"),
+                    "missing: a credential names its user".into(),
+                );
                 continue;
             };
             self.printable(&path, "user", &user);
-            let (source, password) =
-                self.secret(&path, entry.password_env.as_deref(), entry.password_file.as_deref());
+            let (source, password) = self.secret(
+                &path,
+                entry.password_env.as_deref(),
+                entry.password_file.as_deref(),
+            );
             let credential = Credential {
                 user,
                 password,
@@ -1200,31 +1219,43 @@ fn bounded(text: &str) -> Result<(), Vec<ConfigError>> {
             ),
         )]);
     }
-    let (mut depth, mut quote) = (0usize, None);
-    for (number, line) in text.lines().enumerate() {
-        let mut previous = ' ';
-        for c in line.chars() {
-            match (quote, c) {
-                (Some(open), c) if c == open => quote = None,
-                (Some(_), _) => {}
-                (None, '\'' | '"') => quote = Some(c),
-                (None, '#') if previous.is_whitespace() => break,
-                (None, '[' | '{') => {
-                    depth += 1;
-                    if depth > MAX_FLOW_DEPTH {
-                        return Err(vec![document_error(
-                            Some(number + 1),
-                            format!("collections nested more than {MAX_FLOW_DEPTH} deep"),
-                        )]);
-                    }
-                }
-                (None, ']' | '}') => depth = depth.saturating_sub(1),
-                _ => {}
+    // YAML's own scanner (yaml-rust2, streaming and iterative) counts the
+    // nesting, so quotes, comments and plain scalars such as `it's` are
+    // read as YAML reads them, and a deep file stops at the limit.
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let too_deep = |line: usize| {
+            Err(vec![document_error(
+                Some(line),
+                format!("collections nested more than {MAX_DEPTH} deep"),
+            )])
+        };
+        match parser.next_token() {
+            // The scanner's own limit (it looks ahead through flow
+            // collections before it reports their start).
+            Err(err) if err.info().contains("recursion limit") => {
+                return too_deep(err.marker().line())
             }
-            previous = c;
+            // Syntax errors are serde_yaml's to report, with its message.
+            Ok((yaml_rust2::parser::Event::StreamEnd, _)) | Err(_) => return Ok(()),
+            Ok((
+                yaml_rust2::parser::Event::MappingStart(..)
+                | yaml_rust2::parser::Event::SequenceStart(..),
+                mark,
+            )) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return too_deep(mark.line());
+                }
+            }
+            Ok((
+                yaml_rust2::parser::Event::MappingEnd | yaml_rust2::parser::Event::SequenceEnd,
+                _,
+            )) => depth = depth.saturating_sub(1),
+            Ok(_) => {}
         }
     }
-    Ok(())
 }
 
 /// A tab in a line's indentation, which YAML forbids, with its own message

@@ -685,7 +685,10 @@ pub(super) fn decode_row(
                 let name = columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
                 QueryError::invalid(
                     format!("sql (column {} `{name}`)", i + 1),
-                    format!("cannot return the value of `{name}`: {err}; cast it to text in SQL"),
+                    format!(
+                        "cannot return the value of `{name}`: {}; cast it to text in SQL",
+                        crate::postgres::error_chain(&err)
+                    ),
                 )
             })
         })

@@ -10,6 +10,8 @@ const SIGN_NEGATIVE: u16 = 0x4000;
 const SIGN_NAN: u16 = 0xC000;
 const SIGN_POS_INFINITY: u16 = 0xD000;
 const SIGN_NEG_INFINITY: u16 = 0xF000;
+/// The display scale's bits (PostgreSQL's `NUMERIC_DSCALE_MASK`).
+const DSCALE_MASK: u16 = 0x3FFF;
 
 /// Decodes a binary numeric into its decimal text, exactly as PostgreSQL
 /// would print it (trailing zeros up to the display scale included).
@@ -20,12 +22,36 @@ pub(crate) fn decode(raw: &[u8]) -> Result<String, String> {
             .ok_or_else(|| "numeric value is truncated".to_string())
     };
     let ndigits = usize::from(field(0)?);
-    let weight = i64::from(field(2)? as i16);
+    let mut weight = i64::from(field(2)? as i16);
     let sign = field(4)?;
-    let dscale = usize::from(field(6)?);
-    let digits = (0..ndigits)
+    let dscale = field(6)?;
+    if raw.len() != 8 + 2 * ndigits {
+        return Err(format!(
+            "numeric value is {} bytes, not the {} its {ndigits} digits make",
+            raw.len(),
+            8 + 2 * ndigits
+        ));
+    }
+    if dscale & !DSCALE_MASK != 0 {
+        return Err(format!(
+            "numeric value has an invalid display scale 0x{dscale:04x}"
+        ));
+    }
+    let dscale = usize::from(dscale);
+    let mut digits = (0..ndigits)
         .map(|i| field(8 + 2 * i))
         .collect::<Result<Vec<u16>, String>>()?;
+    if digits.iter().any(|&digit| digit >= 10_000) {
+        return Err("numeric value has a digit above 9999".into());
+    }
+    // PostgreSQL never sends leading zero digits; a value that does is the
+    // same number without them (and a zero has no weight).
+    let leading_zeros = digits.iter().take_while(|&&digit| digit == 0).count();
+    digits.drain(..leading_zeros);
+    weight -= leading_zeros as i64;
+    if digits.is_empty() {
+        weight = 0;
+    }
     match sign {
         SIGN_NAN => return Ok("NaN".into()),
         SIGN_POS_INFINITY => return Ok("Infinity".into()),
@@ -40,7 +66,7 @@ pub(crate) fn decode(raw: &[u8]) -> Result<String, String> {
             .unwrap_or(0)
     };
     let mut text = String::new();
-    if sign == SIGN_NEGATIVE {
+    if sign == SIGN_NEGATIVE && !digits.is_empty() {
         text.push('-');
     }
     if weight < 0 {
@@ -184,5 +210,25 @@ mod tests {
         for text in ["", "1e5", "abc", "1.2.3", "--1", "."] {
             assert!(encode(text, &mut Vec::new()).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn only_what_postgresql_could_send_decodes_and_the_same_number_reads_the_same() {
+        // A zero with a weight is zero; leading zero digits are no digits.
+        assert_eq!(decode(&[0, 0, 0x32, 0, 0, 0, 0, 0]).as_deref(), Ok("0"));
+        assert_eq!(
+            decode(&[0, 0, 0x32, 0, 0x40, 0, 0, 2]).as_deref(),
+            Ok("0.00")
+        );
+        assert_eq!(
+            decode(&[0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5]).as_deref(),
+            Ok("5")
+        );
+        // Trailing bytes, a display scale PostgreSQL never sets, a digit
+        // out of base 10000: refused (fuzzing found the first two).
+        assert!(decode(&[0, 0, 0x32, 0, 0, 0, 0xc0, 0, 0, 0, 0]).is_err());
+        assert!(decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode(&[0, 0, 0, 0, 0, 0, 0x40, 0]).is_err());
+        assert!(decode(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]).is_err());
     }
 }

@@ -180,10 +180,22 @@ impl<'a> FromSql<'a> for SqlValue {
 
 fn decode_array(member: &Type, raw: &[u8]) -> Result<SqlValue, BoxError> {
     let array = wire::array_from_sql(raw)?;
-    if array.dimensions().count()? > 1 {
+    let dimensions: Vec<wire::ArrayDimension> = array.dimensions().collect()?;
+    if dimensions.len() > 1 {
         return Err(
             "multi-dimensional arrays are not supported: unnest them or cast to text".into(),
         );
+    }
+    // A list has no lower bound: `'[0:1]={1,2}'` is not `{1,2}` to PostgreSQL.
+    if let Some(bound) = dimensions
+        .first()
+        .map(|d| d.lower_bound)
+        .filter(|&b| b != 1)
+    {
+        return Err(format!(
+            "the array starts at index {bound}, and a list cannot say so: cast it to text, or renumber it from 1 (e.g. array(SELECT unnest(...)))"
+        )
+        .into());
     }
     let elements = array
         .values()
@@ -488,6 +500,21 @@ fn float4(v: f64) -> Result<f32, String> {
 /// The end of the day, which PostgreSQL's `time` allows and chrono cannot hold.
 const END_OF_DAY_US: i64 = 86_400_000_000;
 
+/// PostgreSQL keeps microseconds: a seventh fractional digit other than
+/// zero would be cut off (or rounded) silently.
+fn at_most_microseconds(text: &str) -> Result<(), String> {
+    let fraction = text
+        .rsplit_once('.')
+        .map(|(_, digits)| digits.trim_end_matches('0'))
+        .unwrap_or_default();
+    if fraction.len() > 6 && fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` has more than 6 fractional digits; PostgreSQL keeps microseconds"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_time(text: &str) -> Result<i64, String> {
     if matches!(text, "24:00:00" | "24:00")
         || text
@@ -496,6 +523,7 @@ fn parse_time(text: &str) -> Result<i64, String> {
     {
         return Ok(END_OF_DAY_US);
     }
+    at_most_microseconds(text)?;
     let time = NaiveTime::parse_from_str(text, TIME_FORMAT)
         .map_err(|err| format!("`{text}` is not a time (HH:MM:SS[.ffffff]): {err}"))?;
     let since_midnight = time - NaiveTime::MIN;
@@ -510,6 +538,7 @@ fn parse_timestamp(text: &str) -> Result<i64, String> {
         "-infinity" => return Ok(i64::MIN),
         _ => {}
     }
+    at_most_microseconds(text)?;
     let normalized = text.replacen(' ', "T", 1);
     let ts = NaiveDateTime::parse_from_str(&normalized, TIMESTAMP_FORMAT).map_err(|err| {
         format!("`{text}` is not a timestamp (YYYY-MM-DDTHH:MM:SS[.ffffff]): {err}")

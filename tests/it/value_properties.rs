@@ -414,12 +414,26 @@ async fn dates_and_times_round_trip_exactly_or_are_refused() {
             "time {text} as PostgreSQL saw it"
         );
     }
-    // Left out, found by this test and reported: finer than a microsecond
-    // is truncated, not refused ("00:00:00.0000001" comes back "00:00:00",
-    // "12:00:00.123456789" comes back "12:00:00.123456"; the same for
-    // timestamp text and for a timestamptz's nanos, Timestamp { seconds: 0,
-    // nanos: 1 } comes back nanos 0). Should be refused, or not documented
-    // as microseconds.
+    // Finer than a microsecond is refused, not cut off (found by this
+    // test: "00:00:00.0000001" came back "00:00:00"); zeros beyond the
+    // sixth digit change nothing and pass.
+    for (ty, finer) in [
+        ("time", v::time("00:00:00.0000001")),
+        ("time", v::time("12:00:00.123456789")),
+        ("timestamp", v::timestamp("2000-01-01T00:00:00.0000001")),
+        ("timestamptz", v::timestamptz(0, 1)),
+        ("timestamptz", v::timestamptz(0, 123_456_789)),
+    ] {
+        assert_eq!(
+            echo(&server, ty, finer.clone()).await,
+            Err(Code::InvalidArgument),
+            "{ty} {finer:?}"
+        );
+    }
+    assert_eq!(
+        echo(&server, "time", v::time("12:00:00.1234560")).await,
+        Ok(v::time("12:00:00.123456"))
+    );
     for beyond in [
         "24:00:00.000001",
         "24:00:01",
@@ -910,8 +924,16 @@ async fn arrays_round_trip_exactly_or_are_refused() {
         echo(&server, "text::int8[]", v::text("{{1,2},{3,4}}")).await,
         Err(Code::InvalidArgument)
     );
-    // Left out, found while writing this test and reported: a result array
-    // whose lower bound is not 1 loses it ('[0:1]={1,2}'::int8[] comes back
-    // as the elements 1, 2, which PostgreSQL does not take for equal).
+    // A result array whose lower bound is not 1 cannot be a list without
+    // losing it (found while writing this test: '[0:1]={1,2}' came back as
+    // 1, 2, which PostgreSQL does not take for equal): refused, naming it.
+    let status = server
+        .query()
+        .await
+        .execute(exec(POOL, "SELECT '[0:1]={1,2}'::int8[]", vec![]))
+        .await
+        .expect_err("a lower bound of 0");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("starts at index 0"), "{status:?}");
     server.stop().await;
 }
