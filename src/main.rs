@@ -251,6 +251,12 @@ fn serve(
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let grpc_addr = grpc_listen.unwrap_or(config.server.grpc_listen);
+        if let Some(why) = config.server.exposure(grpc_addr) {
+            anyhow::bail!("refusing to serve: {why}");
+        }
+        if config.server.allow_insecure && !grpc_addr.ip().is_loopback() && !config.server.auth.is_on() {
+            tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
+        }
         let http_addr = http_listen.unwrap_or(config.server.http_listen);
         let grpc = tokio::net::TcpListener::bind(grpc_addr)
             .await

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, identity};
 use super::convert::{
     alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, severity_from_proto,
 };
 use super::status::{alert_status, invalid_argument, invalid_config, pool_status};
 use crate::app::App;
+use crate::auth::Right;
 use crate::config::{pool_from_request, PoolRequest, Secret};
 use crate::monitor::AlertFilter;
 use crate::pool::{LimitsUpdate, PoolInfo};
@@ -22,6 +24,42 @@ pub(crate) struct AdminService {
 impl AdminService {
     pub(crate) fn new(app: Arc<App>) -> AdminService {
         AdminService { app }
+    }
+
+    /// The pool a request names, or (named none) every pool the caller may
+    /// do `right` on.
+    fn named_or_all<T>(
+        &self,
+        request: &Request<T>,
+        right: Right,
+        name: &str,
+    ) -> Result<Vec<String>, Status> {
+        if !name.is_empty() {
+            authorize(request, right, name)?;
+            return Ok(vec![name.to_string()]);
+        }
+        let scope = &identity(request)?.pools;
+        Ok(self
+            .app
+            .registry()
+            .names()
+            .into_iter()
+            .filter(|pool| scope.contains(pool))
+            .collect())
+    }
+
+    /// An alert may be acknowledged or cleared by who may operate its pool;
+    /// an unknown id is left to the monitor to answer.
+    fn authorize_alert<T>(&self, request: &Request<T>, id: u64) -> Result<(), Status> {
+        let every = AlertFilter {
+            include_ended: true,
+            pool: None,
+            severity: None,
+        };
+        match self.app.alerts(&every).into_iter().find(|alert| alert.id == id) {
+            Some(alert) => authorize(request, Right::Operate, &alert.pool),
+            None => Ok(()),
+        }
     }
 
     /// A pool's report with its current health.
@@ -47,13 +85,15 @@ fn non_empty(text: String) -> Option<String> {
 impl PoolAdmin for AdminService {
     async fn list_pools(
         &self,
-        _request: Request<proto::ListPoolsRequest>,
+        request: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        let scope = &identity(&request)?.pools;
         let pools = self
             .app
             .registry()
             .list()
             .into_iter()
+            .filter(|info| scope.contains(&info.config.name))
             .map(|info| self.pool_report(info))
             .collect();
         Ok(Response::new(proto::ListPoolsResponse { pools }))
@@ -63,6 +103,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::GetPoolRequest>,
     ) -> Result<Response<proto::Pool>, Status> {
+        authorize(&request, Right::Read, &request.get_ref().name)?;
         let request = request.into_inner();
         let pool = self
             .app
@@ -76,6 +117,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::CreatePoolRequest>,
     ) -> Result<Response<proto::Pool>, Status> {
+        authorize(&request, Right::Operate, &request.get_ref().name)?;
         let r = request.into_inner();
         let if_not_exists = r.if_not_exists;
         let pool_request = PoolRequest {
@@ -114,6 +156,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::UpdatePoolRequest>,
     ) -> Result<Response<proto::Pool>, Status> {
+        authorize(&request, Right::Operate, &request.get_ref().name)?;
         let r = request.into_inner();
         let update = LimitsUpdate {
             max_connections: r.max_connections,
@@ -143,6 +186,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::DeletePoolRequest>,
     ) -> Result<Response<proto::DeletePoolResponse>, Status> {
+        authorize(&request, Right::Operate, &request.get_ref().name)?;
         let r = request.into_inner();
         let drain_timeout = match r.drain_timeout_ms {
             0 => self.app.server().drain_timeout,
@@ -164,12 +208,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::ResetStatisticsRequest>,
     ) -> Result<Response<proto::ResetStatisticsResponse>, Status> {
-        let name = request.into_inner().pool;
-        let pools = if name.is_empty() {
-            self.app.registry().names()
-        } else {
-            vec![name]
-        };
+        let pools = self.named_or_all(&request, Right::Operate, &request.get_ref().pool)?;
         for name in &pools {
             self.app
                 .registry()
@@ -184,12 +223,18 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::CheckHealthRequest>,
     ) -> Result<Response<proto::CheckHealthResponse>, Status> {
-        let name = non_empty(request.into_inner().pool);
+        let scope = identity(&request)?.pools.clone();
+        let name = non_empty(request.get_ref().pool.clone());
+        if let Some(name) = &name {
+            authorize(&request, Right::Operate, name)?;
+        }
         let checked = self
             .app
             .check_health(name.as_deref())
             .await
-            .map_err(pool_status)?;
+            .map_err(pool_status)?
+            .into_iter()
+            .filter(|(info, _)| scope.contains(&info.config.name));
         let results = checked
             .into_iter()
             .map(|(info, report)| proto::PoolHealthResult {
@@ -204,6 +249,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::GetMetricsHistoryRequest>,
     ) -> Result<Response<proto::GetMetricsHistoryResponse>, Status> {
+        authorize(&request, Right::Read, &request.get_ref().pool)?;
         let r = request.into_inner();
         let from = r.from.map(|t| system_time("from", t)).transpose()?;
         let to = r.to.map(|t| system_time("to", t)).transpose()?;
@@ -223,6 +269,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::ListAlertsRequest>,
     ) -> Result<Response<proto::ListAlertsResponse>, Status> {
+        let scope = identity(&request)?.pools.clone();
         let r = request.into_inner();
         let filter = AlertFilter {
             include_ended: r.include_ended,
@@ -233,6 +280,7 @@ impl PoolAdmin for AdminService {
             .app
             .alerts(&filter)
             .iter()
+            .filter(|alert| scope.contains(&alert.pool))
             .map(alert_to_proto)
             .collect();
         Ok(Response::new(proto::ListAlertsResponse { alerts }))
@@ -242,6 +290,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::AcknowledgeAlertRequest>,
     ) -> Result<Response<proto::Alert>, Status> {
+        self.authorize_alert(&request, request.get_ref().id)?;
         let r = request.into_inner();
         let alert = self
             .app
@@ -254,6 +303,7 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::ClearAlertRequest>,
     ) -> Result<Response<proto::Alert>, Status> {
+        self.authorize_alert(&request, request.get_ref().id)?;
         let alert = self
             .app
             .clear_alert(request.into_inner().id)

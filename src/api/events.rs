@@ -12,8 +12,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
+use super::auth::identity;
 use super::convert::{event_kind_from_proto, event_to_proto, lagged_event, snapshot_events};
 use super::status::{invalid_argument, resume_status};
+use crate::auth::PoolScope;
 use crate::app::App;
 use crate::events::{Event, EventBus, EventKind};
 use crate::proto::{self, pool_events_server::PoolEvents};
@@ -33,6 +35,8 @@ impl EventsService {
 struct Filter {
     pools: HashSet<String>,
     kinds: HashSet<EventKind>,
+    /// The pools the caller may see at all.
+    scope: PoolScope,
 }
 
 impl Filter {
@@ -44,11 +48,11 @@ impl Filter {
         } else {
             self.kinds.contains(&kind)
         };
-        kind_wanted && (self.pools.is_empty() || self.pools.contains(&event.pool))
+        kind_wanted && self.matches_pool(&event.pool)
     }
 
     fn matches_pool(&self, pool: &str) -> bool {
-        self.pools.is_empty() || self.pools.contains(pool)
+        self.scope.contains(pool) && (self.pools.is_empty() || self.pools.contains(pool))
     }
 }
 
@@ -101,6 +105,7 @@ impl PoolEvents for EventsService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let scope = identity(&request)?.pools.clone();
         let r = request.into_inner();
         if r.snapshot && r.resume_after.is_some() {
             return Err(invalid_argument(
@@ -116,6 +121,7 @@ impl PoolEvents for EventsService {
         let filter = Filter {
             pools: r.pools.into_iter().collect(),
             kinds: kinds.into_iter().flatten().collect(),
+            scope,
         };
         let bus = Arc::clone(self.app.events());
         let subscription = bus.subscribe(r.resume_after).map_err(resume_status)?;

@@ -6,6 +6,7 @@
 //! error becomes a `tonic::Status` in `status.rs` and nowhere else.
 
 mod admin;
+pub mod auth;
 mod convert;
 mod deadline;
 mod decode_errors;
@@ -107,6 +108,8 @@ pub async fn serve(
         .layer(GrpcMetricsLayer::new(grpc_metrics))
         // Inside the metrics layer, so they count the code clients see.
         .layer(decode_errors::DecodeErrorsLayer)
+        // Inside both: a refused call is counted and relabelled like any other.
+        .layer(auth::AuthLayer::new(app.server().auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

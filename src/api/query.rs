@@ -7,10 +7,12 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::authorize;
 use super::convert::{result_to_proto, stream_part_to_proto, values_from_proto};
 use super::deadline;
 use super::status::{invalid_argument, pool_status, query_status};
 use crate::app::App;
+use crate::auth::Right;
 use crate::pool::ManagedPool;
 use crate::proto::{self, query_server::Query};
 use crate::query::{self as q, Statement, StreamStatement};
@@ -55,6 +57,7 @@ impl Query for QueryService {
         &self,
         request: Request<proto::ExecuteRequest>,
     ) -> Result<Response<proto::ExecuteResponse>, Status> {
+        authorize(&request, Right::Query, &request.get_ref().pool)?;
         let deadline = deadline::from_metadata(request.metadata());
         let r = request.into_inner();
         let pool = self.pool(&r.pool)?;
@@ -75,6 +78,7 @@ impl Query for QueryService {
         &self,
         request: Request<proto::ExecuteBatchRequest>,
     ) -> Result<Response<proto::ExecuteBatchResponse>, Status> {
+        authorize(&request, Right::Query, &request.get_ref().pool)?;
         let deadline = deadline::from_metadata(request.metadata());
         let r = request.into_inner();
         let pool = self.pool(&r.pool)?;
@@ -98,6 +102,7 @@ impl Query for QueryService {
         &self,
         request: Request<proto::ExecuteRequest>,
     ) -> Result<Response<PartStream>, Status> {
+        authorize(&request, Right::Query, &request.get_ref().pool)?;
         let deadline = deadline::from_metadata(request.metadata());
         let r = request.into_inner();
         let pool = self.pool(&r.pool)?;

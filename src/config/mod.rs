@@ -202,6 +202,24 @@ pub struct ServerConfig {
     pub allowed_targets: AllowedTargets,
     /// The most pools the server holds.
     pub max_pools: u32,
+    /// How callers prove who they are (off: everyone is an admin).
+    pub auth: crate::auth::Authenticator,
+    /// Serve plaintext without authentication on a non-loopback address
+    /// anyway (refused otherwise).
+    pub allow_insecure: bool,
+}
+
+impl ServerConfig {
+    /// Why serving the gRPC API on `addr` as configured would expose it to
+    /// anyone who can reach the address, if it would.
+    pub fn exposure(&self, addr: SocketAddr) -> Option<String> {
+        if addr.ip().is_loopback() || self.auth.is_on() || self.allow_insecure {
+            return None;
+        }
+        Some(format!(
+            "{addr} is reachable from other hosts, and the API would be served without authentication: anyone who reaches it could run SQL and manage pools. Configure server.auth.tokens (see README \"Security\"), listen on 127.0.0.1, or set server.allow_insecure: true to accept the risk"
+        ))
+    }
 }
 
 /// How the connection to PostgreSQL uses TLS, with libpq's meanings.

@@ -150,4 +150,26 @@ pub(crate) struct RawServer {
     pub(crate) event_subscriber_buffer: Option<i64>,
     pub(crate) allowed_targets: Option<Vec<String>>,
     pub(crate) max_pools: Option<i64>,
+    pub(crate) allow_insecure: Option<bool>,
+    pub(crate) auth: Option<RawAuth>,
+}
+
+/// `server.auth`: how callers of the API prove who they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) tokens: Vec<RawToken>,
+}
+
+/// One bearer token: its hash, or where to read it, and whom it proves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub(crate) name: Option<String>,
+    pub(crate) token_sha256: Option<String>,
+    pub(crate) token_env: Option<String>,
+    pub(crate) token_file: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) pools: Option<Vec<String>>,
 }

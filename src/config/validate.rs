@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::lines::LineIndex;
-use super::schema::{FileRoot, RawCredential, RawPool, RawRoot, RawSsl};
+use super::schema::{FileRoot, RawAuth, RawCredential, RawPool, RawRoot, RawSsl, RawToken};
+use crate::auth::{self, Authenticator, Identity, PoolScope, Role, TokenEntry};
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
@@ -262,6 +263,9 @@ impl Checker {
                     .map(|pool| (pool.host.as_str(), pool.port))
                     .chain([(defaults.host.as_str(), defaults.port)]),
             );
+        }
+        if let Some(why) = server.exposure(server.grpc_listen) {
+            self.error(&format!("{ROOT}.server.grpc_listen"), why);
         }
         if pools.len() > server.max_pools as usize {
             self.error(
@@ -1125,8 +1129,122 @@ impl Checker {
                     }),
             },
             max_pools: self.count(&path, "max_pools", raw.max_pools, 100, 1, 100_000),
+            auth: match &raw.auth {
+                None => Authenticator::off(),
+                Some(auth) => Authenticator::with_tokens(self.tokens(&key(&path, "auth"), auth)),
+            },
+            allow_insecure: raw.allow_insecure.unwrap_or(false),
         }
     }
+
+    /// `server.auth.tokens`: each read now and kept only as its hash.
+    fn tokens(&mut self, path: &str, raw: &RawAuth) -> Vec<TokenEntry> {
+        let mut entries = Vec::new();
+        let mut names = HashSet::new();
+        for (i, token) in raw.tokens.iter().enumerate() {
+            let path = format!("{path}.tokens[{i}]");
+            let name = match token.name.as_deref() {
+                Some(name) if is_valid_pool_name(name) => name.to_string(),
+                _ => {
+                    self.error(
+                        &key(&path, "name"),
+                        "missing or invalid: 1 to 63 letters, digits, `_` or `-` (it names the caller in logs)".into(),
+                    );
+                    continue;
+                }
+            };
+            if !names.insert(name.clone()) {
+                self.error(&key(&path, "name"), format!("duplicate token name `{name}`"));
+            }
+            let role = match token.role.as_deref().map(Role::parse) {
+                Some(Some(role)) => role,
+                other => {
+                    let allowed: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                    self.error(
+                        &key(&path, "role"),
+                        format!(
+                            "{}: allowed values are {}",
+                            if other.is_none() { "missing".to_string() } else { format!("`{}` is not a role", token.role.as_deref().unwrap_or_default()) },
+                            allowed.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let Some(sha256) = self.token_hash(&path, token) else {
+                continue;
+            };
+            let pools = match &token.pools {
+                None => PoolScope::all(),
+                Some(pools) => PoolScope::of(pools.clone()),
+            };
+            entries.push(TokenEntry {
+                sha256,
+                identity: Identity { name, role, pools },
+            });
+        }
+        entries
+    }
+
+    /// The hash of one token: given, or of the token read from its source.
+    fn token_hash(&mut self, path: &str, token: &RawToken) -> Option<[u8; 32]> {
+        let sources = [
+            token.token_sha256.is_some(),
+            token.token_env.is_some(),
+            token.token_file.is_some(),
+        ];
+        if sources.iter().filter(|&&given| given).count() != 1 {
+            self.error(
+                &key(path, "token_sha256"),
+                "set exactly one of token_sha256, token_env, token_file".into(),
+            );
+            return None;
+        }
+        if let Some(hex) = &token.token_sha256 {
+            return match decode_sha256(hex) {
+                Some(hash) => Some(hash),
+                None => {
+                    self.error(
+                        &key(path, "token_sha256"),
+                        "not a SHA-256 in hex (64 hex digits; e.g. `printf %s \"$TOKEN\" | sha256sum`)".into(),
+                    );
+                    None
+                }
+            };
+        }
+        let (field, secret) = match (&token.token_env, &token.token_file) {
+            (Some(name), _) => ("token_env", secret::resolve(Some(name), None)),
+            (_, Some(file)) => ("token_file", secret::resolve(None, Some(file))),
+            (None, None) => return None,
+        };
+        match secret {
+            Ok((_, Some(value))) if value.expose().len() >= 16 => Some(auth::hash(value.expose().as_bytes())),
+            Ok(_) => {
+                self.error(
+                    &key(path, field),
+                    "the token is shorter than 16 characters: use a long random token".into(),
+                );
+                None
+            }
+            Err(message) => {
+                self.error(&key(path, field), message);
+                None
+            }
+        }
+    }
+}
+
+/// 64 hex digits as 32 bytes.
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(hash)
 }
 
 /// A pool's user and password, and where the password came from.

@@ -1,0 +1,188 @@
+//! Authentication and authorization at the API's edge.
+//!
+//! A tower layer reads each call's method and `authorization` header,
+//! authenticates the caller (`crate::auth`), refuses what its role can
+//! never do, and hands the services the caller's [`Identity`] in the
+//! request's extensions; the services then check the pool a request names
+//! ([`authorize`]). Every method of the API is in [`ACCESS`]: one that is
+//! not is open to admins only, so a new RPC is never open by mistake.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::{Code, Status};
+
+use crate::auth::{Authenticator, Identity, Right};
+
+/// What a method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials: probes and tools (grpc.health, reflection).
+    Open,
+    /// An identity whose role grants this right (on the pool the request
+    /// names, where it names one).
+    Needs(Right),
+}
+
+/// Every method the server serves, by gRPC service and method name.
+pub const ACCESS: &[(&str, &str, Access)] = &[
+    ("poolplane.v1.Query", "Execute", Access::Needs(Right::Query)),
+    ("poolplane.v1.Query", "ExecuteBatch", Access::Needs(Right::Query)),
+    ("poolplane.v1.Query", "ExecuteStream", Access::Needs(Right::Query)),
+    ("poolplane.v1.PoolAdmin", "ListPools", Access::Needs(Right::Read)),
+    ("poolplane.v1.PoolAdmin", "GetPool", Access::Needs(Right::Read)),
+    ("poolplane.v1.PoolAdmin", "GetMetricsHistory", Access::Needs(Right::Read)),
+    ("poolplane.v1.PoolAdmin", "ListAlerts", Access::Needs(Right::Read)),
+    ("poolplane.v1.PoolAdmin", "CreatePool", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "UpdatePool", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "DeletePool", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "ResetStatistics", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "CheckHealth", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "AcknowledgeAlert", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolAdmin", "ClearAlert", Access::Needs(Right::Operate)),
+    ("poolplane.v1.PoolEvents", "Watch", Access::Needs(Right::Read)),
+    ("grpc.health.v1.Health", "Check", Access::Open),
+    ("grpc.health.v1.Health", "Watch", Access::Open),
+    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", Access::Open),
+    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", Access::Open),
+];
+
+/// What the method at `path` (`/service/method`) needs; `None` if it is
+/// not in [`ACCESS`].
+pub fn access(path: &str) -> Option<Access> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    ACCESS
+        .iter()
+        .find(|(s, m, _)| *s == service && *m == method)
+        .map(|(_, _, access)| *access)
+}
+
+/// Checks that the caller of `request` may do `right` on `pool`.
+pub(crate) fn authorize<T>(
+    request: &tonic::Request<T>,
+    right: Right,
+    pool: &str,
+) -> Result<(), Status> {
+    let identity = identity(request)?;
+    if identity.may(right, Some(pool)) {
+        return Ok(());
+    }
+    Err(Status::new(
+        Code::PermissionDenied,
+        format!(
+            "`{}` ({}) may not {} pool `{pool}`",
+            identity.name,
+            identity.role,
+            match right {
+                Right::Query => "query",
+                Right::Read => "read",
+                Right::Operate => "operate",
+            }
+        ),
+    ))
+}
+
+/// The authenticated caller of `request`. The layer puts it there for
+/// every call; a request without one is refused (fail closed).
+pub(crate) fn identity<T>(request: &tonic::Request<T>) -> Result<&Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .ok_or_else(|| Status::new(Code::PermissionDenied, "no authenticated caller"))
+}
+
+#[derive(Clone)]
+pub(crate) struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub(crate) fn new(authenticator: Authenticator) -> AuthLayer {
+        AuthLayer {
+            authenticator: Arc::new(authenticator),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Authenticate<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+type ResponseFuture<E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, ReqBody> tower_service::Service<http::Request<ReqBody>> for Authenticate<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        match self.admit(&request) {
+            Ok(Some(identity)) => {
+                request.extensions_mut().insert(identity);
+            }
+            Ok(None) => {}
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+impl<S> Authenticate<S> {
+    /// The caller's identity (`None` for an open method), or why the call
+    /// is refused.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<Option<Identity>, Status> {
+        let access = access(request.uri().path());
+        if access == Some(Access::Open) {
+            return Ok(None);
+        }
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let identity = self
+            .authenticator
+            .authenticate(header)
+            .map_err(|err| Status::new(Code::Unauthenticated, err.to_string()))?;
+        let allowed = match access {
+            Some(Access::Needs(right)) => identity.may(right, None),
+            // Not in the table: admins only.
+            _ => identity.role == crate::auth::Role::Admin,
+        };
+        if !allowed {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                format!(
+                    "`{}` ({}) may not call {}",
+                    identity.name,
+                    identity.role,
+                    request.uri().path()
+                ),
+            ));
+        }
+        Ok(Some(identity))
+    }
+}

@@ -1,0 +1,276 @@
+//! Who may do what: callers' identities, their roles and the pools they
+//! may touch, and the bearer tokens that prove an identity.
+//!
+//! Roles, from most to least:
+//! - `admin`: everything;
+//! - `operator`: reads, plus pool operations (create, update, delete,
+//!   reset statistics, check health, alerts) on its pools;
+//! - `viewer`: reads (pools, statistics, history, alerts, Watch);
+//! - `client`: Query on its pools, nothing else.
+//!
+//! Tokens are kept only as SHA-256 hashes, and every presented token is
+//! compared with every configured hash in constant time, so neither memory
+//! nor timing tells a token.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Client,
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Viewer, Role::Client];
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Client => "client",
+        }
+    }
+
+    /// Whether this role holds `right` at all (on its pools).
+    pub fn grants(self, right: Right) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Operator => matches!(right, Right::Read | Right::Operate),
+            Role::Viewer => right == Right::Read,
+            Role::Client => right == Right::Query,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Run SQL (`poolplane.v1.Query`).
+    Query,
+    /// See pools, statistics, history, alerts and events.
+    Read,
+    /// Change pools and alerts.
+    Operate,
+}
+
+impl Right {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Right::Query => "query",
+            Right::Read => "read",
+            Right::Operate => "operate",
+        }
+    }
+}
+
+/// The pools an identity may touch: all, or names (`name`, or a prefix
+/// ending in `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolScope(Vec<String>);
+
+impl PoolScope {
+    pub fn all() -> PoolScope {
+        PoolScope(vec!["*".into()])
+    }
+
+    pub fn of(patterns: Vec<String>) -> PoolScope {
+        PoolScope(patterns)
+    }
+
+    pub fn contains(&self, pool: &str) -> bool {
+        self.0.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => pool.starts_with(prefix),
+            None => pattern == pool,
+        })
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.iter().any(|pattern| pattern == "*")
+    }
+}
+
+/// A caller, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub role: Role,
+    pub pools: PoolScope,
+}
+
+impl Identity {
+    /// Whoever calls a server that authenticates nobody.
+    pub fn anonymous_admin() -> Identity {
+        Identity {
+            name: "anonymous".into(),
+            role: Role::Admin,
+            pools: PoolScope::all(),
+        }
+    }
+
+    /// Whether this caller may do `right` on `pool` (or, with `None`, at all).
+    pub fn may(&self, right: Right, pool: Option<&str>) -> bool {
+        self.role.grants(right) && pool.is_none_or(|pool| self.pools.contains(pool))
+    }
+}
+
+/// A configured token: its hash and whom it proves.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub sha256: [u8; 32],
+    pub identity: Identity,
+}
+
+impl fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Authenticator {
+    /// `None`: authentication is off and every caller is an admin.
+    tokens: Option<Vec<TokenEntry>>,
+}
+
+/// Why a caller is not authenticated. Never holds what the caller sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing credentials: send `authorization: Bearer <token>`")]
+    Missing,
+    #[error("the authorization header is not `Bearer <token>`")]
+    Malformed,
+    #[error("invalid token")]
+    Invalid,
+}
+
+impl Authenticator {
+    /// Nobody is authenticated: every caller may do everything.
+    pub fn off() -> Authenticator {
+        Authenticator { tokens: None }
+    }
+
+    pub fn with_tokens(tokens: Vec<TokenEntry>) -> Authenticator {
+        Authenticator {
+            tokens: Some(tokens),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The identity an `authorization` header value proves.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Identity::anonymous_admin());
+        };
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = bearer(header).ok_or(AuthError::Malformed)?;
+        let presented = hash(token);
+        // Every entry is compared, whatever matches, in constant time.
+        let mut found = None;
+        for entry in tokens {
+            if bool::from(entry.sha256.ct_eq(&presented)) {
+                found = Some(&entry.identity);
+            }
+        }
+        found.cloned().ok_or(AuthError::Invalid)
+    }
+}
+
+/// The token of a `Bearer <token>` header value (scheme case-insensitive).
+fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// SHA-256 of a token.
+pub fn hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(token: &str, name: &str, role: Role, pools: &[&str]) -> TokenEntry {
+        TokenEntry {
+            sha256: hash(token.as_bytes()),
+            identity: Identity {
+                name: name.into(),
+                role,
+                pools: PoolScope::of(pools.iter().map(|p| p.to_string()).collect()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_token_proves_its_identity_and_nothing_else_does() {
+        let auth = Authenticator::with_tokens(vec![
+            entry("s3cret-admin", "ops", Role::Admin, &["*"]),
+            entry("s3cret-app", "app", Role::Client, &["orders", "billing-*"]),
+        ]);
+        let app = auth.authenticate(Some(b"Bearer s3cret-app")).expect("valid");
+        assert_eq!(app.name, "app");
+        assert_eq!(
+            auth.authenticate(Some(b"bearer   s3cret-admin "))
+                .map(|i| i.role),
+            Ok(Role::Admin)
+        );
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(auth.authenticate(Some(b"Basic abc")), Err(AuthError::Malformed));
+        assert_eq!(auth.authenticate(Some(b"Bearer ")), Err(AuthError::Malformed));
+        assert_eq!(auth.authenticate(Some(b"Bearer s3cret")), Err(AuthError::Invalid));
+        assert_eq!(
+            Authenticator::off().authenticate(None),
+            Ok(Identity::anonymous_admin())
+        );
+        // The error never carries what was sent.
+        assert!(!AuthError::Invalid.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn roles_and_scopes_decide_each_right_on_each_pool() {
+        let client = entry("t", "app", Role::Client, &["orders", "billing-*"]).identity;
+        assert!(client.may(Right::Query, Some("orders")));
+        assert!(client.may(Right::Query, Some("billing-eu")));
+        assert!(!client.may(Right::Query, Some("payroll")));
+        assert!(!client.may(Right::Read, Some("orders")));
+        let operator = entry("t", "oncall", Role::Operator, &["orders"]).identity;
+        assert!(operator.may(Right::Operate, Some("orders")));
+        assert!(!operator.may(Right::Operate, Some("billing")));
+        assert!(operator.may(Right::Read, None));
+        assert!(!operator.may(Right::Query, Some("orders")));
+        let viewer = entry("t", "dash", Role::Viewer, &["*"]).identity;
+        assert!(viewer.may(Right::Read, Some("anything")));
+        assert!(!viewer.may(Right::Operate, Some("anything")));
+        for right in [Right::Query, Right::Read, Right::Operate] {
+            assert!(Identity::anonymous_admin().may(right, Some("x")));
+        }
+        assert_eq!(Role::parse("operator"), Some(Role::Operator));
+        assert_eq!(Role::parse("root"), None);
+    }
+}
