@@ -94,10 +94,12 @@ impl PoolScope {
     }
 
     pub fn contains(&self, pool: &str) -> bool {
-        self.0.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => pool.starts_with(prefix),
-            None => pattern == pool,
-        })
+        self.0
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => pool.starts_with(prefix),
+                None => pattern == pool,
+            })
     }
 
     pub fn is_all(&self) -> bool {
@@ -233,7 +235,9 @@ mod tests {
             entry("s3cret-admin", "ops", Role::Admin, &["*"]),
             entry("s3cret-app", "app", Role::Client, &["orders", "billing-*"]),
         ]);
-        let app = auth.authenticate(Some(b"Bearer s3cret-app")).expect("valid");
+        let app = auth
+            .authenticate(Some(b"Bearer s3cret-app"))
+            .expect("valid");
         assert_eq!(app.name, "app");
         assert_eq!(
             auth.authenticate(Some(b"bearer   s3cret-admin "))
@@ -241,9 +245,18 @@ mod tests {
             Ok(Role::Admin)
         );
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
-        assert_eq!(auth.authenticate(Some(b"Basic abc")), Err(AuthError::Malformed));
-        assert_eq!(auth.authenticate(Some(b"Bearer ")), Err(AuthError::Malformed));
-        assert_eq!(auth.authenticate(Some(b"Bearer s3cret")), Err(AuthError::Invalid));
+        assert_eq!(
+            auth.authenticate(Some(b"Basic abc")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer ")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer s3cret")),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(
             Authenticator::off().authenticate(None),
             Ok(Identity::anonymous_admin())

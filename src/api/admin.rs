@@ -56,7 +56,12 @@ impl AdminService {
             pool: None,
             severity: None,
         };
-        match self.app.alerts(&every).into_iter().find(|alert| alert.id == id) {
+        match self
+            .app
+            .alerts(&every)
+            .into_iter()
+            .find(|alert| alert.id == id)
+        {
             Some(alert) => authorize(request, Right::Operate, &alert.pool),
             None => Ok(()),
         }

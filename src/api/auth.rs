@@ -29,24 +29,88 @@ pub enum Access {
 /// Every method the server serves, by gRPC service and method name.
 pub const ACCESS: &[(&str, &str, Access)] = &[
     ("poolplane.v1.Query", "Execute", Access::Needs(Right::Query)),
-    ("poolplane.v1.Query", "ExecuteBatch", Access::Needs(Right::Query)),
-    ("poolplane.v1.Query", "ExecuteStream", Access::Needs(Right::Query)),
-    ("poolplane.v1.PoolAdmin", "ListPools", Access::Needs(Right::Read)),
-    ("poolplane.v1.PoolAdmin", "GetPool", Access::Needs(Right::Read)),
-    ("poolplane.v1.PoolAdmin", "GetMetricsHistory", Access::Needs(Right::Read)),
-    ("poolplane.v1.PoolAdmin", "ListAlerts", Access::Needs(Right::Read)),
-    ("poolplane.v1.PoolAdmin", "CreatePool", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "UpdatePool", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "DeletePool", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "ResetStatistics", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "CheckHealth", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "AcknowledgeAlert", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolAdmin", "ClearAlert", Access::Needs(Right::Operate)),
-    ("poolplane.v1.PoolEvents", "Watch", Access::Needs(Right::Read)),
+    (
+        "poolplane.v1.Query",
+        "ExecuteBatch",
+        Access::Needs(Right::Query),
+    ),
+    (
+        "poolplane.v1.Query",
+        "ExecuteStream",
+        Access::Needs(Right::Query),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ListPools",
+        Access::Needs(Right::Read),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "GetPool",
+        Access::Needs(Right::Read),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "GetMetricsHistory",
+        Access::Needs(Right::Read),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ListAlerts",
+        Access::Needs(Right::Read),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "CreatePool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "UpdatePool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "DeletePool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ResetStatistics",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "CheckHealth",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "AcknowledgeAlert",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ClearAlert",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolEvents",
+        "Watch",
+        Access::Needs(Right::Read),
+    ),
     ("grpc.health.v1.Health", "Check", Access::Open),
     ("grpc.health.v1.Health", "Watch", Access::Open),
-    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", Access::Open),
-    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", Access::Open),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+        Access::Open,
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+        Access::Open,
+    ),
 ];
 
 /// What the method at `path` (`/service/method`) needs; `None` if it is

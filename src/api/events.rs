@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use super::auth::identity;
 use super::convert::{event_kind_from_proto, event_to_proto, lagged_event, snapshot_events};
 use super::status::{invalid_argument, resume_status};
-use crate::auth::PoolScope;
 use crate::app::App;
+use crate::auth::PoolScope;
 use crate::events::{Event, EventBus, EventKind};
 use crate::proto::{self, pool_events_server::PoolEvents};
 

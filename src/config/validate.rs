@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use super::lines::LineIndex;
 use super::schema::{FileRoot, RawAuth, RawCredential, RawPool, RawRoot, RawSsl, RawToken};
-use crate::auth::{self, Authenticator, Identity, PoolScope, Role, TokenEntry};
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, TlsFiles};
 use super::{
@@ -18,6 +17,7 @@ use super::{
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
     ServerConfig, SslMode,
 };
+use crate::auth::{self, Authenticator, Identity, PoolScope, Role, TokenEntry};
 
 const ROOT: &str = "connection_pool";
 /// Longest pool name: `poolplane/<name>` must fit PostgreSQL's 63-byte application_name.
@@ -1154,7 +1154,10 @@ impl Checker {
                 }
             };
             if !names.insert(name.clone()) {
-                self.error(&key(&path, "name"), format!("duplicate token name `{name}`"));
+                self.error(
+                    &key(&path, "name"),
+                    format!("duplicate token name `{name}`"),
+                );
             }
             let role = match token.role.as_deref().map(Role::parse) {
                 Some(Some(role)) => role,
@@ -1164,7 +1167,14 @@ impl Checker {
                         &key(&path, "role"),
                         format!(
                             "{}: allowed values are {}",
-                            if other.is_none() { "missing".to_string() } else { format!("`{}` is not a role", token.role.as_deref().unwrap_or_default()) },
+                            if other.is_none() {
+                                "missing".to_string()
+                            } else {
+                                format!(
+                                    "`{}` is not a role",
+                                    token.role.as_deref().unwrap_or_default()
+                                )
+                            },
                             allowed.join(", ")
                         ),
                     );
@@ -1218,7 +1228,9 @@ impl Checker {
             (None, None) => return None,
         };
         match secret {
-            Ok((_, Some(value))) if value.expose().len() >= 16 => Some(auth::hash(value.expose().as_bytes())),
+            Ok((_, Some(value))) if value.expose().len() >= 16 => {
+                Some(auth::hash(value.expose().as_bytes()))
+            }
             Ok(_) => {
                 self.error(
                     &key(path, field),

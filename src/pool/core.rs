@@ -117,6 +117,9 @@ pub(crate) struct LeaseControl<C: Connector> {
     /// Something was sent since the connection was last known clean.
     dirty: AtomicBool,
     effect: AtomicU8,
+    /// Woken when the lease is cancelled, for work that waits on something
+    /// else than the server (a slow reader) and must stop.
+    cancelled: tokio::sync::Notify,
 }
 
 impl<C: Connector> LeaseControl<C> {
@@ -193,6 +196,21 @@ impl<C: Connector> LeaseControl<C> {
     pub(crate) fn mark_cancelled(&self, reason: CancelReason) {
         self.fate
             .store(FATE_CANCELLED + reason as u8, Ordering::Release);
+        self.cancelled.notify_waiters();
+    }
+
+    /// Resolves once the lease is cancelled (at once if it already is).
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.cancelled.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a cancel in between still wakes it.
+            notified.as_mut().enable();
+            if self.cancel_reason().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Marks the connection, then asks the server to cancel. True if the
@@ -421,6 +439,7 @@ impl<C: Connector> Core<C> {
                 fate: AtomicU8::new(FATE_KEEP),
                 dirty: AtomicBool::new(false),
                 effect: AtomicU8::new(EFFECT_OPEN),
+                cancelled: tokio::sync::Notify::new(),
             });
             if !self.mark_leased(id, &control) {
                 // The pool began draining while we got it: give it back.

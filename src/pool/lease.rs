@@ -114,6 +114,12 @@ impl<C: Connector> Lease<C> {
         self.control.discard();
     }
 
+    /// Resolves once poolplane cancels this lease (a deadline, a drain, a
+    /// result limit): work waiting on anything but the server must stop.
+    pub async fn cancelled(&self) {
+        self.control.cancelled().await;
+    }
+
     /// Why poolplane cancelled this lease's statement, if it did.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
         self.control.cancel_reason()

@@ -163,30 +163,25 @@ async fn stream_prepared(
             .rows_before_drop(mark)
             .is_some_and(|before| before <= sent)
         {
-            // A row too large to take was left out before this point.
-            stop_reading(lease);
-            return Err(QueryError::RowTooLarge {
-                limit: statement.max_row_bytes,
-            });
+            // A row too large to take was left out before this point: as
+            // Execute does, the rows before it are a truncated result if
+            // the caller allows one.
+            return too_large_row(lease, parts, &mut chunk, sent, statement).await;
         }
         let Some(row) = next else {
             break;
         };
         if let Some(limit) = statement.max_rows.filter(|max| sent == u64::from(*max)) {
-            stop_reading(lease);
             if !statement.allow_truncation {
+                stop_reading(lease);
                 return Err(QueryError::ResultTooLarge { limit });
             }
-            chunk.flush(lease, parts).await?;
-            return Ok((sent, true));
+            return truncate(lease, parts, &mut chunk, sent).await;
         }
         let values = decode_row(&row, &columns).inspect_err(|_| stop_reading(lease))?;
         let bytes = values.iter().map(SqlValue::response_bytes).sum::<usize>();
         if bytes as u64 > statement.max_row_bytes {
-            stop_reading(lease);
-            return Err(QueryError::RowTooLarge {
-                limit: statement.max_row_bytes,
-            });
+            return too_large_row(lease, parts, &mut chunk, sent, statement).await;
         }
         sent += 1;
         chunk.push(values, bytes);
@@ -196,6 +191,37 @@ async fn stream_prepared(
     }
     chunk.flush(lease, parts).await?;
     Ok((rows.rows_affected().unwrap_or(sent), false))
+}
+
+/// A row is too large to send: the result ends before it, truncated if the
+/// caller allows it, with RESOURCE_EXHAUSTED if not.
+async fn too_large_row(
+    lease: &Lease,
+    parts: &PartSender,
+    chunk: &mut Chunk,
+    sent: u64,
+    statement: &StreamStatement,
+) -> Result<(u64, bool), QueryError> {
+    if statement.allow_truncation {
+        return truncate(lease, parts, chunk, sent).await;
+    }
+    stop_reading(lease);
+    Err(QueryError::RowTooLarge {
+        limit: statement.max_row_bytes,
+    })
+}
+
+/// Ends the result early on purpose: what is held goes out, then the rest
+/// of the statement is cancelled.
+async fn truncate(
+    lease: &Lease,
+    parts: &PartSender,
+    chunk: &mut Chunk,
+    sent: u64,
+) -> Result<(u64, bool), QueryError> {
+    chunk.flush(lease, parts).await?;
+    stop_reading(lease);
+    Ok((sent, true))
 }
 
 /// Rows read but not yet sent.
@@ -225,9 +251,18 @@ impl Chunk {
     }
 }
 
-/// Sends one part, waiting for room: this wait is the flow control.
+/// Sends one part, waiting for room: this wait is the flow control. It
+/// ends early if poolplane cancels the lease (a drain, the deadline): the
+/// backend may be blocked writing to us, where a cancel request cannot
+/// reach it, and only letting go of the result frees it.
 async fn deliver(lease: &Lease, parts: &PartSender, part: StreamPart) -> Result<(), QueryError> {
-    parts.send(Ok(part)).await.map_err(|_| caller_gone(lease))
+    tokio::select! {
+        sent = parts.send(Ok(part)) => sent.map_err(|_| caller_gone(lease)),
+        () = lease.cancelled() => Err(classify(
+            lease,
+            QueryError::DeadlineExceeded { may_have_run: true },
+        )),
+    }
 }
 
 /// The caller stopped reading before the end: the rest must not keep the

@@ -310,3 +310,94 @@ async fn the_deadline_covers_the_whole_stream() {
     nothing_left_running(pool).await;
     server.stop().await;
 }
+
+/// A forced DeletePool while a stream's reader has stopped: the backend is
+/// blocked writing to poolplane, where a cancel request cannot reach it,
+/// so the stream lets go of its result; the drain then closes the
+/// connection, and no backend of the pool outlives the call (found by a
+/// red team: it stayed, running, outside every limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_drain_frees_a_stream_whose_reader_stopped() {
+    let pool = "stream_drained";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)])).await;
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    let mut parts = server
+        .query()
+        .await
+        .execute_stream(exec(
+            pool,
+            "SELECT repeat('x', 100000) FROM generate_series(1, 100000)",
+            vec![],
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    parts.message().await.expect("a part").expect("more");
+    eventually(
+        "the backend waits for poolplane to read",
+        Duration::from_secs(10),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move { blocked_writing(admin, app).await == 1 }
+        },
+    )
+    .await;
+    let report = server
+        .admin()
+        .await
+        .delete_pool(poolplane::proto::DeletePoolRequest {
+            name: pool.into(),
+            drain_timeout_ms: 0,
+            force: true,
+        })
+        .await
+        .expect("deleted")
+        .into_inner();
+    assert_eq!(report.cancelled, 1, "{report:?}");
+    assert_eq!(report.connections_closed, 1, "{report:?}");
+    assert_eq!(
+        crate::support::backends(&admin, &app).await,
+        0,
+        "the backend is gone"
+    );
+    // The reader, reading again, learns the pool went away.
+    let status = loop {
+        match parts.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    server.stop().await;
+}
+
+/// As Execute does, a row too large to send ends a result that may be
+/// truncated with `truncated: true` (the rows before it), instead of an
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_truncates_when_truncation_is_allowed() {
+    let pool = "stream_truncated";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)])).await;
+    for (big_at, rows) in [(5, 4), (11, 10)] {
+        let request = ExecuteRequest {
+            max_rows: 10,
+            allow_truncation: true,
+            ..exec(
+                pool,
+                &format!(
+                    "SELECT g::int8, CASE WHEN g = {big_at} THEN repeat('x', 10000000) END \
+                     FROM generate_series(1, 100) g"
+                ),
+                vec![],
+            )
+        };
+        let delivered = stream(&server, request).await;
+        assert_eq!(delivered.rows.len(), rows, "row {big_at} too large");
+        let end = delivered.end.expect("a truncated end");
+        assert!(end.truncated);
+        nothing_left_running(pool).await;
+    }
+    server.stop().await;
+}
