@@ -540,4 +540,13 @@ mod tests {
         assert_eq!(civil_from_days(-719_163), (0, 12, 31));
         assert_eq!(iso_instant(-1), "+1969-12-31T23:59:59.999999Z");
     }
+
+    #[test]
+    fn a_value_costs_no_more_than_the_overhead_the_limits_count() {
+        let held = std::mem::size_of::<SqlValue>() + std::mem::size_of::<proto::Value>();
+        assert!(
+            held <= crate::query::VALUE_OVERHEAD,
+            "a value is {held} bytes in memory besides its payload"
+        );
+    }
 }

@@ -400,7 +400,7 @@ async fn run_prepared(
         .map_err(|err| driver_error(lease, &err))?;
     pin_mut!(stream);
     let mut rows = Vec::new();
-    let mut bytes = 0;
+    let mut bytes = ResultBytes::default();
     loop {
         let next = stream
             .try_next()
@@ -594,17 +594,34 @@ pub(super) fn classify(lease: &Lease, error: QueryError) -> QueryError {
     }
 }
 
+/// What a result read so far weighs in a response and costs in memory.
+#[derive(Default)]
+struct ResultBytes {
+    response: usize,
+    memory: usize,
+}
+
+/// How much memory a result may cost per byte of `max_bytes` it may weigh:
+/// room for results of small values (each costs `VALUE_OVERHEAD` bytes in
+/// memory), and a bound for a result of a million NULLs, which weighs 7 MB
+/// and would cost 96 MB.
+const MEMORY_PER_RESULT_BYTE: u64 = 4;
+
 /// A row's values, adding their size to `bytes`; `Limit::Bytes` once the
-/// total passes `max_bytes`.
+/// result weighs more than `max_bytes` or costs more than
+/// `MEMORY_PER_RESULT_BYTE` times that.
 fn counted_values(
     row: &tokio_postgres::Row,
     columns: &[Column],
-    bytes: &mut usize,
+    bytes: &mut ResultBytes,
     max_bytes: u64,
 ) -> Result<Vec<SqlValue>, Limit> {
     let values = decode_row(row, columns).map_err(Limit::Undecodable)?;
-    *bytes += values.iter().map(SqlValue::response_bytes).sum::<usize>();
-    if *bytes as u64 > max_bytes {
+    bytes.response += values.iter().map(SqlValue::response_bytes).sum::<usize>();
+    bytes.memory += values.iter().map(SqlValue::memory_bytes).sum::<usize>();
+    if bytes.response as u64 > max_bytes
+        || bytes.memory as u64 > max_bytes.saturating_mul(MEMORY_PER_RESULT_BYTE)
+    {
         return Err(Limit::Bytes);
     }
     Ok(values)

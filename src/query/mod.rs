@@ -15,6 +15,8 @@ pub use classify::{check as classify, Admitted, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};
+#[cfg(test)]
+pub(crate) use value::VALUE_OVERHEAD;
 pub use value::{is_supported, Instant, Interval, SqlValue};
 // For `crate::fuzzing` only.
 pub(crate) use value::encode_param;

@@ -37,8 +37,9 @@ pub struct StreamStatement {
     pub params: Vec<SqlValue>,
     /// Most rows to send; `None`: no limit.
     pub max_rows: Option<u32>,
-    /// Most bytes of values in one row (`SqlValue::response_bytes`): a
-    /// chunk holds at least one row and must fit in a response.
+    /// Most bytes one row may cost in memory (`SqlValue::memory_bytes`,
+    /// which also bounds its size in a response): a chunk holds at least
+    /// one row, and a stream holds a few chunks.
     pub max_row_bytes: u64,
     pub allow_truncation: bool,
 }
@@ -56,12 +57,13 @@ pub enum StreamPart {
 /// Where a stream's parts go: the transport reads the other end.
 pub type PartSender = mpsc::Sender<Result<StreamPart, QueryError>>;
 
-/// Parts a stream's channel holds: enough to keep the transport busy while
-/// the next chunk is read, few enough to bound the memory of a slow reader.
-pub const STREAM_BUFFER: usize = 2;
+/// Parts a stream's channel holds: one keeps the transport busy while the
+/// next chunk is read; more would only hold more memory for a slow reader.
+pub const STREAM_BUFFER: usize = 1;
 
-/// A chunk goes out once its values reach this many bytes, or sooner when
-/// no further row is ready (rows are not held back waiting for company).
+/// A chunk goes out once its values cost this many bytes in memory, or
+/// sooner when no further row is ready (rows are not held back waiting
+/// for company).
 const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Runs one statement and sends its result to `parts`, ending with `End`
@@ -179,7 +181,7 @@ async fn stream_prepared(
             return truncate(lease, parts, &mut chunk, sent).await;
         }
         let values = decode_row(&row, &columns).inspect_err(|_| stop_reading(lease))?;
-        let bytes = values.iter().map(SqlValue::response_bytes).sum::<usize>();
+        let bytes = values.iter().map(SqlValue::memory_bytes).sum::<usize>();
         if bytes as u64 > statement.max_row_bytes {
             return too_large_row(lease, parts, &mut chunk, sent, statement).await;
         }

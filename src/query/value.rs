@@ -45,7 +45,24 @@ pub enum SqlValue {
     Array(Vec<SqlValue>),
 }
 
+/// What one value costs in memory on its way to the caller besides its
+/// payload: this enum and the protobuf value it becomes (about 48 and 32
+/// bytes), and its framing. A NULL is 4 bytes from PostgreSQL and about 96
+/// here, so results are bounded by what they cost, not what they weigh.
+pub(crate) const VALUE_OVERHEAD: usize = 96;
+
 impl SqlValue {
+    /// What the value costs in memory until it is sent: its payload plus
+    /// [`VALUE_OVERHEAD`] (for each element, in an array).
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            SqlValue::Array(elements) => {
+                VALUE_OVERHEAD + elements.iter().map(SqlValue::memory_bytes).sum::<usize>()
+            }
+            other => VALUE_OVERHEAD + other.response_bytes(),
+        }
+    }
+
     /// About how many bytes the value takes in a response: its payload plus
     /// a few bytes of protobuf framing. What the result byte limit counts.
     pub fn response_bytes(&self) -> usize {

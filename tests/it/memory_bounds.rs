@@ -135,3 +135,91 @@ async fn four_600_mb_results_under_a_2_gib_limit_are_refused_not_fatal() {
         .expect("still serving");
     assert_eq!(server.terminate().await.code(), Some(0));
 }
+
+/// Streams whose readers stop, with rows that weigh little on the wire but
+/// cost much in memory (arrays of NULLs: 4 bytes each from PostgreSQL):
+/// rows are limited by what they cost, so eight stalled streams hold a
+/// bounded amount, and a row of 500,000 NULLs is refused (found by a red
+/// team: it took 160 MB per stalled stream, and 22 of them killed the
+/// server under a 2 GiB limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_of_cheap_to_send_rows_stay_bounded() {
+    let _turn = crate::support::machine_to_myself().await;
+    let pool = "bin_stalled";
+    let streams = 8;
+    let server = ServedBinary::start(&config_yaml(&[PoolSpec::new(pool, streams)]), &[]).await;
+    let mut client = server.query().await;
+    client
+        .execute(exec(pool, "SELECT 1", vec![]))
+        .await
+        .expect("warm up");
+    let idle = server.resident_bytes().expect("rss");
+
+    let mut refused = client
+        .execute_stream(exec(
+            pool,
+            "SELECT g, array_fill(null::int4, array[500000]) FROM generate_series(1, 3) g",
+            vec![],
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    let status = loop {
+        match refused.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a row of 500,000 NULLs was sent"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let mut stalled = Vec::new();
+    for _ in 0..streams {
+        let mut parts = server
+            .query()
+            .await
+            .execute_stream(exec(
+                pool,
+                "SELECT g, array_fill(null::int4, array[35000]) FROM generate_series(1, 1000) g",
+                vec![],
+            ))
+            .await
+            .expect("stream")
+            .into_inner();
+        parts.message().await.expect("a part").expect("header");
+        parts.message().await.expect("a part").expect("rows");
+        stalled.push(parts);
+    }
+    let admin = crate::support::cluster().admin().await;
+    crate::support::eventually(
+        "every backend waits for poolplane to read",
+        Duration::from_secs(20),
+        || {
+            let admin = &admin;
+            async move {
+                admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                         AND wait_event = 'ClientWrite'",
+                        &[&format!("poolplane/{pool}")],
+                    )
+                    .await
+                    .map(|row| row.get::<_, i64>(0))
+                    .unwrap_or(0)
+                    == i64::from(streams)
+            }
+        },
+    )
+    .await;
+    // The README's bound: about five times server.max_result_bytes (4 MB)
+    // per stream; 44 MiB for all eight were measured here.
+    let grew = server.resident_bytes().expect("rss").saturating_sub(idle);
+    let bound = u64::from(streams) * 5 * 4_000_000;
+    assert!(
+        grew < bound,
+        "{streams} stalled streams grew resident memory by {} MiB (bound {} MiB)",
+        grew / MIB,
+        bound / MIB
+    );
+    drop(stalled);
+}
