@@ -18,6 +18,9 @@ pub enum SlotEnd {
     Closed,
     /// The server or the network ended it; the text says how.
     Broken(String),
+    /// The server ended it on request (`pg_terminate_backend`); the text
+    /// says how.
+    Terminated(String),
 }
 
 /// One place under the pool's `max_connections`, held from before a

@@ -254,10 +254,9 @@ struct Entry<C: Connector> {
     close_reason: Option<CloseReason>,
     /// Whether the connect succeeded (a failed open is not a "close").
     opened: bool,
-    /// The caller's running statement may end this very backend
-    /// (`pg_terminate_backend`): if the server ends it now, that is the
-    /// caller's doing, not a pool failure. Cleared when it comes back clean.
-    caller_may_end: bool,
+    /// A caller's statement runs (or ran) on it since it was last put back:
+    /// the server ending it on request now is no pool failure.
+    running_statement: bool,
 }
 
 struct Table<C: Connector> {
@@ -496,7 +495,7 @@ impl<C: Connector> Core<C> {
                 retire: None,
                 close_reason: None,
                 opened: false,
-                caller_may_end: false,
+                running_statement: false,
             },
         );
         table.peak = table.peak.max(table.entries.len());
@@ -681,7 +680,7 @@ impl<C: Connector> Core<C> {
                 return;
             };
             entry.lease = None;
-            entry.caller_may_end = false;
+            entry.running_statement = false;
             let close = if !serving || live > max {
                 Some(CloseReason::Retired)
             } else {
@@ -708,10 +707,6 @@ impl<C: Connector> Core<C> {
             if let Some(entry) = table.entries.get_mut(&id) {
                 entry.state = ConnState::Closing;
                 entry.lease = None;
-                let reason = match reason {
-                    CloseReason::Broken if entry.caller_may_end => CloseReason::Discarded,
-                    reason => reason,
-                };
                 entry.close_reason.get_or_insert(reason);
             }
         }
@@ -721,12 +716,10 @@ impl<C: Connector> Core<C> {
         }
     }
 
-    /// The caller's statement about to run on leased connection `id` may
-    /// end its own backend: should the server end it, that is not counted
-    /// as a broken connection.
-    pub(crate) fn caller_may_end(&self, id: u64) {
+    /// A caller's statement is about to run on leased connection `id`.
+    pub(crate) fn statement_starts(&self, id: u64) {
         if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.caller_may_end = true;
+            entry.running_statement = true;
         }
     }
 
@@ -745,23 +738,30 @@ impl<C: Connector> Core<C> {
             table.grant_free_slots(self, &mut after);
             removed
         };
-        let caller_ended = removed.as_ref().is_some_and(|entry| entry.caller_may_end);
-        let end = match end {
-            SlotEnd::Broken(error) if caller_ended => {
-                tracing::debug!(%error, "a caller's statement ended its own connection");
-                SlotEnd::Closed
+        let running = removed
+            .as_ref()
+            .is_some_and(|entry| entry.running_statement);
+        let broken = match end {
+            SlotEnd::Broken(error) => Some(error),
+            // Ended on request while a caller's statement ran: that caller
+            // (or an administrator) ended it, the pool did not fail.
+            SlotEnd::Terminated(error) if running => {
+                tracing::debug!(%error, "a connection was terminated during a caller's statement");
+                None
             }
-            end => end,
+            SlotEnd::Terminated(error) => Some(error),
+            SlotEnd::Closed => None,
         };
-        if let SlotEnd::Broken(error) = &end {
+        if let Some(error) = &broken {
             self.stats.connection_broke();
             (self.on_broken)(error.clone());
         }
         if let Some(mut entry) = removed {
             if entry.opened {
-                let reason = entry.close_reason.unwrap_or(match end {
-                    SlotEnd::Broken(_) => CloseReason::Broken,
-                    SlotEnd::Closed => CloseReason::Discarded,
+                let reason = entry.close_reason.unwrap_or(if broken.is_some() {
+                    CloseReason::Broken
+                } else {
+                    CloseReason::Discarded
                 });
                 self.stats.connection_closed(reason);
             }

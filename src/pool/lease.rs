@@ -143,11 +143,12 @@ impl<C: Connector> Lease<C> {
         self.control.set_dirty(false);
     }
 
-    /// The statement about to run may end this connection's own backend
-    /// (it calls `pg_terminate_backend`): if the server ends it, that is
-    /// the caller's doing, not counted as a broken connection.
-    pub fn caller_may_end_connection(&self) {
-        self.core.caller_may_end(self.id);
+    /// A caller's statement is about to run: if the server ends the
+    /// connection on request (`pg_terminate_backend`, the caller's own or
+    /// an administrator's) before it is back in the pool, that is not a
+    /// broken connection.
+    pub fn statement_starts(&self) {
+        self.core.statement_starts(self.id);
     }
 
     /// The pool this lease came from.

@@ -92,6 +92,7 @@ impl Connector for PgConnector {
         // If the open fails, `on_end` is dropped unrun and the slot with it.
         let on_end = move |end: DriverEnd| match end {
             DriverEnd::Failed(error) => slot.end(SlotEnd::Broken(error)),
+            DriverEnd::Terminated(error) => slot.end(SlotEnd::Terminated(error)),
             DriverEnd::Closed | DriverEnd::Aborted => slot.end(SlotEnd::Closed),
         };
         let postgres::Opened {

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -34,6 +34,10 @@ pub(crate) struct MessageLimit {
     /// Index (in `rows_seen` terms) of the first row dropped since the last
     /// [`MessageLimit::begin_result`]; `NONE` if none was.
     first_dropped: AtomicU64,
+    /// The server said it ends the connection on request (SQLSTATE 57P01,
+    /// `pg_terminate_backend`): the driver, which hands that report to the
+    /// statement running, sees only a closed connection afterwards.
+    terminated: AtomicBool,
 }
 
 const NONE: u64 = u64::MAX;
@@ -44,7 +48,13 @@ impl MessageLimit {
             max: usize::try_from(max).unwrap_or(usize::MAX),
             rows_seen: AtomicU64::new(0),
             first_dropped: AtomicU64::new(NONE),
+            terminated: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the server reported ending this connection on request.
+    pub(crate) fn terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
     }
 
     /// Called before a statement is sent (the connection's earlier results
@@ -69,6 +79,13 @@ impl MessageLimit {
 /// How much of an oversized error is kept.
 const ERROR_PREFIX: usize = 1024;
 
+/// How much of a passing error is read for its SQLSTATE (PostgreSQL sends
+/// the severity, twice, then the code).
+const ERROR_CODE_PREFIX: usize = 64;
+
+/// SQLSTATE 57P01: the server ends the connection on request.
+const ADMIN_SHUTDOWN: &[u8] = b"57P01";
+
 /// A message header: its type byte and its length (which counts itself).
 const HEADER: usize = 5;
 
@@ -85,6 +102,11 @@ enum Phase {
         have: usize,
     },
     Pass(usize),
+    /// An error that passes, its first bytes kept to read its SQLSTATE.
+    PassError {
+        remaining: usize,
+        seen: Vec<u8>,
+    },
     Drop(usize),
     /// An oversized error: the first bytes of its body are kept, the rest
     /// dropped; a shortened copy follows.
@@ -214,6 +236,21 @@ impl Filter {
                 *remaining -= take;
                 if *remaining == 0 {
                     out.extend_from_slice(&shortened_error(kept, *size));
+                    let kept = std::mem::take(kept);
+                    self.error_seen(&kept);
+                    self.phase = header();
+                }
+                take
+            }
+            Phase::PassError { remaining, seen } => {
+                let take = (*remaining).min(input.len());
+                out.extend_from_slice(&input[..take]);
+                let keep = take.min(ERROR_CODE_PREFIX.saturating_sub(seen.len()));
+                seen.extend_from_slice(&input[..keep]);
+                *remaining -= take;
+                if *remaining == 0 {
+                    let seen = std::mem::take(seen);
+                    self.error_seen(&seen);
                     self.phase = header();
                 }
                 take
@@ -245,13 +282,34 @@ impl Filter {
                 remaining: body,
                 size: length,
             },
+            b'E' => {
+                out.extend_from_slice(&header_bytes);
+                Phase::PassError {
+                    remaining: body,
+                    seen: Vec::with_capacity(ERROR_CODE_PREFIX.min(body)),
+                }
+            }
             _ => {
                 out.extend_from_slice(&header_bytes);
                 Phase::Pass(body)
             }
         };
-        if matches!(self.phase, Phase::Pass(0) | Phase::Drop(0)) {
+        if matches!(
+            self.phase,
+            Phase::Pass(0) | Phase::Drop(0) | Phase::PassError { remaining: 0, .. }
+        ) {
             self.phase = header();
+        }
+    }
+
+    /// Notes an error report the server sent (its first bytes, where
+    /// PostgreSQL puts the severity and the SQLSTATE).
+    fn error_seen(&self, start: &[u8]) {
+        let code = start
+            .split(|&b| b == 0)
+            .find_map(|field| field.strip_prefix(b"C"));
+        if code == Some(ADMIN_SHUTDOWN) {
+            self.limit.terminated.store(true, Ordering::Release);
         }
     }
 }
@@ -574,6 +632,27 @@ mod tests {
         let input = [b"N".to_vec(), message(b'D', &[1; 300])].concat();
         assert_eq!(filtered(&mut plain, &input, 3), b"N");
         assert_eq!(limit.rows_before_drop(mark), Some(0));
+    }
+
+    #[test]
+    fn an_error_saying_the_connection_ends_on_request_is_noted() {
+        let terminated = |code: &str| {
+            let mut body = Vec::new();
+            for (field, text) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code)] {
+                body.push(field);
+                body.extend_from_slice(text.as_bytes());
+                body.push(0);
+            }
+            body.extend_from_slice(b"Mterminating connection due to administrator command\0\0");
+            let input = message(b'E', &body);
+            let limit = MessageLimit::new(1000);
+            let mut filter = Filter::messages(Arc::clone(&limit));
+            assert_eq!(filtered(&mut filter, &input, 3), input, "passes unchanged");
+            limit.terminated()
+        };
+        assert!(terminated("57P01"));
+        assert!(!terminated("57P02"));
+        assert!(!terminated("57014"));
     }
 
     /// What the filter should make of whole messages, one at a time.

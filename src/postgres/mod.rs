@@ -72,6 +72,9 @@ pub(crate) enum DriverEnd {
     Closed,
     /// The server or the network ended it: the error says how.
     Failed(String),
+    /// The server ended it on request (SQLSTATE 57P01: `pg_terminate_backend`,
+    /// or a fast shutdown).
+    Terminated(String),
     /// The driver task was dropped without finishing (runtime shutdown).
     Aborted,
 }
@@ -177,7 +180,7 @@ impl Connector {
             Ok(Tls::Plain) => {
                 let stream = Limited::new(stream, Filter::messages(Arc::clone(&limit)));
                 let (client, connection) = self.pg.connect_raw(stream, NoTls).await?;
-                spawn_driver(connection, closer.clone(), on_end);
+                spawn_driver(connection, closer.clone(), Arc::clone(&limit), on_end);
                 client
             }
             Ok(Tls::Rustls(make)) => {
@@ -191,7 +194,7 @@ impl Connector {
                 .map_err(|err| OpenError::Tls(err.to_string()))?;
                 let tls = LimitedTls::new(tls, Arc::clone(&limit));
                 let (client, connection) = self.pg.connect_raw(stream, tls).await?;
-                spawn_driver(connection, closer.clone(), on_end);
+                spawn_driver(connection, closer.clone(), Arc::clone(&limit), on_end);
                 client
             }
         };
@@ -203,8 +206,12 @@ impl Connector {
     }
 }
 
-fn spawn_driver<S, T, F>(connection: tokio_postgres::Connection<S, T>, closer: Closer, on_end: F)
-where
+fn spawn_driver<S, T, F>(
+    connection: tokio_postgres::Connection<S, T>,
+    closer: Closer,
+    limit: Arc<MessageLimit>,
+    on_end: F,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(DriverEnd) + Send + 'static,
@@ -217,6 +224,8 @@ where
             // no failure. A FATAL report from the server (terminated,
             // shutting down) is a break even if we were closing it too.
             Err(err) if closer.requested() && err.as_db_error().is_none() => DriverEnd::Closed,
+            // Told first (in the report a statement received, or unasked).
+            Err(err) if limit.terminated() => DriverEnd::Terminated(error_chain(&err)),
             Err(err) => DriverEnd::Failed(error_chain(&err)),
         };
         guard.finish(end);

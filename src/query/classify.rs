@@ -30,24 +30,12 @@ pub enum Refusal {
     Copy,
 }
 
-/// What the pool needs to know about a statement it lets through.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Admitted {
-    /// It calls `pg_terminate_backend`, so it may end its own backend:
-    /// a connection lost while it runs is the caller's doing, not a pool
-    /// failure.
-    pub may_end_own_backend: bool,
-}
-
-/// The function that ends a backend (PostgreSQL's `pg_terminate_backend`).
-const TERMINATE_BACKEND: &str = "pg_terminate_backend";
-
 /// `Ok` if `sql` may run through Execute/ExecuteBatch.
-pub fn check(sql: &str) -> Result<Admitted, Refusal> {
+pub fn check(sql: &str) -> Result<(), Refusal> {
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
         Err(pg_query::Error::Decode(_)) => return judge_by_words(sql),
-        Err(_) => return Ok(Admitted::default()),
+        Err(_) => return Ok(()),
     };
     let statements = &parsed.protobuf.stmts;
     if statements.len() > 1 {
@@ -58,7 +46,7 @@ pub fn check(sql: &str) -> Result<Admitted, Refusal> {
         .and_then(|raw| raw.stmt.as_ref())
         .and_then(|stmt| stmt.node.as_ref())
     else {
-        return Ok(Admitted::default());
+        return Ok(());
     };
     if let Some(kind) = top_level_refusal(node.to_ref()) {
         return Err(kind);
@@ -66,25 +54,12 @@ pub fn check(sql: &str) -> Result<Admitted, Refusal> {
     // Temporary objects can be created below the top (`EXPLAIN ANALYZE
     // CREATE TEMP TABLE ... AS`, `WITH ... SELECT ... INTO TEMP`): a
     // relation marked temporary anywhere in the tree is refused.
-    let mut admitted = Admitted::default();
     for (node, _depth, _context, _has_filter) in parsed.protobuf.nodes() {
         if creates_temporary(node) {
             return Err(Refusal::NeedsSession("CREATE TEMP"));
         }
-        admitted.may_end_own_backend |= calls(node, TERMINATE_BACKEND);
     }
-    Ok(admitted)
-}
-
-/// Whether `node` is a call of `function` (by its unqualified name).
-fn calls(node: NodeRef<'_>, function: &str) -> bool {
-    let NodeRef::FuncCall(call) = node else {
-        return false;
-    };
-    matches!(
-        call.funcname.last().and_then(|part| part.node.as_ref()),
-        Some(pg_query::NodeEnum::String(name)) if name.sval == function
-    )
+    Ok(())
 }
 
 fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
@@ -198,10 +173,10 @@ fn temporary(range: Option<&pg_query::protobuf::RangeVar>) -> bool {
 /// The fallback for a statement whose tree could not be read: its words
 /// (comments skipped), as PostgreSQL's own scanner splits them. It refuses
 /// whatever *might* be one of the refused statements.
-fn judge_by_words(sql: &str) -> Result<Admitted, Refusal> {
+fn judge_by_words(sql: &str) -> Result<(), Refusal> {
     use pg_query::protobuf::Token;
     let Ok(scanned) = pg_query::scan(sql) else {
-        return Ok(Admitted::default());
+        return Ok(());
     };
     let words: Vec<String> = scanned
         .tokens
@@ -237,9 +212,7 @@ fn judge_by_words(sql: &str) -> Result<Admitted, Refusal> {
         Some("DECLARE") if has("HOLD") => needs_session("DECLARE ... WITH HOLD"),
         Some("COPY") if has("STDIN") || has("STDOUT") => Err(Refusal::Copy),
         _ if has("TEMP") || has("TEMPORARY") || has("PG_TEMP") => needs_session("CREATE TEMP"),
-        _ => Ok(Admitted {
-            may_end_own_backend: has(&TERMINATE_BACKEND.to_ascii_uppercase()),
-        }),
+        _ => Ok(()),
     }
 }
 
@@ -335,7 +308,7 @@ mod tests {
         assert_eq!(check("COPY t TO STDOUT"), Err(Refusal::Copy));
         assert_eq!(check("copy t from stdin"), Err(Refusal::Copy));
         assert_eq!(check("COPY (SELECT 1) TO STDOUT"), Err(Refusal::Copy));
-        assert_eq!(check("COPY t TO '/tmp/x'"), Ok(Admitted::default()));
+        assert_eq!(check("COPY t TO '/tmp/x'"), Ok(()));
     }
 
     #[test]
@@ -373,7 +346,7 @@ mod tests {
             // Not SQL PostgreSQL accepts: it reports its own syntax error.
             "SELEC 1",
         ] {
-            assert_eq!(check(sql), Ok(Admitted::default()), "{sql}");
+            assert_eq!(check(sql), Ok(()), "{sql}");
         }
     }
 
@@ -397,11 +370,8 @@ mod tests {
                 format!("COPY (SELECT {deep}) TO STDOUT"),
                 Err(Refusal::Copy),
             ),
-            (
-                format!("/* BEGIN */ -- SET x\nSELECT {deep}"),
-                Ok(Admitted::default()),
-            ),
-            (format!("SELECT {deep}"), Ok(Admitted::default())),
+            (format!("/* BEGIN */ -- SET x\nSELECT {deep}"), Ok(())),
+            (format!("SELECT {deep}"), Ok(())),
             (
                 format!("SELECT {deep}; BEGIN"),
                 Err(Refusal::MultipleStatements(2)),
@@ -429,35 +399,6 @@ mod tests {
         // libpg_query stops at its stack-depth limit and the tree decoder
         // at its recursion limit: either way PostgreSQL judges the text.
         let sql = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
-        assert_eq!(check(&sql), Ok(Admitted::default()));
-    }
-
-    #[test]
-    fn a_call_of_pg_terminate_backend_is_noted_wherever_it_is() {
-        let ends = Ok(Admitted {
-            may_end_own_backend: true,
-        });
-        assert_eq!(check("SELECT pg_terminate_backend(pg_backend_pid())"), ends);
-        assert_eq!(
-            check("SELECT pg_catalog.PG_TERMINATE_BACKEND(pid) FROM pg_stat_activity WHERE usename = 'x'"),
-            ends
-        );
-        assert_eq!(
-            check("WITH k AS (SELECT pg_terminate_backend(1)) SELECT * FROM k"),
-            ends
-        );
-        let deep = format!(
-            "pg_terminate_backend(pg_backend_pid()) {}",
-            "+ 1 ".repeat(60)
-        );
-        assert_eq!(check(&format!("SELECT {deep}")), ends);
-        assert_eq!(
-            check("SELECT 'pg_terminate_backend(1)'"),
-            Ok(Admitted::default())
-        );
-        assert_eq!(
-            check("SELECT pg_cancel_backend(1)"),
-            Ok(Admitted::default())
-        );
+        assert_eq!(check(&sql), Ok(()));
     }
 }

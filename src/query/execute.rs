@@ -16,7 +16,7 @@ use futures::{pin_mut, TryStreamExt};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::classify::{self, Admitted, Refusal};
+use super::classify::{self, Refusal};
 use super::error::QueryError;
 use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
 use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
@@ -59,11 +59,11 @@ pub async fn execute(
     statement: Statement,
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
-    let admitted = admit(&statement.sql)?;
+    admit(&statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, move |lease| {
-        run_statement(lease, Arc::clone(&statement), admitted)
+        run_statement(lease, Arc::clone(&statement))
     })
     .await
 }
@@ -75,19 +75,14 @@ pub async fn execute_batch(
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
-    let admitted = admit(&sql)?;
+    admit(&sql)?;
     for (i, set) in parameter_sets.iter().enumerate() {
         admit_params(&format!("parameter_sets[{i}].params"), set.len())?;
     }
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
     with_lease(pool, deadline, move |lease| {
-        run_batch(
-            lease,
-            Arc::clone(&sql),
-            Arc::clone(&parameter_sets),
-            admitted,
-        )
+        run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
     })
     .await
 }
@@ -98,7 +93,7 @@ const MAX_PARAMS: usize = 65_535;
 /// Refuses what must not run on a shared connection in autocommit, and
 /// what PostgreSQL or the driver would refuse before running anything (the
 /// caller's mistake, not a broken connection).
-pub(super) fn admit(sql: &str) -> Result<Admitted, QueryError> {
+pub(super) fn admit(sql: &str) -> Result<(), QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
@@ -109,7 +104,7 @@ pub(super) fn admit(sql: &str) -> Result<Admitted, QueryError> {
         ));
     }
     match classify::check(sql) {
-        Ok(admitted) => Ok(admitted),
+        Ok(()) => Ok(()),
         Err(Refusal::NeedsSession(kind)) => Err(QueryError::NeedsSession { kind }),
         Err(Refusal::Copy) => Err(QueryError::CopyUnsupported),
         Err(Refusal::MultipleStatements(count)) => Err(QueryError::invalid(
@@ -225,15 +220,15 @@ where
 pub(super) async fn prepare(
     lease: &Lease,
     sql: &str,
-    admitted: Admitted,
 ) -> Result<tokio_postgres::Statement, Attempt<()>> {
     let prepared = lease.client().prepare(sql).await;
     let err = match prepared {
         Ok(statement) => {
             lease.prepared(&statement);
-            if admitted.may_end_own_backend {
-                lease.caller_may_end_connection();
-            }
+            // From here the caller's statement runs: should the server end
+            // the connection on request meanwhile, that is not the pool's
+            // failure.
+            lease.statement_starts();
             return Ok(statement);
         }
         Err(err) => err,
@@ -318,12 +313,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_statement(
-    lease: Lease,
-    statement: Arc<Statement>,
-    admitted: Admitted,
-) -> Attempt<QueryResult> {
-    let prepared = match prepare(&lease, &statement.sql, admitted).await {
+async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<QueryResult> {
+    let prepared = match prepare(&lease, &statement.sql).await {
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };
@@ -457,9 +448,8 @@ async fn run_batch(
     lease: Lease,
     sql: Arc<String>,
     parameter_sets: Arc<Vec<Vec<SqlValue>>>,
-    admitted: Admitted,
 ) -> Attempt<BatchResult> {
-    let prepared = match prepare(&lease, &sql, admitted).await {
+    let prepared = match prepare(&lease, &sql).await {
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };

@@ -11,7 +11,7 @@ mod numeric;
 mod stream;
 mod value;
 
-pub use classify::{check as classify, Admitted, Refusal};
+pub use classify::{check as classify, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};

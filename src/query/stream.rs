@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
-use super::classify::Admitted;
 use super::error::QueryError;
 use super::execute::{
     admit, admit_params, classify, count_sql_error, decode_row, describe_columns, driver_error,
@@ -89,11 +88,11 @@ async fn run(
     deadline: Option<Instant>,
     parts: &PartSender,
 ) -> Result<(u64, bool), QueryError> {
-    let admitted = admit(&statement.sql)?;
+    admit(&statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, |lease| {
-        stream_statement(lease, Arc::clone(&statement), admitted, parts.clone())
+        stream_statement(lease, Arc::clone(&statement), parts.clone())
     })
     .await
 }
@@ -101,10 +100,9 @@ async fn run(
 async fn stream_statement(
     lease: Lease,
     statement: Arc<StreamStatement>,
-    admitted: Admitted,
     parts: PartSender,
 ) -> Attempt<(u64, bool)> {
-    let prepared = match prepare(&lease, &statement.sql, admitted).await {
+    let prepared = match prepare(&lease, &statement.sql).await {
         Ok(prepared) => prepared,
         Err(failure) => return failure.retype(),
     };

@@ -156,8 +156,9 @@ async fn counts_match_postgresql_after_a_storm_of_cancelled_calls() {
 
 /// A caller that ends its own backend did not find the pool broken: its
 /// connection is closed, but not counted as broken (which feeds the error
-/// rate and `high_error_rate`), and no connection-lost event is published.
-/// Ending *another* pool's backend is still that pool's broken connection.
+/// rate and `high_error_rate`), and no connection-lost event is published,
+/// however the call is hidden. Ending *another* pool's idle backend is
+/// still that pool's broken connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_ending_its_own_backend_is_not_a_pool_failure() {
     let (killer, victim) = ("self_ending", "ended_by_others");
@@ -167,20 +168,32 @@ async fn a_caller_ending_its_own_backend_is_not_a_pool_failure() {
     let admin = cluster().admin().await;
     let mut client = server.query().await;
 
-    let status = client
-        .execute(exec(
-            killer,
-            "SELECT pg_terminate_backend(pg_backend_pid())",
-            vec![],
-        ))
-        .await
-        .expect_err("the backend ends");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    eventually("the ended backend is gone", Duration::from_secs(5), || {
-        let admin = &admin;
-        async move { backends(admin, &format!("poolplane/{killer}")).await == 0 }
-    })
-    .await;
+    // Directly, and hidden where no parser sees it (a DO block, a function).
+    for sql in [
+        "SELECT pg_terminate_backend(pg_backend_pid())",
+        "DO $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); END $$",
+        "SELECT pp_end_myself()",
+    ] {
+        if sql.contains("pp_end_myself") {
+            admin
+                .batch_execute(
+                    "CREATE OR REPLACE FUNCTION pp_end_myself() RETURNS bool \
+                     LANGUAGE sql AS 'SELECT pg_terminate_backend(pg_backend_pid())'",
+                )
+                .await
+                .expect("create function");
+        }
+        let status = client
+            .execute(exec(killer, sql, vec![]))
+            .await
+            .expect_err("the backend ends");
+        assert_eq!(status.code(), Code::Unavailable, "{sql}: {status:?}");
+        eventually("the ended backend is gone", Duration::from_secs(5), || {
+            let admin = &admin;
+            async move { backends(admin, &format!("poolplane/{killer}")).await == 0 }
+        })
+        .await;
+    }
     // The pool works on, and its numbers show no failure.
     client
         .execute(exec(killer, "SELECT 1", vec![]))
