@@ -214,9 +214,9 @@ mod tests {
         for (name, input) in regressions("config") {
             let started = Instant::now();
             super::config(&input);
-            // Generous for an unoptimised build; fuzzing flags > 1 s.
+            // Only a hang fails here (fuzzing itself flags units over 1 s).
             assert!(
-                started.elapsed() < Duration::from_secs(2),
+                started.elapsed() < Duration::from_secs(20),
                 "{name} took {:?}",
                 started.elapsed()
             );

@@ -214,13 +214,17 @@ fn decode_array(member: &Type, raw: &[u8]) -> Result<SqlValue, BoxError> {
         )
         .into());
     }
-    let elements = array
-        .values()
-        .map(|element| match element {
-            None => Ok(SqlValue::Null),
-            Some(bytes) => decode_scalar(member, bytes),
-        })
-        .collect()?;
+    // Grown as elements arrive, not sized from the header's count: a
+    // header may claim a hundred million elements in fifty bytes (found by
+    // fuzzing: collecting reserved gigabytes up front).
+    let mut elements = Vec::new();
+    let mut values = array.values();
+    while let Some(element) = values.next()? {
+        elements.push(match element {
+            None => SqlValue::Null,
+            Some(bytes) => decode_scalar(member, bytes)?,
+        });
+    }
     Ok(SqlValue::Array(elements))
 }
 
