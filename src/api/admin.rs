@@ -275,6 +275,9 @@ impl PoolAdmin for AdminService {
         request: Request<proto::ListAlertsRequest>,
     ) -> Result<Response<proto::ListAlertsResponse>, Status> {
         let scope = identity(&request)?.pools.clone();
+        if !request.get_ref().pool.is_empty() {
+            authorize(&request, Right::Read, &request.get_ref().pool)?;
+        }
         let r = request.into_inner();
         let filter = AlertFilter {
             include_ended: r.include_ended,

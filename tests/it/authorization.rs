@@ -1,0 +1,292 @@
+//! Who may call what: every method of the API, taken from the proto
+//! descriptors (so a new RPC cannot be missed), called with no
+//! credentials, a bad token, and each role, on a pool in and out of the
+//! caller's scope. A refused call is UNAUTHENTICATED (who?) or
+//! PERMISSION_DENIED (not allowed), before any work; an allowed one may
+//! still fail for other reasons (an empty request), never with those two.
+
+use bytes::{Buf, BufMut};
+use poolplane::api::auth::{access, Access};
+use poolplane::auth::{Right, Role};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::support::{config_yaml_with, PoolSpec, TestServer};
+
+/// Requests and responses as raw bytes: any method can be called.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// One method of the API, as the descriptors describe it.
+#[derive(Debug, Clone)]
+struct Method {
+    service: String,
+    name: String,
+    server_streaming: bool,
+    client_streaming: bool,
+    /// The number of the request's `pool` or `name` string field, if any.
+    pool_field: Option<i32>,
+}
+
+fn methods() -> Vec<Method> {
+    let set = prost_types::FileDescriptorSet::decode(poolplane::proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let messages: Vec<(String, &prost_types::DescriptorProto)> = set
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.message_type
+                .iter()
+                .map(move |m| (format!(".{}.{}", file.package(), m.name()), m))
+        })
+        .collect();
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let input = messages
+                    .iter()
+                    .find(|(name, _)| name == method.input_type())
+                    .map(|(_, m)| *m)
+                    .unwrap_or_else(|| panic!("input type of {}", method.name()));
+                let pool_field = input
+                    .field
+                    .iter()
+                    .find(|f| {
+                        matches!(f.name(), "pool" | "name")
+                            && f.r#type() == prost_types::field_descriptor_proto::Type::String
+                    })
+                    .map(|f| f.number());
+                methods.push(Method {
+                    service: format!("{}.{}", file.package(), service.name()),
+                    name: method.name().to_string(),
+                    server_streaming: method.server_streaming(),
+                    client_streaming: method.client_streaming(),
+                    pool_field,
+                });
+            }
+        }
+    }
+    methods
+}
+
+/// A request naming `pool` in its pool field (protobuf by hand: tag, length, bytes).
+fn request_for(method: &Method, pool: &str) -> Vec<u8> {
+    let Some(field) = method.pool_field else {
+        return Vec::new();
+    };
+    let mut bytes = vec![u8::try_from((field << 3) | 2).expect("small field number")];
+    bytes.push(u8::try_from(pool.len()).expect("short name"));
+    bytes.extend_from_slice(pool.as_bytes());
+    bytes
+}
+
+/// The code a call ends with before any result: `None` if it was let in
+/// (it may still fail, for other reasons).
+async fn refusal(
+    channel: &Channel,
+    method: &Method,
+    pool: &str,
+    token: Option<&str>,
+) -> Option<Code> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("ready");
+    let path: http::uri::PathAndQuery = format!("/{}/{}", method.service, method.name)
+        .parse()
+        .expect("path");
+    let mut request = tonic::Request::new(request_for(method, pool));
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    let code = if method.server_streaming {
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .err()
+            .map(|status| status.code())
+    } else {
+        grpc.unary(request, path, RawCodec)
+            .await
+            .err()
+            .map(|status| status.code())
+    };
+    code.filter(|code| matches!(code, Code::Unauthenticated | Code::PermissionDenied))
+}
+
+const TOKENS: [(&str, &str, Role, &str); 4] = [
+    ("root", "admin-token-0123456789", Role::Admin, "[\"*\"]"),
+    (
+        "oncall",
+        "operator-token-0123456789",
+        Role::Operator,
+        "[\"mine\"]",
+    ),
+    (
+        "dashboard",
+        "viewer-token-0123456789",
+        Role::Viewer,
+        "[\"*\"]",
+    ),
+    ("app", "client-token-0123456789", Role::Client, "[\"mine\"]"),
+];
+
+fn auth_section() -> String {
+    let mut section =
+        String::from("  server:\n    shutdown_timeout_ms: 5000\n    auth:\n      tokens:\n");
+    for (name, token, role, pools) in TOKENS {
+        let hash: String = poolplane::auth::hash(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        section.push_str(&format!(
+            "        - name: {name}\n          token_sha256: \"{hash}\"\n          role: {role}\n          pools: {pools}\n"
+        ));
+    }
+    section
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_refuses_exactly_who_it_must() {
+    let yaml = config_yaml_with(
+        &[PoolSpec::new("mine", 1), PoolSpec::new("theirs", 1)],
+        &auth_section(),
+    );
+    let server = TestServer::start(&yaml).await;
+    let channel = server.channel().await;
+
+    let methods = methods();
+    // The table and the proto list the same methods.
+    let mut described: Vec<String> = methods
+        .iter()
+        .map(|m| format!("{}/{}", m.service, m.name))
+        .collect();
+    let mut tabled: Vec<String> = poolplane::api::auth::ACCESS
+        .iter()
+        .filter(|(service, _, _)| service.starts_with("poolplane."))
+        .map(|(service, method, _)| format!("{service}/{method}"))
+        .collect();
+    described.sort();
+    tabled.sort();
+    assert_eq!(described, tabled);
+    for method in &methods {
+        let path = format!("/{}/{}", method.service, method.name);
+        let Some(needed) = access(&path) else {
+            panic!("{path} is not in the access table: decide who may call it");
+        };
+        let Access::Needs(right) = needed else {
+            panic!("{path} is open to anyone");
+        };
+        assert!(
+            !method.client_streaming,
+            "{path}: no client-streaming call is tested"
+        );
+
+        // Destructive calls go to the pool out of everyone's scope but the
+        // admin's, so the rest of the matrix keeps its pools.
+        for (caller, token) in [
+            ("nobody", None),
+            ("a stranger", Some("not-a-token-at-all-123")),
+        ] {
+            assert_eq!(
+                refusal(&channel, method, "mine", token).await,
+                Some(Code::Unauthenticated),
+                "{path} by {caller}"
+            );
+        }
+        for (name, token, role, _) in TOKENS {
+            for pool in ["mine", "theirs"] {
+                if role == Role::Admin && matches!(method.name.as_str(), "DeletePool") {
+                    continue;
+                }
+                let in_scope = role == Role::Admin
+                    || role == Role::Viewer
+                    || pool == "mine"
+                    || method.pool_field.is_none();
+                let expected = if holds(role, right) && in_scope {
+                    None
+                } else {
+                    Some(Code::PermissionDenied)
+                };
+                assert_eq!(
+                    refusal(&channel, method, pool, Some(token)).await,
+                    expected,
+                    "{path} by {name} ({role}) on `{pool}`"
+                );
+            }
+        }
+    }
+    // The admin may delete (last: the pool is gone afterwards).
+    let delete = methods
+        .iter()
+        .find(|m| m.name == "DeletePool")
+        .expect("DeletePool");
+    assert_eq!(
+        refusal(&channel, delete, "theirs", Some(TOKENS[0].1)).await,
+        None
+    );
+    // Probes and tools need no credentials.
+    for path in [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ] {
+        assert_eq!(access(path), Some(Access::Open), "{path}");
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health needs no token");
+    server.stop().await;
+}
+
+/// The README's table of roles, written out here rather than asked of
+/// the server.
+fn holds(role: Role, right: Right) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Operator => matches!(right, Right::Read | Right::Operate),
+        Role::Viewer => matches!(right, Right::Read),
+        Role::Client => matches!(right, Right::Query),
+    }
+}
