@@ -189,3 +189,54 @@ async fn sigterm_with_long_statements_in_flight_takes_one_shutdown_timeout() {
         let _ = call.await;
     }
 }
+
+/// SIGTERM while a stream's reader has stopped (its backend blocked
+/// writing to poolplane): the shutdown budget holds, and no backend is left
+/// (found by a red team: 27 s against a 5 s budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stalled_stream_takes_one_shutdown_timeout() {
+    let _turn = crate::support::machine_to_myself().await;
+    let yaml = config_yaml(&[PoolSpec::new("bin_stalled_stop", 1)])
+        .replace("shutdown_timeout_ms: 5000", "shutdown_timeout_ms: 2000");
+    let server = crate::support::ServedBinary::start(&yaml, &[]).await;
+    let mut parts = server
+        .query()
+        .await
+        .execute_stream(crate::support::exec(
+            "bin_stalled_stop",
+            "SELECT repeat('x', 100000) FROM generate_series(1, 100000)",
+            vec![],
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    parts.message().await.expect("a part").expect("more");
+    let admin = crate::support::cluster().admin().await;
+    crate::support::eventually("the backend waits for poolplane", Duration::from_secs(10), || {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'poolplane/bin_stalled_stop' AND wait_event = 'ClientWrite'",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, i64>(0))
+                .unwrap_or(0)
+                == 1
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = server.terminate().await;
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    crate::support::eventually("no backend is left", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { crate::support::backends(admin, "poolplane/bin_stalled_stop").await == 0 }
+    })
+    .await;
+    drop(parts);
+}
