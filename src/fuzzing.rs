@@ -119,30 +119,7 @@ fn decode(ty: &Type, raw: Option<&[u8]>) -> Result<SqlValue, DecodeError> {
 
 /// One of the supported types (arrays included), by `selector`.
 fn pick_type(selector: u8) -> Type {
-    let candidates = [
-        Type::BOOL,
-        Type::INT2,
-        Type::INT4,
-        Type::INT8,
-        Type::OID,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::NUMERIC,
-        Type::TEXT,
-        Type::VARCHAR,
-        Type::BPCHAR,
-        Type::NAME,
-        Type::UNKNOWN,
-        Type::BYTEA,
-        Type::UUID,
-        Type::DATE,
-        Type::TIME,
-        Type::TIMESTAMP,
-        Type::TIMESTAMPTZ,
-        Type::INTERVAL,
-        Type::JSON,
-        Type::JSONB,
-        Type::VOID,
+    let arrays = [
         Type::BOOL_ARRAY,
         Type::INT2_ARRAY,
         Type::INT4_ARRAY,
@@ -165,8 +142,10 @@ fn pick_type(selector: u8) -> Type {
         Type::JSON_ARRAY,
         Type::JSONB_ARRAY,
     ];
-    let supported: Vec<Type> = candidates
-        .into_iter()
+    let supported: Vec<Type> = crate::query::SUPPORTED_SCALARS
+        .iter()
+        .cloned()
+        .chain(arrays)
         .filter(crate::query::is_supported)
         .collect();
     supported

@@ -365,17 +365,24 @@ pub(super) fn count_sql_error<T>(lease: &Lease, result: &Result<T, QueryError>) 
     }
 }
 
-async fn run_prepared(
+/// A statement sent: its columns, its rows as they come, and the mark for
+/// rows too large to take (`Lease::rows_before_drop`).
+pub(super) struct Sent {
+    pub(super) columns: Vec<Column>,
+    pub(super) rows: tokio_postgres::RowStream,
+    pub(super) mark: u64,
+}
+
+/// Sends a prepared statement with its parameters, unless the caller gave
+/// up (or a drain stopped the lease) during the prepare: then nothing is.
+pub(super) async fn send(
     lease: &Lease,
-    statement: &Statement,
+    params: &[SqlValue],
     prepared: &tokio_postgres::Statement,
-) -> Result<QueryResult, QueryError> {
-    let client = lease.client();
-    let params = encode_params("params", &statement.params, prepared.params())?;
+) -> Result<Sent, QueryError> {
+    let params = encode_params("params", params, prepared.params())?;
     let columns = describe_columns(prepared.columns())?;
     if !lease.begin_effect() {
-        // The caller gave up (or a drain stopped the lease) during the
-        // prepare: nothing is sent.
         return Err(classify(
             lease,
             QueryError::DeadlineExceeded {
@@ -385,10 +392,28 @@ async fn run_prepared(
     }
     // Marked before the statement goes out: the driver reads ahead.
     let mark = lease.begin_result();
-    let stream = client
+    let rows = lease
+        .client()
         .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
         .await
         .map_err(|err| driver_error(lease, &err))?;
+    Ok(Sent {
+        columns,
+        rows,
+        mark,
+    })
+}
+
+async fn run_prepared(
+    lease: &Lease,
+    statement: &Statement,
+    prepared: &tokio_postgres::Statement,
+) -> Result<QueryResult, QueryError> {
+    let Sent {
+        columns,
+        rows: stream,
+        mark,
+    } = send(lease, &statement.params, prepared).await?;
     pin_mut!(stream);
     let mut rows = Vec::new();
     let mut bytes = ResultBytes::default();
@@ -627,7 +652,7 @@ enum Limit {
 /// SQLSTATE 57014, what PostgreSQL reports for a statement cancelled by request.
 pub(super) const QUERY_CANCELED: &str = "57014";
 
-pub(super) fn encode_params(
+fn encode_params(
     field: &str,
     values: &[SqlValue],
     types: &[Type],
@@ -654,9 +679,7 @@ pub(super) fn encode_params(
         .collect()
 }
 
-pub(super) fn describe_columns(
-    columns: &[tokio_postgres::Column],
-) -> Result<Vec<Column>, QueryError> {
+fn describe_columns(columns: &[tokio_postgres::Column]) -> Result<Vec<Column>, QueryError> {
     columns
         .iter()
         .enumerate()

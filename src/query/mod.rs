@@ -15,6 +15,7 @@ pub use classify::{check as classify, Refusal};
 pub use error::{QueryError, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};
+pub(crate) use value::SUPPORTED_SCALARS;
 #[cfg(test)]
 pub(crate) use value::VALUE_OVERHEAD;
 pub use value::{is_supported, Instant, Interval, SqlValue};

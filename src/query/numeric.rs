@@ -66,9 +66,6 @@ pub(crate) fn decode(raw: &[u8]) -> Result<String, String> {
             .unwrap_or(0)
     };
     let mut text = String::new();
-    if sign == SIGN_NEGATIVE && !digits.is_empty() {
-        text.push('-');
-    }
     if weight < 0 {
         text.push('0');
     } else {
@@ -87,6 +84,11 @@ pub(crate) fn decode(raw: &[u8]) -> Result<String, String> {
         fraction.truncate(dscale);
         text.push('.');
         text.push_str(&fraction);
+    }
+    // A negative number shown as zero (its digits all beyond the display
+    // scale, which PostgreSQL itself never sends) is zero.
+    if sign == SIGN_NEGATIVE && text.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        text.insert(0, '-');
     }
     Ok(text)
 }
@@ -230,5 +232,12 @@ mod tests {
         assert!(decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode(&[0, 0, 0, 0, 0, 0, 0x40, 0]).is_err());
         assert!(decode(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]).is_err());
+        // -1e-52224 at one decimal shows as zero, not as "-0.0" (fuzzing:
+        // it came back positive, so decoding was not stable).
+        assert_eq!(
+            decode(&[0, 1, 0xcd, 0, 0x40, 0, 0, 1, 0, 1]).as_deref(),
+            Ok("0.0")
+        );
+        assert_eq!(decode(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5]).as_deref(), Ok("-5"));
     }
 }

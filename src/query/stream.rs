@@ -19,12 +19,11 @@ use std::sync::Arc;
 use futures::{pin_mut, FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 use super::error::QueryError;
 use super::execute::{
-    admit, admit_params, classify, count_sql_error, decode_row, describe_columns, driver_error,
-    encode_params, prepare, with_lease, with_pipelined_reset, Attempt, Column,
+    admit, admit_params, classify, count_sql_error, decode_row, driver_error, prepare, send,
+    with_lease, with_pipelined_reset, Attempt, Column, Sent,
 };
 use super::value::SqlValue;
 use crate::pool::{CancelReason, Lease, ManagedPool};
@@ -123,25 +122,11 @@ async fn stream_prepared(
     prepared: &tokio_postgres::Statement,
     parts: &PartSender,
 ) -> Result<(u64, bool), QueryError> {
-    let client = lease.client();
-    let params = encode_params("params", &statement.params, prepared.params())?;
-    let columns = describe_columns(prepared.columns())?;
-    if !lease.begin_effect() {
-        // The caller gave up (or a drain stopped the lease) during the
-        // prepare: nothing is sent.
-        return Err(classify(
-            lease,
-            QueryError::DeadlineExceeded {
-                may_have_run: false,
-            },
-        ));
-    }
-    // Marked before the statement goes out: the driver reads ahead.
-    let mark = lease.begin_result();
-    let rows = client
-        .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
-        .await
-        .map_err(|err| driver_error(lease, &err))?;
+    let Sent {
+        columns,
+        rows,
+        mark,
+    } = send(lease, &statement.params, prepared).await?;
     pin_mut!(rows);
     deliver(lease, parts, StreamPart::Columns(columns.clone())).await?;
     let mut chunk = Chunk::default();

@@ -147,33 +147,35 @@ pub fn is_supported(ty: &Type) -> bool {
     }
 }
 
+/// The scalar types poolplane converts (and one-dimensional arrays of them).
+pub(crate) const SUPPORTED_SCALARS: &[Type] = &[
+    Type::BOOL,
+    Type::INT2,
+    Type::INT4,
+    Type::INT8,
+    Type::OID,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::NUMERIC,
+    Type::TEXT,
+    Type::VARCHAR,
+    Type::BPCHAR,
+    Type::NAME,
+    Type::UNKNOWN,
+    Type::BYTEA,
+    Type::UUID,
+    Type::DATE,
+    Type::TIME,
+    Type::TIMESTAMP,
+    Type::TIMESTAMPTZ,
+    Type::INTERVAL,
+    Type::JSON,
+    Type::JSONB,
+    Type::VOID,
+];
+
 fn is_supported_scalar(ty: &Type) -> bool {
-    [
-        Type::BOOL,
-        Type::INT2,
-        Type::INT4,
-        Type::INT8,
-        Type::OID,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::NUMERIC,
-        Type::TEXT,
-        Type::VARCHAR,
-        Type::BPCHAR,
-        Type::NAME,
-        Type::UNKNOWN,
-        Type::BYTEA,
-        Type::UUID,
-        Type::DATE,
-        Type::TIME,
-        Type::TIMESTAMP,
-        Type::TIMESTAMPTZ,
-        Type::INTERVAL,
-        Type::JSON,
-        Type::JSONB,
-        Type::VOID,
-    ]
-    .contains(ty)
+    SUPPORTED_SCALARS.contains(ty)
 }
 
 type BoxError = Box<dyn Error + Sync + Send>;

@@ -123,33 +123,14 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_long_statements_in_flight_takes_one_shutdown_timeout() {
     let _turn = crate::support::machine_to_myself().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("poolplane.yaml");
     let yaml = config_yaml(&[PoolSpec::new("bin_sigterm", 2)])
         .replace("shutdown_timeout_ms: 5000", "shutdown_timeout_ms: 2000");
     assert!(yaml.contains("shutdown_timeout_ms: 2000"));
-    std::fs::write(&path, yaml).expect("write config");
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
-        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn poolplane serve");
-    let address = format!("http://127.0.0.1:{port}");
+    let server = crate::support::ServedBinary::start(&yaml, &[]).await;
     let mut calls = Vec::new();
     for _ in 0..2 {
-        let address = address.clone();
+        let mut client = server.query().await;
         calls.push(tokio::spawn(async move {
-            let mut client = loop {
-                match poolplane::proto::query_client::QueryClient::connect(address.clone()).await {
-                    Ok(client) => break client,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            };
             client
                 .execute(crate::support::exec(
                     "bin_sigterm",
@@ -162,19 +143,11 @@ async fn sigterm_with_long_statements_in_flight_takes_one_shutdown_timeout() {
     let admin = crate::support::cluster().admin().await;
     crate::support::eventually("both statements run", Duration::from_secs(20), || {
         let admin = &admin;
-        async move { crate::support::backends(admin, "poolplane/bin_sigterm").await == 2 }
+        async move { crate::support::sleeping(admin, "poolplane/bin_sigterm").await == 2 }
     })
     .await;
     let started = std::time::Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let status = server.terminate().await;
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0));
     // Two seconds of budget, plus the cancels and closes (about 15 ms
