@@ -13,7 +13,7 @@ use super::status::{alert_status, invalid_argument, invalid_config, pool_status}
 use crate::app::App;
 use crate::auth::Right;
 use crate::config::{pool_from_request, PoolRequest, Secret};
-use crate::monitor::AlertFilter;
+use crate::monitor::{AlertError, AlertFilter};
 use crate::pool::{LimitsUpdate, PoolInfo};
 use crate::proto::{self, pool_admin_server::PoolAdmin};
 
@@ -48,23 +48,27 @@ impl AdminService {
             .collect())
     }
 
-    /// An alert may be acknowledged or cleared by who may operate its pool;
-    /// an unknown id is left to the monitor to answer.
+    /// An alert may be acknowledged or cleared by who may operate its pool.
+    /// One on a pool outside the caller's scope is, to that caller, no
+    /// alert at all: the answer must not tell that it exists, nor its pool.
     fn authorize_alert<T>(&self, request: &Request<T>, id: u64) -> Result<(), Status> {
         let every = AlertFilter {
             include_ended: true,
             pool: None,
             severity: None,
         };
-        match self
+        let found = self
             .app
             .alerts(&every)
             .into_iter()
-            .find(|alert| alert.id == id)
-        {
-            Some(alert) => authorize(request, Right::Operate, &alert.pool),
-            None => Ok(()),
+            .find(|alert| alert.id == id);
+        let Some(alert) = found else {
+            return Ok(());
+        };
+        if !identity(request)?.pools.contains(&alert.pool) {
+            return Err(alert_status(AlertError::NotFound(id)));
         }
+        authorize(request, Right::Operate, &alert.pool)
     }
 
     /// A pool's report with its current health.

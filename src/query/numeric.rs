@@ -238,6 +238,9 @@ mod tests {
             decode(&[0, 1, 0xcd, 0, 0x40, 0, 0, 1, 0, 1]).as_deref(),
             Ok("0.0")
         );
-        assert_eq!(decode(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5]).as_deref(), Ok("-5"));
+        assert_eq!(
+            decode(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5]).as_deref(),
+            Ok("-5")
+        );
     }
 }

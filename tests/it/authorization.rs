@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::support::{config_yaml_with, PoolSpec, TestServer};
+use poolplane::proto::pool_admin_client::PoolAdminClient;
 
 /// Requests and responses as raw bytes: any method can be called.
 #[derive(Clone, Copy, Default)]
@@ -289,4 +290,103 @@ fn holds(role: Role, right: Right) -> bool {
         Role::Viewer => matches!(right, Right::Read),
         Role::Client => matches!(right, Right::Query),
     }
+}
+
+/// An alert on a pool outside the caller's scope is, to that caller, no
+/// alert: acknowledging it by id answers as for an id that never existed,
+/// naming no pool (found by a red team: the answer named the pool, so
+/// walking ids listed other pools).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_outside_the_scope_are_not_even_there() {
+    let monitoring = "  monitoring:\n    collection_interval_ms: 100\n    connection_utilization_threshold: 0.5\n    alert_fire_after_samples: 2\n";
+    let yaml = config_yaml_with(
+        &[PoolSpec::new("mine", 1), PoolSpec::new("theirs", 1)],
+        &format!("{}{monitoring}", auth_section()),
+    );
+    let server = TestServer::start(&yaml).await;
+    let (admin_token, operator_token) = (TOKENS[0].1, TOKENS[1].1);
+    // Saturate `theirs` until its utilization alert fires.
+    let mut query = server.query().await;
+    let holder = tokio::spawn(async move {
+        query
+            .execute(with_token(
+                admin_token,
+                crate::support::exec("theirs", "SELECT pg_sleep(3)", vec![]),
+            ))
+            .await
+    });
+    let mut admin = server.admin().await;
+    let alerts_on_theirs = |admin: PoolAdminClient<tonic::transport::Channel>| async move {
+        let mut admin = admin;
+        admin
+            .list_alerts(with_token(
+                admin_token,
+                poolplane::proto::ListAlertsRequest::default(),
+            ))
+            .await
+            .expect("list")
+            .into_inner()
+            .alerts
+            .into_iter()
+            .find(|a| a.pool == "theirs")
+            .map(|a| a.id)
+    };
+    crate::support::eventually(
+        "the alert on `theirs` fires",
+        std::time::Duration::from_secs(10),
+        || {
+            let admin = admin.clone();
+            async move { alerts_on_theirs(admin).await.is_some() }
+        },
+    )
+    .await;
+    let alert_id = alerts_on_theirs(admin.clone()).await;
+    let id = alert_id.expect("an alert");
+    let answer = |id: u64| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .acknowledge_alert(with_token(
+                    operator_token,
+                    poolplane::proto::AcknowledgeAlertRequest {
+                        id,
+                        by: "oncall".into(),
+                    },
+                ))
+                .await
+                .expect_err("not the operator's")
+        }
+    };
+    let hidden = answer(id).await;
+    let absent = answer(id + 1000).await;
+    assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+    assert_eq!(absent.code(), Code::NotFound, "{absent:?}");
+    assert!(!hidden.message().contains("theirs"), "{hidden:?}");
+    assert_eq!(
+        hidden.message().replace(&id.to_string(), "ID"),
+        absent.message().replace(&(id + 1000).to_string(), "ID")
+    );
+    // Nor does the operator's list show it.
+    let listed = admin
+        .list_alerts(with_token(
+            operator_token,
+            poolplane::proto::ListAlertsRequest::default(),
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .alerts;
+    assert!(listed.iter().all(|a| a.pool == "mine"), "{listed:?}");
+    let _ = holder.await;
+    server.stop().await;
+}
+
+/// `request` with `token` as its bearer credentials.
+fn with_token<T>(token: &str, request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
 }
