@@ -258,6 +258,9 @@ fn serve(
             tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
         }
         let http_addr = http_listen.unwrap_or(config.server.http_listen);
+        if !http_addr.ip().is_loopback() {
+            tracing::warn!(%http_addr, "/metrics is served without authentication on a non-loopback address: anyone who reaches it sees every pool's name and numbers");
+        }
         let grpc = tokio::net::TcpListener::bind(grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC listener on {grpc_addr}"))?;
