@@ -14,6 +14,7 @@ mod events;
 mod query;
 mod readiness;
 mod status;
+mod tls;
 
 // For `crate::fuzzing` only.
 pub(crate) use convert::{value_to_proto, values_from_proto};
@@ -22,7 +23,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::app::App;
@@ -38,19 +38,6 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// HTTP: `/metrics`.
     pub http: TcpListener,
-}
-
-/// Accepted gRPC connections with Nagle's algorithm off: small responses
-/// must not wait for the client's delayed ACK (a 40 ms stall otherwise).
-fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// Starts the core from `config` and serves it until `shutdown` completes
@@ -125,9 +112,12 @@ pub async fn serve(
             PoolEventsServer::new(events::EventsService::new(Arc::clone(&app), stopping))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(incoming(listeners.grpc), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            tls::incoming(listeners.grpc, app.server().tls.as_ref())?,
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     tokio::pin!(server);
 
     let shutdown_timeout = app.server().shutdown_timeout;

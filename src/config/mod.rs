@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use secret::{PasswordSource, Secret};
 pub use targets::AllowedTargets;
-pub use tls::{TlsFiles, TlsMaterial};
+pub use tls::{ServerIdentity, ServerTls, TlsFiles, TlsMaterial};
 pub(crate) use validate::{check_limits, check_thresholds};
 pub use validate::{pool_from_request, PoolRequest};
 
@@ -207,17 +207,27 @@ pub struct ServerConfig {
     /// Serve plaintext without authentication on a non-loopback address
     /// anyway (refused otherwise).
     pub allow_insecure: bool,
+    /// TLS on the gRPC listener.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
     /// Why serving the gRPC API on `addr` as configured would expose it to
     /// anyone who can reach the address, if it would.
     pub fn exposure(&self, addr: SocketAddr) -> Option<String> {
-        if addr.ip().is_loopback() || self.auth.is_on() || self.allow_insecure {
+        let client_certificates = self
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        if addr.ip().is_loopback()
+            || self.auth.is_on()
+            || client_certificates
+            || self.allow_insecure
+        {
             return None;
         }
         Some(format!(
-            "{addr} is reachable from other hosts, and the API would be served without authentication: anyone who reaches it could run SQL and manage pools. Configure server.auth.tokens (see README \"Security\"), listen on 127.0.0.1, or set server.allow_insecure: true to accept the risk"
+            "{addr} is reachable from other hosts, and the API would be served without authentication: anyone who reaches it could run SQL and manage pools. Configure server.auth.tokens or client certificates (server.tls.client_ca_file; see README \"Security\"), listen on 127.0.0.1, or set server.allow_insecure: true to accept the risk"
         ))
     }
 }

@@ -152,6 +152,16 @@ pub(crate) struct RawServer {
     pub(crate) max_pools: Option<i64>,
     pub(crate) allow_insecure: Option<bool>,
     pub(crate) auth: Option<RawAuth>,
+    pub(crate) tls: Option<RawServerTls>,
+}
+
+/// `server.tls`: TLS on the gRPC listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerTls {
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) client_ca_file: Option<String>,
 }
 
 /// `server.auth`: how callers of the API prove who they are.

@@ -87,6 +87,38 @@ pub(crate) fn load(
     Ok(TlsMaterial { roots, client })
 }
 
+/// The gRPC listener's TLS files (`server.tls`): the paths, kept so the
+/// certificate can be read again when it changes on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert_file: String,
+    pub key_file: String,
+    /// Client certificates signed by this CA are required (mutual TLS).
+    pub client_ca_file: Option<String>,
+}
+
+/// A server certificate chain and its key, read from `tls`'s files.
+pub type ServerIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+impl ServerTls {
+    /// Reads the certificate chain and key (at load, and at each change).
+    pub fn identity(&self) -> Result<ServerIdentity, String> {
+        let chain = certificates("cert_file", &self.cert_file).map_err(|e| e.message)?;
+        let pem = read_pem("key_file", &self.key_file).map_err(|e| e.message)?;
+        let key = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|err| format!("`{}` holds no usable PEM private key: {err}", self.key_file))?;
+        Ok((chain, key))
+    }
+
+    /// Reads the client CA's certificates, if mutual TLS is on.
+    pub fn client_roots(&self) -> Result<Option<Vec<CertificateDer<'static>>>, String> {
+        self.client_ca_file
+            .as_deref()
+            .map(|path| certificates("client_ca_file", path).map_err(|e| e.message))
+            .transpose()
+    }
+}
+
 /// The largest certificate or key file read (a long chain is a few KiB).
 const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
 

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::lines::LineIndex;
-use super::schema::{FileRoot, RawAuth, RawCredential, RawPool, RawRoot, RawSsl, RawToken};
+use super::schema::{
+    FileRoot, RawAuth, RawCredential, RawPool, RawRoot, RawServerTls, RawSsl, RawToken,
+};
 use super::secret::{self, PasswordSource, Secret};
-use super::tls::{self, TlsFiles};
+use super::tls::{self, ServerTls, TlsFiles};
 use super::{
     AlertThresholds, AllowedTargets, Config, ConfigError, Credential, HealthConfig,
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
@@ -1134,7 +1136,43 @@ impl Checker {
                 Some(auth) => Authenticator::with_tokens(self.tokens(&key(&path, "auth"), auth)),
             },
             allow_insecure: raw.allow_insecure.unwrap_or(false),
+            tls: raw
+                .tls
+                .as_ref()
+                .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
         }
+    }
+
+    /// `server.tls`, its files read now so a mistake shows at load.
+    fn server_tls(&mut self, path: &str, raw: &RawServerTls) -> Option<ServerTls> {
+        let (Some(cert_file), Some(key_file)) = (&raw.cert_file, &raw.key_file) else {
+            self.error(
+                &key(
+                    path,
+                    if raw.cert_file.is_none() {
+                        "cert_file"
+                    } else {
+                        "key_file"
+                    },
+                ),
+                "missing: TLS needs both cert_file and key_file (PEM)".into(),
+            );
+            return None;
+        };
+        let tls = ServerTls {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: raw.client_ca_file.clone(),
+        };
+        if let Err(message) = tls.identity() {
+            self.error(&key(path, "cert_file"), message);
+            return None;
+        }
+        if let Err(message) = tls.client_roots() {
+            self.error(&key(path, "client_ca_file"), message);
+            return None;
+        }
+        Some(tls)
     }
 
     /// `server.auth.tokens`: each read now and kept only as its hash.

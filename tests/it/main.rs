@@ -14,6 +14,7 @@ mod created_pools;
 mod deadline;
 mod drain;
 mod grpc_discovery;
+mod grpc_tls;
 mod health_recovery;
 mod maintenance;
 mod memory_bounds;

@@ -1,0 +1,259 @@
+//! The gRPC listener's connections: plain TCP, or TLS (rustls).
+//!
+//! With TLS, the server certificate is read again whenever its files
+//! change on disk (cert-manager rotates them in place), with no restart;
+//! a certificate that fails to load is logged and the previous one kept.
+//! With a client CA, clients must present a certificate it signed. Each
+//! handshake runs in a task of its own with a timeout, so a client that
+//! connects and says nothing holds up no one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::ServerTls;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the certificate files are checked for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// One accepted connection.
+pub(crate) enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    // The same as plain tonic's, so `Request::remote_addr` works either way.
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        let tcp = match self {
+            Conn::Plain(tcp) => tcp,
+            Conn::Tls(tls) => tls.get_ref().0,
+        };
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: tcp.peer_addr().ok(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub(crate) type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
+
+/// The connections `listener` accepts, through TLS if `tls` is set.
+pub(crate) fn incoming(listener: TcpListener, tls: Option<&ServerTls>) -> anyhow::Result<Incoming> {
+    let acceptor = match tls {
+        Some(tls) => Some(acceptor(tls)?),
+        None => None,
+    };
+    let (connections, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, acceptor, connections));
+    Ok(Box::pin(ReceiverStream::new(incoming)))
+}
+
+/// Accepts until nobody takes connections any more (the server stopped).
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    connections: tokio::sync::mpsc::Sender<io::Result<Conn>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = connections.closed() => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(err) => {
+                // Out of file descriptors, most likely: say so, and let
+                // some close before trying again.
+                tracing::warn!(error = %err, "cannot accept a gRPC connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Small responses must not wait for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let Some(acceptor) = acceptor.clone() else {
+            if connections.send(Ok(Conn::Plain(tcp))).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = connections.send(Ok(Conn::Tls(Box::new(tls)))).await;
+                }
+                Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+fn acceptor(tls: &ServerTls) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Reloading::start(tls.clone(), Arc::clone(&provider))?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match tls.client_roots().map_err(anyhow::Error::msg)? {
+        Some(roots) => {
+            let mut store = RootCertStore::empty();
+            for root in roots {
+                store.add(root)?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    // gRPC runs over HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The current server certificate, replaced when its files change.
+#[derive(Debug)]
+struct Reloading {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|current| Arc::clone(&current))
+    }
+}
+
+impl Reloading {
+    /// Loads the certificate now and watches its files while the resolver
+    /// is in use.
+    fn start(
+        tls: ServerTls,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> anyhow::Result<Arc<Reloading>> {
+        let key = certified_key(&tls, &provider).map_err(anyhow::Error::msg)?;
+        let reloading = Arc::new(Reloading {
+            current: RwLock::new(Arc::new(key)),
+        });
+        tokio::spawn(watch(tls, provider, Arc::downgrade(&reloading)));
+        Ok(reloading)
+    }
+}
+
+/// Checks the files every `RELOAD_CHECK` and loads a changed certificate,
+/// until the resolver is dropped.
+async fn watch(
+    tls: ServerTls,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    reloading: Weak<Reloading>,
+) {
+    let mut seen = stamps(&tls);
+    loop {
+        tokio::time::sleep(RELOAD_CHECK).await;
+        let Some(reloading) = reloading.upgrade() else {
+            return;
+        };
+        let now = stamps(&tls);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match certified_key(&tls, &provider) {
+            Ok(key) => {
+                if let Ok(mut current) = reloading.current.write() {
+                    *current = Arc::new(key);
+                }
+                tracing::info!(cert_file = %tls.cert_file, "reloaded the gRPC listener's certificate");
+            }
+            // Half-written files, a key that does not match yet: keep the
+            // old certificate and try again at the next change.
+            Err(error) => {
+                tracing::warn!(cert_file = %tls.cert_file, %error, "cannot reload the gRPC listener's certificate; keeping the previous one")
+            }
+        }
+    }
+}
+
+/// When and how large the certificate and key files are.
+fn stamps(tls: &ServerTls) -> [Option<(SystemTime, u64)>; 2] {
+    [&tls.cert_file, &tls.key_file].map(|path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.modified().ok()?, metadata.len()))
+    })
+}
+
+fn certified_key(
+    tls: &ServerTls,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let (chain, key) = tls.identity()?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|err| format!("`{}`: {err}", tls.key_file))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|err| {
+        format!(
+            "`{}` does not belong to `{}`: {err}",
+            tls.key_file, tls.cert_file
+        )
+    })?;
+    Ok(certified)
+}
