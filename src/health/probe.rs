@@ -17,6 +17,9 @@ pub(crate) struct Probe {
     connector: Connector,
     client: Option<Client>,
     timeout: Duration,
+    pool: String,
+    /// Whether the pool's role was looked at (once, on the first connection).
+    role_checked: bool,
 }
 
 impl Probe {
@@ -25,6 +28,8 @@ impl Probe {
             connector: Connector::new(config, &probe_name(&config.application_name)),
             client: None,
             timeout,
+            pool: config.name.clone(),
+            role_checked: false,
         }
     }
 
@@ -56,6 +61,10 @@ impl Probe {
                 .open(|_: DriverEnd| {})
                 .await
                 .map_err(|err| err.to_string())?;
+            if !self.role_checked {
+                self.role_checked = true;
+                warn_if_superuser(&opened.client, &self.pool).await;
+            }
             self.client = Some(opened.client);
         }
         let client = self.client.as_ref().ok_or("probe connection missing")?;
@@ -64,6 +73,23 @@ impl Probe {
             .await
             .map(|_| ())
             .map_err(|err| crate::postgres::error_chain(&err))
+    }
+}
+
+/// A pool whose role is a superuser can do anything on the server (`COPY
+/// ... TO PROGRAM` runs commands on its host) for whoever may query it.
+async fn warn_if_superuser(client: &Client, pool: &str) {
+    let Ok(messages) = client.simple_query("SHOW is_superuser").await else {
+        return;
+    };
+    let superuser = messages.iter().any(|message| {
+        matches!(message, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))
+    });
+    if superuser {
+        tracing::warn!(
+            %pool,
+            "the pool's PostgreSQL role is a superuser: whoever may query this pool can run anything on the database server; use a role with only the rights the callers need (README \"Security\")"
+        );
     }
 }
 

@@ -75,6 +75,18 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         }
     }
     assert!(pool_lines.iter().any(|l| l.contains("bin_one")));
+    // The test pools log in as the superuser: each is warned about once.
+    let mut warned = Vec::new();
+    while warned.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines_rx.recv())
+            .await
+            .expect("the superuser warnings arrive")
+            .expect("process still running");
+        if line.contains("is a superuser") {
+            warned.push(line);
+        }
+    }
+    assert!(warned.iter().any(|l| l.contains("bin_two")), "{warned:?}");
     assert!(pool_lines.iter().any(|l| l.contains("bin_two")));
     assert!(!pool_lines
         .iter()
