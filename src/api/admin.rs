@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{authorize, identity};
+use super::auth::{authorize, identity, Audit};
 use super::convert::{
     alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, severity_from_proto,
 };
@@ -126,132 +126,162 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::CreatePoolRequest>,
     ) -> Result<Response<proto::Pool>, Status> {
-        authorize(&request, Right::Operate, &request.get_ref().name)?;
-        let r = request.into_inner();
-        let if_not_exists = r.if_not_exists;
-        let pool_request = PoolRequest {
-            name: r.name,
-            host: non_empty(r.host),
-            port: (r.port != 0).then_some(r.port),
-            database: r.database,
-            user: non_empty(r.user),
-            password: non_empty(r.password).map(Secret::new),
-            password_env: non_empty(r.password_env),
-            password_file: non_empty(r.password_file),
-            credential: non_empty(r.credential),
-            sslmode: non_empty(r.sslmode),
-            application_name: non_empty(r.application_name),
-            max_connections: r.max_connections,
-            min_connections: r.min_connections,
-            connection_timeout_ms: r.connection_timeout_ms,
-            idle_timeout_ms: r.idle_timeout_ms,
-            health_check_interval_ms: r.health_check_interval_ms,
-            statement_timeout_ms: r.statement_timeout_ms,
-            max_lifetime_ms: r.max_lifetime_ms,
-            utilization_alert_threshold: r.utilization_alert_threshold,
-            error_rate_alert_threshold: r.error_rate_alert_threshold,
-            acquire_wait_alert_threshold_ms: r.acquire_wait_alert_threshold_ms,
-        };
-        let config = pool_from_request(pool_request, self.app.registry().defaults())
-            .map_err(|errors| invalid_config(&errors))?;
-        let pool = self
-            .app
-            .create_requested_pool(config, if_not_exists)
-            .map_err(pool_status)?;
-        Ok(Response::new(self.pool_report(pool.info())))
+        let audit = Audit::of(&request, "CreatePool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let r = request.into_inner();
+                let if_not_exists = r.if_not_exists;
+                let pool_request = PoolRequest {
+                    name: r.name,
+                    host: non_empty(r.host),
+                    port: (r.port != 0).then_some(r.port),
+                    database: r.database,
+                    user: non_empty(r.user),
+                    password: non_empty(r.password).map(Secret::new),
+                    password_env: non_empty(r.password_env),
+                    password_file: non_empty(r.password_file),
+                    credential: non_empty(r.credential),
+                    sslmode: non_empty(r.sslmode),
+                    application_name: non_empty(r.application_name),
+                    max_connections: r.max_connections,
+                    min_connections: r.min_connections,
+                    connection_timeout_ms: r.connection_timeout_ms,
+                    idle_timeout_ms: r.idle_timeout_ms,
+                    health_check_interval_ms: r.health_check_interval_ms,
+                    statement_timeout_ms: r.statement_timeout_ms,
+                    max_lifetime_ms: r.max_lifetime_ms,
+                    utilization_alert_threshold: r.utilization_alert_threshold,
+                    error_rate_alert_threshold: r.error_rate_alert_threshold,
+                    acquire_wait_alert_threshold_ms: r.acquire_wait_alert_threshold_ms,
+                };
+                let config = pool_from_request(pool_request, self.app.registry().defaults())
+                    .map_err(|errors| invalid_config(&errors))?;
+                let pool = self
+                    .app
+                    .create_requested_pool(config, if_not_exists)
+                    .map_err(pool_status)?;
+                Ok(Response::new(self.pool_report(pool.info())))
+            }
+            .await,
+        )
     }
 
     async fn update_pool(
         &self,
         request: Request<proto::UpdatePoolRequest>,
     ) -> Result<Response<proto::Pool>, Status> {
-        authorize(&request, Right::Operate, &request.get_ref().name)?;
-        let r = request.into_inner();
-        let update = LimitsUpdate {
-            max_connections: r.max_connections,
-            min_connections: r.min_connections,
-            connection_timeout: r.connection_timeout_ms.map(Duration::from_millis),
-            idle_timeout: r.idle_timeout_ms.map(Duration::from_millis),
-            health_check_interval: r.health_check_interval_ms.map(Duration::from_millis),
-            statement_timeout: r
-                .statement_timeout_ms
-                .map(|ms| (ms > 0).then(|| Duration::from_millis(ms))),
-            max_lifetime: r.max_lifetime_ms.map(Duration::from_millis),
-            utilization_alert_threshold: r.utilization_alert_threshold,
-            error_rate_alert_threshold: r.error_rate_alert_threshold,
-            acquire_wait_alert_threshold: r
-                .acquire_wait_alert_threshold_ms
-                .map(Duration::from_millis),
-        };
-        let info = self
-            .app
-            .update_pool(required_name(&r.name)?, update)
-            .await
-            .map_err(pool_status)?;
-        Ok(Response::new(self.pool_report(info)))
+        let audit = Audit::of(&request, "UpdatePool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let r = request.into_inner();
+                let update = LimitsUpdate {
+                    max_connections: r.max_connections,
+                    min_connections: r.min_connections,
+                    connection_timeout: r.connection_timeout_ms.map(Duration::from_millis),
+                    idle_timeout: r.idle_timeout_ms.map(Duration::from_millis),
+                    health_check_interval: r.health_check_interval_ms.map(Duration::from_millis),
+                    statement_timeout: r
+                        .statement_timeout_ms
+                        .map(|ms| (ms > 0).then(|| Duration::from_millis(ms))),
+                    max_lifetime: r.max_lifetime_ms.map(Duration::from_millis),
+                    utilization_alert_threshold: r.utilization_alert_threshold,
+                    error_rate_alert_threshold: r.error_rate_alert_threshold,
+                    acquire_wait_alert_threshold: r
+                        .acquire_wait_alert_threshold_ms
+                        .map(Duration::from_millis),
+                };
+                let info = self
+                    .app
+                    .update_pool(required_name(&r.name)?, update)
+                    .await
+                    .map_err(pool_status)?;
+                Ok(Response::new(self.pool_report(info)))
+            }
+            .await,
+        )
     }
 
     async fn delete_pool(
         &self,
         request: Request<proto::DeletePoolRequest>,
     ) -> Result<Response<proto::DeletePoolResponse>, Status> {
-        authorize(&request, Right::Operate, &request.get_ref().name)?;
-        let r = request.into_inner();
-        let drain_timeout = match r.drain_timeout_ms {
-            0 => self.app.server().drain_timeout,
-            ms => Duration::from_millis(ms),
-        };
-        let (report, info) = self
-            .app
-            .delete_pool(required_name(&r.name)?, drain_timeout, r.force)
-            .await
-            .map_err(pool_status)?;
-        Ok(Response::new(proto::DeletePoolResponse {
-            cancelled: report.cancelled,
-            connections_closed: report.connections_closed,
-            pool: Some(self.pool_report(info)),
-        }))
+        let audit = Audit::of(&request, "DeletePool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let r = request.into_inner();
+                let drain_timeout = match r.drain_timeout_ms {
+                    0 => self.app.server().drain_timeout,
+                    ms => Duration::from_millis(ms),
+                };
+                let (report, info) = self
+                    .app
+                    .delete_pool(required_name(&r.name)?, drain_timeout, r.force)
+                    .await
+                    .map_err(pool_status)?;
+                Ok(Response::new(proto::DeletePoolResponse {
+                    cancelled: report.cancelled,
+                    connections_closed: report.connections_closed,
+                    pool: Some(self.pool_report(info)),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn reset_statistics(
         &self,
         request: Request<proto::ResetStatisticsRequest>,
     ) -> Result<Response<proto::ResetStatisticsResponse>, Status> {
-        let pools = self.named_or_all(&request, Right::Operate, &request.get_ref().pool)?;
-        for name in &pools {
-            self.app
-                .registry()
-                .get(name)
-                .map_err(pool_status)?
-                .reset_statistics();
-        }
-        Ok(Response::new(proto::ResetStatisticsResponse { pools }))
+        let audit = Audit::of(&request, "ResetStatistics", &request.get_ref().pool);
+        audit.record(
+            async move {
+                let pools = self.named_or_all(&request, Right::Operate, &request.get_ref().pool)?;
+                for name in &pools {
+                    self.app
+                        .registry()
+                        .get(name)
+                        .map_err(pool_status)?
+                        .reset_statistics();
+                }
+                Ok(Response::new(proto::ResetStatisticsResponse { pools }))
+            }
+            .await,
+        )
     }
 
     async fn check_health(
         &self,
         request: Request<proto::CheckHealthRequest>,
     ) -> Result<Response<proto::CheckHealthResponse>, Status> {
-        let scope = identity(&request)?.pools.clone();
-        let name = non_empty(request.get_ref().pool.clone());
-        if let Some(name) = &name {
-            authorize(&request, Right::Operate, name)?;
-        }
-        let checked = self
-            .app
-            .check_health(name.as_deref())
-            .await
-            .map_err(pool_status)?
-            .into_iter()
-            .filter(|(info, _)| scope.contains(&info.config.name));
-        let results = checked
-            .into_iter()
-            .map(|(info, report)| proto::PoolHealthResult {
-                pool: info.config.name.clone(),
-                health: Some(health_to_proto(&report, info.stats.broken_connections)),
-            })
-            .collect();
-        Ok(Response::new(proto::CheckHealthResponse { results }))
+        let audit = Audit::of(&request, "CheckHealth", &request.get_ref().pool);
+        audit.record(
+            async move {
+                let scope = identity(&request)?.pools.clone();
+                let name = non_empty(request.get_ref().pool.clone());
+                if let Some(name) = &name {
+                    authorize(&request, Right::Operate, name)?;
+                }
+                let checked = self
+                    .app
+                    .check_health(name.as_deref())
+                    .await
+                    .map_err(pool_status)?
+                    .into_iter()
+                    .filter(|(info, _)| scope.contains(&info.config.name));
+                let results = checked
+                    .into_iter()
+                    .map(|(info, report)| proto::PoolHealthResult {
+                        pool: info.config.name.clone(),
+                        health: Some(health_to_proto(&report, info.stats.broken_connections)),
+                    })
+                    .collect();
+                Ok(Response::new(proto::CheckHealthResponse { results }))
+            }
+            .await,
+        )
     }
 
     async fn get_metrics_history(
@@ -302,25 +332,41 @@ impl PoolAdmin for AdminService {
         &self,
         request: Request<proto::AcknowledgeAlertRequest>,
     ) -> Result<Response<proto::Alert>, Status> {
-        self.authorize_alert(&request, request.get_ref().id)?;
-        let r = request.into_inner();
-        let alert = self
-            .app
-            .acknowledge_alert(r.id, &r.by)
-            .map_err(alert_status)?;
-        Ok(Response::new(alert_to_proto(&alert)))
+        let audit = Audit::of(
+            &request,
+            "AcknowledgeAlert",
+            &request.get_ref().id.to_string(),
+        );
+        audit.record(
+            async move {
+                self.authorize_alert(&request, request.get_ref().id)?;
+                let r = request.into_inner();
+                let alert = self
+                    .app
+                    .acknowledge_alert(r.id, &r.by)
+                    .map_err(alert_status)?;
+                Ok(Response::new(alert_to_proto(&alert)))
+            }
+            .await,
+        )
     }
 
     async fn clear_alert(
         &self,
         request: Request<proto::ClearAlertRequest>,
     ) -> Result<Response<proto::Alert>, Status> {
-        self.authorize_alert(&request, request.get_ref().id)?;
-        let alert = self
-            .app
-            .clear_alert(request.into_inner().id)
-            .map_err(alert_status)?;
-        Ok(Response::new(alert_to_proto(&alert)))
+        let audit = Audit::of(&request, "ClearAlert", &request.get_ref().id.to_string());
+        audit.record(
+            async move {
+                self.authorize_alert(&request, request.get_ref().id)?;
+                let alert = self
+                    .app
+                    .clear_alert(request.into_inner().id)
+                    .map_err(alert_status)?;
+                Ok(Response::new(alert_to_proto(&alert)))
+            }
+            .await,
+        )
     }
 }
 

@@ -157,6 +157,60 @@ pub(crate) fn identity<T>(request: &tonic::Request<T>) -> Result<&Identity, Stat
         .ok_or_else(|| Status::new(Code::PermissionDenied, "no authenticated caller"))
 }
 
+/// How much of a request's pool name (or alert id) an audit line quotes.
+const AUDIT_TARGET_BYTES: usize = 128;
+
+/// One audit line per call that changes something: who, what, on which
+/// pool (or alert), and how it ended (target `poolplane::audit`).
+pub(crate) struct Audit {
+    caller: String,
+    role: &'static str,
+    method: &'static str,
+    target: String,
+}
+
+impl Audit {
+    pub(crate) fn of<T>(request: &tonic::Request<T>, method: &'static str, target: &str) -> Audit {
+        let (caller, role) = match request.extensions().get::<Identity>() {
+            Some(identity) => (identity.name.clone(), identity.role.as_str()),
+            None => ("unknown".to_string(), "none"),
+        };
+        // A name is whatever the caller sent: a log line quotes its start.
+        let mut target = target.to_string();
+        if target.len() > AUDIT_TARGET_BYTES {
+            let mut cut = AUDIT_TARGET_BYTES;
+            while !target.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            target.truncate(cut);
+            target.push('…');
+        }
+        Audit {
+            caller,
+            role,
+            method,
+            target,
+        }
+    }
+
+    pub(crate) fn record<T>(self, result: Result<T, Status>) -> Result<T, Status> {
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        tracing::info!(
+            target: "poolplane::audit",
+            caller = %self.caller,
+            role = self.role,
+            method = self.method,
+            target = %self.target,
+            code = ?code,
+            "audit"
+        );
+        result
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct AuthLayer {
     authenticator: Arc<Authenticator>,
@@ -237,6 +291,16 @@ impl<S> Authenticate<S> {
             _ => identity.role == crate::auth::Role::Admin,
         };
         if !allowed {
+            if access == Some(Access::Needs(Right::Operate)) {
+                tracing::info!(
+                    target: "poolplane::audit",
+                    caller = %identity.name,
+                    role = identity.role.as_str(),
+                    method = request.uri().path(),
+                    code = ?Code::PermissionDenied,
+                    "audit"
+                );
+            }
             return Err(Status::new(
                 Code::PermissionDenied,
                 format!(

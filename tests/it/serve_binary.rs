@@ -112,6 +112,32 @@ async fn serve_logs_each_pool_and_stops_cleanly_on_sigterm() {
         .await
         .expect("a statement raising a notice");
 
+    // A change is audited: who, what, which pool, how it ended.
+    poolplane::proto::pool_admin_client::PoolAdminClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .expect("connect")
+    .update_pool(poolplane::proto::UpdatePoolRequest {
+        name: "bin_one".into(),
+        max_connections: Some(3),
+        ..Default::default()
+    })
+    .await
+    .expect("resized");
+    let audit = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines_rx.recv())
+            .await
+            .expect("the audit line arrives")
+            .expect("process still running");
+        if line.contains("poolplane::audit") {
+            break line;
+        }
+    };
+    for part in ["UpdatePool", "bin_one", "code=Ok", "caller=anonymous"] {
+        assert!(audit.contains(part), "{audit}");
+    }
+
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
