@@ -107,6 +107,7 @@ fn main() -> ExitCode {
             http_listen,
         } => {
             init_logging();
+            raise_file_limit();
             match serve(&config, grpc_listen, http_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -217,6 +218,27 @@ fn bench_query(
         ms(r.p99)
     );
     Ok(())
+}
+
+/// Raises the open-file limit to what the system allows: every client and
+/// every PostgreSQL connection is a descriptor, and the usual soft limit of
+/// 1,024 let a thousand idle clients starve the listeners.
+fn raise_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(open_files = ?limit.maximum, "raised the open-file limit"),
+        Err(err) => {
+            tracing::warn!(error = %err, open_files = ?limit.current, "cannot raise the open-file limit")
+        }
+    }
 }
 
 fn init_logging() {

@@ -251,3 +251,63 @@ async fn sigterm_with_a_stalled_stream_takes_one_shutdown_timeout() {
     .await;
     drop(parts);
 }
+
+/// 1,100 clients that connect and say nothing, against a server started
+/// with the usual soft limit of 1,024 open files: it raises its limit, and
+/// a real client is still answered (found by a review: idle connections
+/// starved both listeners of descriptors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_do_not_starve_the_listener() {
+    let _turn = crate::support::machine_to_myself().await;
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // This test process needs the descriptors too.
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raise the test's own limit");
+    let server = crate::support::ServedBinary::start(
+        &config_yaml(&[PoolSpec::new("bin_idle_flood", 1)]),
+        &["prlimit", "--nofile=1024:8192", "--"],
+    )
+    .await;
+    let address = server
+        .grpc
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+        .expect("address");
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(
+            tokio::net::TcpStream::connect(address)
+                .await
+                .expect("an idle connection"),
+        );
+    }
+    // Bounded: starved, the server never answers at all.
+    let call = async {
+        server
+            .query()
+            .await
+            .execute(crate::support::exec(
+                "bin_idle_flood",
+                "SELECT 'still here'::text",
+                vec![],
+            ))
+            .await
+    };
+    let response = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("answered, not starved")
+        .expect("a real client is answered")
+        .into_inner();
+    assert_eq!(
+        response.rows[0].values[0],
+        crate::support::v::text("still here")
+    );
+    drop(idle);
+}
