@@ -280,8 +280,8 @@ fn serve(
             tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
         }
         let http_addr = http_listen.unwrap_or(config.server.http_listen);
-        if !http_addr.ip().is_loopback() {
-            tracing::warn!(%http_addr, "/metrics is served without authentication on a non-loopback address: anyone who reaches it sees every pool's name and numbers");
+        if !http_addr.ip().is_loopback() && config.server.metrics_token.is_none() {
+            tracing::warn!(%http_addr, "/metrics is served without a token on a non-loopback address: anyone who reaches it sees every pool's name and numbers (server.metrics_token_env)");
         }
         let grpc = tokio::net::TcpListener::bind(grpc_addr)
             .await

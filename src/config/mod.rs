@@ -209,6 +209,8 @@ pub struct ServerConfig {
     pub allow_insecure: bool,
     /// TLS on the gRPC listener.
     pub tls: Option<ServerTls>,
+    /// SHA-256 of the bearer token `/metrics` requires, if it requires one.
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 impl ServerConfig {

@@ -153,6 +153,8 @@ pub(crate) struct RawServer {
     pub(crate) allow_insecure: Option<bool>,
     pub(crate) auth: Option<RawAuth>,
     pub(crate) tls: Option<RawServerTls>,
+    pub(crate) metrics_token_env: Option<String>,
+    pub(crate) metrics_token_file: Option<String>,
 }
 
 /// `server.tls`: TLS on the gRPC listener.

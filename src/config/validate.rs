@@ -1140,6 +1140,27 @@ impl Checker {
                 .tls
                 .as_ref()
                 .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
+            metrics_token: self.metrics_token(&path, raw),
+        }
+    }
+
+    /// `server.metrics_token_env` / `metrics_token_file`, kept as a hash.
+    fn metrics_token(&mut self, path: &str, raw: &super::schema::RawServer) -> Option<[u8; 32]> {
+        let source = RawToken {
+            token_env: raw.metrics_token_env.clone(),
+            token_file: raw.metrics_token_file.clone(),
+            ..RawToken::default()
+        };
+        match (&source.token_env, &source.token_file) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                self.error(
+                    &key(path, "metrics_token_env"),
+                    "set metrics_token_env or metrics_token_file, not both".into(),
+                );
+                None
+            }
+            _ => self.token_hash(path, "metrics_", &source),
         }
     }
 
@@ -1219,7 +1240,7 @@ impl Checker {
                     continue;
                 }
             };
-            let Some(sha256) = self.token_hash(&path, token) else {
+            let Some(sha256) = self.token_hash(&path, "", token) else {
                 continue;
             };
             let pools = match &token.pools {
@@ -1235,7 +1256,9 @@ impl Checker {
     }
 
     /// The hash of one token: given, or of the token read from its source.
-    fn token_hash(&mut self, path: &str, token: &RawToken) -> Option<[u8; 32]> {
+    /// `prefix` precedes the field names in errors (`metrics_` for the
+    /// metrics token).
+    fn token_hash(&mut self, path: &str, prefix: &str, token: &RawToken) -> Option<[u8; 32]> {
         let sources = [
             token.token_sha256.is_some(),
             token.token_env.is_some(),
@@ -1243,7 +1266,7 @@ impl Checker {
         ];
         if sources.iter().filter(|&&given| given).count() != 1 {
             self.error(
-                &key(path, "token_sha256"),
+                &key(path, &format!("{prefix}token_sha256")),
                 "set exactly one of token_sha256, token_env, token_file".into(),
             );
             return None;
@@ -1253,7 +1276,7 @@ impl Checker {
                 Some(hash) => Some(hash),
                 None => {
                     self.error(
-                        &key(path, "token_sha256"),
+                        &key(path, &format!("{prefix}token_sha256")),
                         "not a SHA-256 in hex (64 hex digits; e.g. `printf %s \"$TOKEN\" | sha256sum`)".into(),
                     );
                     None
@@ -1271,13 +1294,13 @@ impl Checker {
             }
             Ok(_) => {
                 self.error(
-                    &key(path, field),
+                    &key(path, &format!("{prefix}{field}")),
                     "the token is shorter than 16 characters: use a long random token".into(),
                 );
                 None
             }
             Err(message) => {
-                self.error(&key(path, field), message);
+                self.error(&key(path, &format!("{prefix}{field}")), message);
                 None
             }
         }

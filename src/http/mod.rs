@@ -27,6 +27,25 @@ pub struct HttpState {
     pub registry: prometheus::Registry,
 }
 
+/// Whether a scrape may read `/metrics`: any, or only one that presents
+/// the configured token (compared as a hash, in constant time).
+fn may_scrape(state: &HttpState, headers: &axum::http::HeaderMap) -> bool {
+    let Some(expected) = state.app.server().metrics_token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    presented.is_some_and(|token| {
+        use subtle::ConstantTimeEq;
+        bool::from(crate::auth::hash(token.as_bytes()).ct_eq(&expected))
+    })
+}
+
 /// Serves HTTP on `listener` until `shutdown` completes.
 pub async fn serve(
     state: HttpState,
@@ -41,7 +60,18 @@ pub async fn serve(
         .await
 }
 
-async fn scrape(State(state): State<HttpState>) -> impl IntoResponse {
+async fn scrape(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    if !may_scrape(&state, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "send the metrics token: Authorization: Bearer <token>\n",
+        )
+            .into_response();
+    }
     match render(&state.app, &state.registry) {
         Ok(text) => (
             StatusCode::OK,

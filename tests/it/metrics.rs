@@ -279,3 +279,40 @@ async fn a_real_prometheus_scrapes_and_answers_promql() {
     let _ = prometheus.wait();
     server.stop().await;
 }
+
+/// With a metrics token, `/metrics` answers only a scrape that presents
+/// it (Prometheus: `authorization: {credentials_file: ...}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_token_keeps_metrics_from_strangers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "scrape-token-0123456789";
+    let file = dir.path().join("metrics-token");
+    std::fs::write(&file, format!("{token}\n")).expect("write token");
+    let server = crate::support::TestServer::start(&crate::support::config_yaml_with(
+        &[crate::support::PoolSpec::new("metered", 1)],
+        &format!(
+            "  server:\n    shutdown_timeout_ms: 5000\n    metrics_token_file: {}\n",
+            file.display()
+        ),
+    ))
+    .await;
+    let (status, body) = crate::support::http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("metered"), "{body}");
+    let (status, _) = crate::support::http_get_with(
+        server.http_addr,
+        "/metrics",
+        &[("Authorization", "Bearer not-the-token-at-all")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = crate::support::http_get_with(
+        server.http_addr,
+        "/metrics",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("pool=\"metered\""), "{body}");
+    server.stop().await;
+}

@@ -872,11 +872,24 @@ impl Drop for EventLog {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    http_get_with(addr, path_and_query, &[]).await
+}
+
+/// As [`http_get`], with more request headers.
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
-    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n");
     stream
         .write_all(request.as_bytes())
         .await
