@@ -146,11 +146,21 @@ impl fmt::Debug for TokenEntry {
     }
 }
 
+/// A client certificate's name (a DNS or URI subject alternative name,
+/// such as a SPIFFE ID) and whom it proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateEntry {
+    pub name: String,
+    pub identity: Identity,
+}
+
 /// How callers prove who they are.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Authenticator {
-    /// `None`: authentication is off and every caller is an admin.
+    /// `None`: no tokens are configured.
     tokens: Option<Vec<TokenEntry>>,
+    /// Client certificate names that prove an identity (mutual TLS).
+    certificates: Vec<CertificateEntry>,
 }
 
 /// Why a caller is not authenticated. Never holds what the caller sent.
@@ -167,25 +177,46 @@ pub enum AuthError {
 impl Authenticator {
     /// Nobody is authenticated: every caller may do everything.
     pub fn off() -> Authenticator {
-        Authenticator { tokens: None }
+        Authenticator::default()
     }
 
     pub fn with_tokens(tokens: Vec<TokenEntry>) -> Authenticator {
         Authenticator {
             tokens: Some(tokens),
+            certificates: Vec::new(),
         }
     }
 
-    pub fn is_on(&self) -> bool {
-        self.tokens.is_some()
+    /// Adds identities proven by client certificates.
+    pub fn with_certificates(mut self, certificates: Vec<CertificateEntry>) -> Authenticator {
+        self.certificates = certificates;
+        self
     }
 
-    /// The identity an `authorization` header value proves.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
-        let Some(tokens) = &self.tokens else {
+    pub fn is_on(&self) -> bool {
+        self.tokens.is_some() || !self.certificates.is_empty()
+    }
+
+    /// The identity an `authorization` header value proves, or else the
+    /// client certificate's names (`certificate_names`, from a verified
+    /// certificate).
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        certificate_names: &[String],
+    ) -> Result<Identity, AuthError> {
+        if !self.is_on() {
             return Ok(Identity::anonymous_admin());
+        }
+        let Some(header) = authorization else {
+            return self
+                .certificates
+                .iter()
+                .find(|entry| certificate_names.contains(&entry.name))
+                .map(|entry| entry.identity.clone())
+                .ok_or(AuthError::Missing);
         };
-        let header = authorization.ok_or(AuthError::Missing)?;
+        let tokens = self.tokens.as_deref().unwrap_or_default();
         let token = bearer(header).ok_or(AuthError::Malformed)?;
         let presented = hash(token);
         // Every entry is compared, whatever matches, in constant time.
@@ -236,33 +267,55 @@ mod tests {
             entry("s3cret-app", "app", Role::Client, &["orders", "billing-*"]),
         ]);
         let app = auth
-            .authenticate(Some(b"Bearer s3cret-app"))
+            .authenticate(Some(b"Bearer s3cret-app"), &[])
             .expect("valid");
         assert_eq!(app.name, "app");
         assert_eq!(
-            auth.authenticate(Some(b"bearer   s3cret-admin "))
+            auth.authenticate(Some(b"bearer   s3cret-admin "), &[])
                 .map(|i| i.role),
             Ok(Role::Admin)
         );
-        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(auth.authenticate(None, &[]), Err(AuthError::Missing));
         assert_eq!(
-            auth.authenticate(Some(b"Basic abc")),
+            auth.authenticate(Some(b"Basic abc"), &[]),
             Err(AuthError::Malformed)
         );
         assert_eq!(
-            auth.authenticate(Some(b"Bearer ")),
+            auth.authenticate(Some(b"Bearer "), &[]),
             Err(AuthError::Malformed)
         );
         assert_eq!(
-            auth.authenticate(Some(b"Bearer s3cret")),
+            auth.authenticate(Some(b"Bearer s3cret"), &[]),
             Err(AuthError::Invalid)
         );
         assert_eq!(
-            Authenticator::off().authenticate(None),
+            Authenticator::off().authenticate(None, &[]),
             Ok(Identity::anonymous_admin())
         );
         // The error never carries what was sent.
         assert!(!AuthError::Invalid.to_string().contains("s3cret"));
+        // A certificate's name proves an identity when no token is sent; a
+        // token sent decides, whatever the certificate.
+        let auth = auth.with_certificates(vec![CertificateEntry {
+            name: "spiffe://cluster/ns/shop/sa/orders".into(),
+            identity: entry("unused", "orders", Role::Client, &["orders"]).identity,
+        }]);
+        let names = [
+            "orders.shop.svc".to_string(),
+            "spiffe://cluster/ns/shop/sa/orders".to_string(),
+        ];
+        assert_eq!(
+            auth.authenticate(None, &names).map(|i| i.name),
+            Ok("orders".into())
+        );
+        assert_eq!(
+            auth.authenticate(None, &["other".to_string()]),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer wrong"), &names),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

@@ -281,9 +281,14 @@ impl<S> Authenticate<S> {
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
+        let names = request
+            .extensions()
+            .get::<super::tls::ConnInfo>()
+            .map(|info| info.certificate_names.clone())
+            .unwrap_or_default();
         let identity = self
             .authenticator
-            .authenticate(header)
+            .authenticate(header, &names)
             .map_err(|err| Status::new(Code::Unauthenticated, err.to_string()))?;
         let allowed = match access {
             Some(Access::Needs(right)) => identity.may(right, None),

@@ -35,20 +35,44 @@ pub(crate) enum Conn {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-impl tonic::transport::server::Connected for Conn {
-    // The same as plain tonic's, so `Request::remote_addr` works either way.
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+/// What the services may learn of a caller's connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The names (DNS and URI subject alternative names) of the client
+    /// certificate, which the handshake verified against the client CA.
+    pub(crate) certificate_names: Arc<[String]>,
+}
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        let tcp = match self {
-            Conn::Plain(tcp) => tcp,
-            Conn::Tls(tls) => tls.get_ref().0,
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        let names = match self {
+            Conn::Plain(_) => Vec::new(),
+            Conn::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(certificate_names)
+                .unwrap_or_default(),
         };
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: tcp.local_addr().ok(),
-            remote_addr: tcp.peer_addr().ok(),
+        ConnInfo {
+            certificate_names: names.into(),
         }
     }
+}
+
+/// A certificate's DNS and URI subject alternative names.
+fn certificate_names(certificate: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    let Ok(parsed) = webpki::EndEntityCert::try_from(certificate) else {
+        return Vec::new();
+    };
+    parsed
+        .valid_dns_names()
+        .chain(parsed.valid_uri_names())
+        .map(str::to_string)
+        .collect()
 }
 
 impl AsyncRead for Conn {

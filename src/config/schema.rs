@@ -172,6 +172,19 @@ pub(crate) struct RawServerTls {
 pub(crate) struct RawAuth {
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) tokens: Vec<RawToken>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) certificates: Vec<RawCertificateIdentity>,
+}
+
+/// A client certificate name (DNS or URI subject alternative name) and
+/// whom it proves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificateIdentity {
+    pub(crate) name: Option<String>,
+    pub(crate) san: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) pools: Option<Vec<String>>,
 }
 
 /// One bearer token: its hash, or where to read it, and whom it proves.

@@ -19,7 +19,7 @@ use super::{
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
     ServerConfig, SslMode,
 };
-use crate::auth::{self, Authenticator, Identity, PoolScope, Role, TokenEntry};
+use crate::auth::{self, Authenticator, CertificateEntry, Identity, PoolScope, Role, TokenEntry};
 
 const ROOT: &str = "connection_pool";
 /// Longest pool name: `poolplane/<name>` must fit PostgreSQL's 63-byte application_name.
@@ -1133,7 +1133,7 @@ impl Checker {
             max_pools: self.count(&path, "max_pools", raw.max_pools, 100, 1, 100_000),
             auth: match &raw.auth {
                 None => Authenticator::off(),
-                Some(auth) => Authenticator::with_tokens(self.tokens(&key(&path, "auth"), auth)),
+                Some(auth) => self.authenticator(&key(&path, "auth"), auth, raw),
             },
             allow_insecure: raw.allow_insecure.unwrap_or(false),
             tls: raw
@@ -1196,6 +1196,88 @@ impl Checker {
         Some(tls)
     }
 
+    /// `server.auth`: tokens, and identities proven by client certificates
+    /// (which need the listener to ask for them).
+    fn authenticator(
+        &mut self,
+        path: &str,
+        raw: &RawAuth,
+        server: &super::schema::RawServer,
+    ) -> Authenticator {
+        if raw.tokens.is_empty() && raw.certificates.is_empty() {
+            self.error(
+                path,
+                "names no tokens and no certificates: nobody could call the API; add some, or remove server.auth".into(),
+            );
+        }
+        let tokens = if raw.tokens.is_empty() && !raw.certificates.is_empty() {
+            None
+        } else {
+            Some(self.tokens(path, raw))
+        };
+        let client_ca = server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        if !raw.certificates.is_empty() && !client_ca {
+            self.error(
+                &key(path, "certificates"),
+                "client certificates are only asked for with server.tls.client_ca_file".into(),
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, entry) in raw.certificates.iter().enumerate() {
+            let path = format!("{path}.certificates[{i}]");
+            let (Some(name), Some(san)) = (&entry.name, &entry.san) else {
+                self.error(
+                    &key(&path, if entry.name.is_none() { "name" } else { "san" }),
+                    "missing: a certificate identity needs its name and the certificate's subject alternative name (`san`, a DNS name or a URI such as a SPIFFE ID)".into(),
+                );
+                continue;
+            };
+            let Some(role) = self.role(&path, entry.role.as_deref()) else {
+                continue;
+            };
+            certificates.push(CertificateEntry {
+                name: san.clone(),
+                identity: Identity {
+                    name: name.clone(),
+                    role,
+                    pools: entry
+                        .pools
+                        .clone()
+                        .map_or_else(PoolScope::all, PoolScope::of),
+                },
+            });
+        }
+        match tokens {
+            Some(tokens) => Authenticator::with_tokens(tokens).with_certificates(certificates),
+            None => Authenticator::off().with_certificates(certificates),
+        }
+    }
+
+    fn role(&mut self, path: &str, role: Option<&str>) -> Option<Role> {
+        match role.map(Role::parse) {
+            Some(Some(role)) => Some(role),
+            other => {
+                let allowed: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                self.error(
+                    &key(path, "role"),
+                    format!(
+                        "{}: allowed values are {}",
+                        if other.is_none() {
+                            "missing".to_string()
+                        } else {
+                            format!("`{}` is not a role", role.unwrap_or_default())
+                        },
+                        allowed.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// `server.auth.tokens`: each read now and kept only as its hash.
     fn tokens(&mut self, path: &str, raw: &RawAuth) -> Vec<TokenEntry> {
         let mut entries = Vec::new();
@@ -1218,27 +1300,8 @@ impl Checker {
                     format!("duplicate token name `{name}`"),
                 );
             }
-            let role = match token.role.as_deref().map(Role::parse) {
-                Some(Some(role)) => role,
-                other => {
-                    let allowed: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-                    self.error(
-                        &key(&path, "role"),
-                        format!(
-                            "{}: allowed values are {}",
-                            if other.is_none() {
-                                "missing".to_string()
-                            } else {
-                                format!(
-                                    "`{}` is not a role",
-                                    token.role.as_deref().unwrap_or_default()
-                                )
-                            },
-                            allowed.join(", ")
-                        ),
-                    );
-                    continue;
-                }
+            let Some(role) = self.role(&path, token.role.as_deref()) else {
+                continue;
             };
             let Some(sha256) = self.token_hash(&path, "", token) else {
                 continue;
