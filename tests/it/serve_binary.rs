@@ -311,3 +311,156 @@ async fn a_thousand_idle_connections_do_not_starve_the_listener() {
     );
     drop(idle);
 }
+
+/// Every configured secret (a pool's password, API tokens, the metrics
+/// token) is searched for in everything the server says: its log at trace
+/// level, its responses and errors, and `/metrics`. None is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
+    let _turn = crate::support::machine_to_myself().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin_token, client_token, metrics_token) = (
+        "adm1n-t0ken-abcdefghijkl",
+        "cl1ent-t0ken-abcdefghijkl",
+        "metr1cs-t0ken-abcdefghijkl",
+    );
+    let hex = |token: &str| -> String {
+        poolplane::auth::hash(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let metrics_file = dir.path().join("metrics-token");
+    std::fs::write(&metrics_file, metrics_token).expect("write");
+    let yaml = crate::support::config_yaml_with(
+        &[PoolSpec::new("bin_secret", 1)],
+        &format!(
+            "  server:\n    shutdown_timeout_ms: 2000\n    metrics_token_file: {}\n    auth:\n      tokens:\n        - {{name: root, token_sha256: \"{}\", role: admin}}\n        - {{name: app, token_sha256: \"{}\", role: client, pools: [bin_secret]}}\n",
+            metrics_file.display(),
+            hex(admin_token),
+            hex(client_token)
+        ),
+    );
+    let config = dir.path().join("poolplane.yaml");
+    std::fs::write(&config, &yaml).expect("write config");
+    let port = free_port();
+    let http_port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (stdout, stderr) = (
+        child.stdout.take().expect("out"),
+        child.stderr.take().expect("err"),
+    );
+    let readers = [
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default()),
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()),
+    ];
+    let address = format!("http://127.0.0.1:{port}");
+    let channel = loop {
+        match tonic::transport::Channel::from_shared(address.clone())
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut said = String::new();
+    let mut admin = poolplane::proto::pool_admin_client::PoolAdminClient::new(channel.clone());
+    let mut query = poolplane::proto::query_client::QueryClient::new(channel);
+    said.push_str(&format!(
+        "{:?}",
+        admin
+            .get_pool(with(
+                admin_token,
+                poolplane::proto::GetPoolRequest {
+                    name: "bin_secret".into()
+                }
+            ))
+            .await
+    ));
+    said.push_str(&format!(
+        "{:?}",
+        query
+            .execute(with(
+                client_token,
+                crate::support::exec("bin_secret", "SELECT 1", vec![])
+            ))
+            .await
+    ));
+    said.push_str(&format!(
+        "{:?}",
+        query
+            .execute(with(
+                "wrong-token-abcdefghijkl",
+                crate::support::exec("bin_secret", "SELECT 1", vec![])
+            ))
+            .await
+    ));
+    said.push_str(&format!(
+        "{:?}",
+        admin
+            .create_pool(with(
+                admin_token,
+                poolplane::proto::CreatePoolRequest {
+                    name: "bad_password".into(),
+                    host: "127.0.0.1".into(),
+                    port: u32::from(crate::support::cluster().port),
+                    database: "postgres".into(),
+                    password: "inl1ne-passw0rd-abcdefghijkl".into(),
+                    ..Default::default()
+                }
+            ))
+            .await
+    ));
+    let http = format!("127.0.0.1:{http_port}").parse().expect("addr");
+    let (_, metrics) = crate::support::http_get_with(
+        http,
+        "/metrics",
+        &[("Authorization", &format!("Bearer {metrics_token}"))],
+    )
+    .await;
+    said.push_str(&metrics);
+    let (_, refused) = crate::support::http_get(http, "/metrics").await;
+    said.push_str(&refused);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    for reader in readers {
+        said.push_str(&reader.join().expect("log reader"));
+    }
+    assert!(said.contains("TRACE"), "the log is at trace level");
+    for secret in [
+        crate::support::SUPERUSER_PASSWORD,
+        admin_token,
+        client_token,
+        metrics_token,
+        "inl1ne-passw0rd-abcdefghijkl",
+        "wrong-token-abcdefghijkl",
+    ] {
+        assert!(!said.contains(secret), "`{secret}` was said somewhere");
+    }
+}
+
+/// `request` with `token` as its bearer credentials.
+fn with<T>(token: &str, request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
