@@ -214,13 +214,77 @@ impl Audit {
 #[derive(Clone)]
 pub(crate) struct AuthLayer {
     authenticator: Arc<Authenticator>,
+    in_flight: Arc<InFlight>,
 }
 
 impl AuthLayer {
-    pub(crate) fn new(authenticator: Authenticator) -> AuthLayer {
+    pub(crate) fn new(authenticator: Authenticator, max_calls_per_caller: u32) -> AuthLayer {
         AuthLayer {
             authenticator: Arc::new(authenticator),
+            in_flight: Arc::new(InFlight {
+                max: max_calls_per_caller as usize,
+                by_caller: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
         }
+    }
+}
+
+/// Calls in flight per caller, bounded (`server.max_calls_per_caller`), so
+/// one caller cannot take every connection and task of the server.
+struct InFlight {
+    max: usize,
+    by_caller: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl InFlight {
+    /// A place for one more call of `caller`, held until its response ends.
+    fn enter(&self, caller: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let semaphore = {
+            let mut by_caller = self
+                .by_caller
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                by_caller
+                    .entry(caller.to_string())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))),
+            )
+        };
+        semaphore.try_acquire_owned().map_err(|_| {
+            Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "`{caller}` already has {} calls in flight (server.max_calls_per_caller)",
+                    self.max
+                ),
+            )
+        })
+    }
+}
+
+/// A response body that keeps its call's place until it has been sent.
+struct Held<B> {
+    inner: B,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -231,6 +295,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         Authenticate {
             inner,
             authenticator: Arc::clone(&self.authenticator),
+            in_flight: Arc::clone(&self.in_flight),
         }
     }
 }
@@ -239,6 +304,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub(crate) struct Authenticate<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
+    in_flight: Arc<InFlight>,
 }
 
 type ResponseFuture<E> =
@@ -258,14 +324,26 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        match self.admit(&request) {
-            Ok(Some(identity)) => {
-                request.extensions_mut().insert(identity);
-            }
-            Ok(None) => {}
+        let identity = match self.admit(&request) {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return Box::pin(self.inner.call(request)),
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
-        }
-        Box::pin(self.inner.call(request))
+        };
+        let place = match self.in_flight.enter(&identity.name) {
+            Ok(place) => place,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
+        request.extensions_mut().insert(identity);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(Held {
+                    inner: body,
+                    _place: place,
+                })
+            }))
+        })
     }
 }
 

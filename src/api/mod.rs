@@ -96,7 +96,10 @@ pub async fn serve(
         // Inside the metrics layer, so they count the code clients see.
         .layer(decode_errors::DecodeErrorsLayer)
         // Inside both: a refused call is counted and relabelled like any other.
-        .layer(auth::AuthLayer::new(app.server().auth.clone()))
+        .layer(auth::AuthLayer::new(
+            app.server().auth.clone(),
+            app.server().max_calls_per_caller,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -211,6 +211,8 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// SHA-256 of the bearer token `/metrics` requires, if it requires one.
     pub metrics_token: Option<[u8; 32]>,
+    /// Calls one caller (identity) may have in flight at once.
+    pub max_calls_per_caller: u32,
 }
 
 impl ServerConfig {

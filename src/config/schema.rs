@@ -154,6 +154,7 @@ pub(crate) struct RawServer {
     pub(crate) auth: Option<RawAuth>,
     pub(crate) tls: Option<RawServerTls>,
     pub(crate) metrics_token_env: Option<String>,
+    pub(crate) max_calls_per_caller: Option<i64>,
     pub(crate) metrics_token_file: Option<String>,
 }
 

@@ -1141,6 +1141,14 @@ impl Checker {
                 .as_ref()
                 .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
             metrics_token: self.metrics_token(&path, raw),
+            max_calls_per_caller: self.count(
+                &path,
+                "max_calls_per_caller",
+                raw.max_calls_per_caller,
+                4_096,
+                1,
+                1_000_000,
+            ),
         }
     }
 

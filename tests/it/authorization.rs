@@ -390,3 +390,71 @@ fn with_token<T>(token: &str, request: T) -> tonic::Request<T> {
     );
     request
 }
+
+/// A caller may have `server.max_calls_per_caller` calls in flight; one
+/// more is RESOURCE_EXHAUSTED at once, and another caller is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
+    let yaml = config_yaml_with(
+        &[PoolSpec::new("mine", 3), PoolSpec::new("theirs", 1)],
+        &auth_section().replace(
+            "    shutdown_timeout_ms: 5000\n",
+            "    shutdown_timeout_ms: 5000\n    max_calls_per_caller: 2\n",
+        ),
+    );
+    assert!(yaml.contains("max_calls_per_caller: 2"));
+    let server = TestServer::start(&yaml).await;
+    let client_token = TOKENS[3].1;
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut query = server.query().await;
+        holders.push(tokio::spawn(async move {
+            query
+                .execute(with_token(
+                    client_token,
+                    crate::support::exec("mine", "SELECT pg_sleep(1)", vec![]),
+                ))
+                .await
+        }));
+    }
+    let admin = crate::support::cluster().admin().await;
+    crate::support::eventually("both calls run", std::time::Duration::from_secs(10), || {
+        let admin = &admin;
+        async move { crate::support::sleeping(admin, "poolplane/mine").await == 2 }
+    })
+    .await;
+    let third = server
+        .query()
+        .await
+        .execute(with_token(
+            client_token,
+            crate::support::exec("mine", "SELECT 1", vec![]),
+        ))
+        .await
+        .expect_err("a third call in flight");
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    // Another caller is not limited by the first one's calls.
+    server
+        .admin()
+        .await
+        .list_pools(with_token(
+            TOKENS[0].1,
+            poolplane::proto::ListPoolsRequest::default(),
+        ))
+        .await
+        .expect("the admin is served");
+    for holder in holders {
+        holder.await.expect("join").expect("the first two finish");
+    }
+    // Their places are free again.
+    server
+        .query()
+        .await
+        .execute(with_token(
+            client_token,
+            crate::support::exec("mine", "SELECT 1", vec![]),
+        ))
+        .await
+        .expect("served again");
+    server.stop().await;
+}
