@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::config::{Config, HealthConfig, PoolConfig, ServerConfig};
 use crate::events::{EventBus, EventDetail};
-use crate::health::{HealthReport, Monitor};
+use crate::health::{HealthReport, Monitor, ProbeSlots};
 use crate::monitor::{
     Alert, AlertChange, AlertError, AlertFilter, MetricsSample, Monitoring, PoolObservation,
 };
@@ -24,6 +24,8 @@ pub struct App {
     monitors: Mutex<HashMap<String, Monitor>>,
     events: Arc<EventBus>,
     health: HealthConfig,
+    /// The limit on all pools' probe connections together.
+    probe_slots: ProbeSlots,
     monitoring: Monitoring,
     server: ServerConfig,
     collector: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -46,6 +48,7 @@ impl App {
             monitors: Mutex::new(HashMap::new()),
             events,
             health: config.health.clone(),
+            probe_slots: ProbeSlots::new(config.health.max_probe_connections),
             monitoring: Monitoring::new(&config.monitoring),
             server: config.server.clone(),
             collector: Mutex::new(None),
@@ -110,8 +113,12 @@ impl App {
         if created {
             let name = pool.name();
             if self.health.enabled {
-                let monitor =
-                    Monitor::start(Arc::clone(&pool), &self.health, Arc::clone(&self.events));
+                let monitor = Monitor::start(
+                    Arc::clone(&pool),
+                    &self.health,
+                    self.probe_slots.clone(),
+                    Arc::clone(&self.events),
+                );
                 self.lock_monitors().insert(name.clone(), monitor);
             }
             self.events.publish(&name, EventDetail::PoolCreated);

@@ -143,6 +143,8 @@ pub struct HealthConfig {
     pub degraded_latency: Duration,
     /// Failed checks in a row that make the pool UNHEALTHY.
     pub failure_threshold: u32,
+    /// Connections all pools' probes may hold at once.
+    pub max_probe_connections: u32,
 }
 
 /// `connection_pool.monitoring` (used by the metrics collector and alerts).

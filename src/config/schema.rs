@@ -85,6 +85,7 @@ pub(crate) struct RawPool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealthMonitoring {
+    pub(crate) max_probe_connections: Option<i64>,
     pub(crate) enabled: Option<bool>,
     pub(crate) check_interval_ms: Option<i64>,
     pub(crate) connection_timeout_ms: Option<i64>,

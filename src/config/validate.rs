@@ -850,6 +850,14 @@ impl Checker {
     fn health(&mut self, raw: &super::schema::RawHealthMonitoring) -> HealthConfig {
         let path = format!("{ROOT}.health_monitoring");
         HealthConfig {
+            max_probe_connections: self.count(
+                &path,
+                "max_probe_connections",
+                raw.max_probe_connections,
+                16,
+                1,
+                10_000,
+            ),
             enabled: raw.enabled.unwrap_or(true),
             check_interval: self.duration(
                 &path,

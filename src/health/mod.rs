@@ -11,4 +11,5 @@ mod probe;
 mod state;
 
 pub use monitor::{HealthReport, Monitor, Requester};
+pub use probe::ProbeSlots;
 pub use state::{Backoff, HealthMachine, HealthPolicy, HealthState, ProbeOutcome, Transition};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::probe::Probe;
+use super::probe::{Probe, ProbeSlots};
 use super::state::{Backoff, HealthMachine, HealthPolicy, HealthState, ProbeOutcome, Transition};
 use crate::config::HealthConfig;
 use crate::events::{EventBus, EventDetail};
@@ -67,11 +67,17 @@ pub struct Requester {
 
 impl Monitor {
     /// Starts monitoring `pool`; the first probe runs at once.
-    pub fn start(pool: Arc<ManagedPool>, config: &HealthConfig, events: Arc<EventBus>) -> Monitor {
+    pub fn start(
+        pool: Arc<ManagedPool>,
+        config: &HealthConfig,
+        slots: ProbeSlots,
+        events: Arc<EventBus>,
+    ) -> Monitor {
         let report = Arc::new(Mutex::new(HealthReport::new()));
         let (requests, inbox) = mpsc::channel(64);
         let looper = Loop {
-            probe: Probe::new(&pool.config(), config.probe_timeout),
+            probe: Probe::new(&pool.config(), config.probe_timeout, slots.clone()),
+            slots,
             config_version: pool.config_version(),
             pool,
             config: config.clone(),
@@ -132,6 +138,8 @@ struct Loop {
     report: Arc<Mutex<HealthReport>>,
     machine: HealthMachine,
     probe: Probe,
+    /// Shared by every pool's probe (`health_monitoring.max_probe_connections`).
+    slots: ProbeSlots,
     config_version: u64,
     recovery_attempts: u32,
     unhealthy_since: Option<Instant>,
@@ -175,7 +183,11 @@ impl Loop {
     async fn check(&mut self) -> Duration {
         if self.pool.config_version() != self.config_version {
             self.config_version = self.pool.config_version();
-            self.probe = Probe::new(&self.pool.config(), self.config.probe_timeout);
+            self.probe = Probe::new(
+                &self.pool.config(),
+                self.config.probe_timeout,
+                self.slots.clone(),
+            );
         }
         let outcome = self.probe.run().await;
         let transition = self.machine.observe(&outcome);

@@ -1,21 +1,54 @@
 //! The health probe: `SELECT 1` on a connection of its own, outside the
 //! pool's slots, so a pool that is busy (every connection leased) is not
 //! mistaken for a pool whose database is down, and a database that hangs is
-//! not mistaken for a busy pool. The connection is kept between probes and
-//! replaced after any failure. It shows in pg_stat_activity as
+//! not mistaken for a busy pool. It shows in pg_stat_activity as
 //! `<application_name>/probe`.
+//!
+//! Probe connections are outside every pool's `max_connections`, so they
+//! have a limit of their own, server-wide ([`ProbeSlots`],
+//! `health_monitoring.max_probe_connections`): however many pools there
+//! are, their probes never hold more connections than that. A probe keeps
+//! its connection between checks while slots are free, and lets it go
+//! when they run out, so the probes of many pools take turns.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use super::state::ProbeOutcome;
 use crate::config::PoolConfig;
 use crate::postgres::{Connector, DriverEnd};
 
+/// The server-wide limit on probe connections.
+#[derive(Clone)]
+pub struct ProbeSlots(Arc<Semaphore>);
+
+impl ProbeSlots {
+    pub fn new(max: u32) -> ProbeSlots {
+        ProbeSlots(Arc::new(Semaphore::new(max as usize)))
+    }
+
+    async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).acquire_owned().await.ok()
+    }
+
+    fn all_taken(&self) -> bool {
+        self.0.available_permits() == 0
+    }
+}
+
+/// An open probe connection. Its slot is held by its driver task, and so
+/// freed only once the backend is gone (as a pool's own connections are).
+struct Held {
+    client: Client,
+}
+
 pub(crate) struct Probe {
     connector: Connector,
-    client: Option<Client>,
+    held: Option<Held>,
+    slots: ProbeSlots,
     timeout: Duration,
     pool: String,
     /// Whether the pool's role was looked at (once, on the first connection).
@@ -23,52 +56,80 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    pub(crate) fn new(config: &PoolConfig, timeout: Duration) -> Probe {
+    pub(crate) fn new(config: &PoolConfig, timeout: Duration, slots: ProbeSlots) -> Probe {
         Probe {
             connector: Connector::new(config, &probe_name(&config.application_name)),
-            client: None,
+            held: None,
+            slots,
             timeout,
             pool: config.name.clone(),
             role_checked: false,
         }
     }
 
-    /// One check: connect if needed, then `SELECT 1`, all within the timeout.
+    /// One check: connect if needed, then `SELECT 1`, all within the
+    /// timeout. Waiting for a free slot comes first and does not count: it
+    /// says nothing about the database.
     pub(crate) async fn run(&mut self) -> ProbeOutcome {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|held| held.client.is_closed())
+        {
+            self.held = None;
+        }
+        let slot = match self.held {
+            Some(_) => None,
+            None => match self.slots.take().await {
+                Some(slot) => Some(slot),
+                None => {
+                    return ProbeOutcome::Failed {
+                        error: "the probe slots are closed".into(),
+                    }
+                }
+            },
+        };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.check()).await;
-        match result {
+        let result = tokio::time::timeout(self.timeout, self.check(slot)).await;
+        let outcome = match result {
             Ok(Ok(())) => ProbeOutcome::Answered {
                 latency: started.elapsed(),
             },
             Ok(Err(error)) => {
-                self.client = None;
+                self.held = None;
                 ProbeOutcome::Failed { error }
             }
             Err(_) => {
-                self.client = None;
+                self.held = None;
                 ProbeOutcome::Failed {
                     error: format!("no answer within {} ms", self.timeout.as_millis()),
                 }
             }
+        };
+        // Other pools' probes wait for a slot: take turns.
+        if self.slots.all_taken() {
+            self.held = None;
         }
+        outcome
     }
 
-    async fn check(&mut self) -> Result<(), String> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+    async fn check(&mut self, slot: Option<OwnedSemaphorePermit>) -> Result<(), String> {
+        if let Some(slot) = slot {
             let opened = self
                 .connector
-                .open(|_: DriverEnd| {})
+                .open(move |_: DriverEnd| drop(slot))
                 .await
                 .map_err(|err| err.to_string())?;
             if !self.role_checked {
                 self.role_checked = true;
                 warn_if_superuser(&opened.client, &self.pool).await;
             }
-            self.client = Some(opened.client);
+            self.held = Some(Held {
+                client: opened.client,
+            });
         }
-        let client = self.client.as_ref().ok_or("probe connection missing")?;
-        client
+        let held = self.held.as_ref().ok_or("probe connection missing")?;
+        held.client
             .simple_query("SELECT 1")
             .await
             .map(|_| ())

@@ -90,3 +90,46 @@ async fn check_health_probes_now_and_reports() {
     assert_eq!(status.code(), Code::NotFound);
     server.stop().await;
 }
+
+/// Probe connections are outside every pool's `max_connections`, so they
+/// have a server-wide limit: six pools checked every 100 ms with
+/// `max_probe_connections: 2` never hold more than two probe connections,
+/// and every pool is still checked (HEALTHY). (Found by a review: 320
+/// pools' probes filled PostgreSQL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_of_many_pools_share_a_bounded_number_of_connections() {
+    let names = [
+        "probe_a", "probe_b", "probe_c", "probe_d", "probe_e", "probe_f",
+    ];
+    let pools: Vec<PoolSpec<'_>> = names.iter().map(|name| PoolSpec::new(name, 1)).collect();
+    let server = TestServer::start(&config_yaml_with(
+        &pools,
+        "  health_monitoring:\n    check_interval_ms: 100\n    max_probe_connections: 2\n",
+    ))
+    .await;
+    let admin = crate::support::cluster().admin().await;
+    let mut most = 0;
+    for _ in 0..60 {
+        let probes: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolplane/probe_%/probe'",
+                &[],
+            )
+            .await
+            .expect("count probes")
+            .get(0);
+        most = most.max(probes);
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(most <= 2, "{most} probe connections at once");
+    for name in names {
+        crate::support::wait_for_health(
+            &server,
+            name,
+            HealthState::Healthy,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    }
+    server.stop().await;
+}
