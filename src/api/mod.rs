@@ -116,7 +116,14 @@ pub async fn serve(
                 .max_decoding_message_size(max_request),
         )
         .serve_with_incoming_shutdown(
-            tls::incoming(listeners.grpc, app.server().tls.as_ref())?,
+            tls::incoming(
+                listeners.grpc,
+                tls::Listening {
+                    tls: app.server().tls.as_ref(),
+                    max_connections: app.server().max_connections,
+                    handshake_timeout: app.server().handshake_timeout,
+                },
+            )?,
             async {
                 let _ = stop_rx.await;
             },

@@ -19,18 +19,22 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ServerTls;
 
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the certificate files are checked for a change.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// One accepted connection.
-pub(crate) enum Conn {
+/// One accepted connection, and its place under the listener's limit.
+pub(crate) struct Conn {
+    io: Io,
+    _place: OwnedSemaphorePermit,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -47,9 +51,9 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        let names = match self {
-            Conn::Plain(_) => Vec::new(),
-            Conn::Tls(tls) => tls
+        let names = match &self.io {
+            Io::Plain(_) => Vec::new(),
+            Io::Tls(tls) => tls
                 .get_ref()
                 .1
                 .peer_certificates()
@@ -81,9 +85,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -94,46 +98,103 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 pub(crate) type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
 
-/// The connections `listener` accepts, through TLS if `tls` is set.
-pub(crate) fn incoming(listener: TcpListener, tls: Option<&ServerTls>) -> anyhow::Result<Incoming> {
-    let acceptor = match tls {
+/// How the listener takes connections.
+pub(crate) struct Listening<'a> {
+    pub(crate) tls: Option<&'a ServerTls>,
+    /// Connections open at once, at most.
+    pub(crate) max_connections: u32,
+    /// How long a client may take to start speaking (plaintext) or finish
+    /// its TLS handshake.
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// The connections `listener` accepts, through TLS if asked.
+pub(crate) fn incoming(listener: TcpListener, how: Listening<'_>) -> anyhow::Result<Incoming> {
+    let acceptor = match how.tls {
         Some(tls) => Some(acceptor(tls)?),
         None => None,
     };
     let (connections, incoming) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, acceptor, connections));
+    tokio::spawn(accept_loop(
+        listener,
+        Handshake {
+            acceptor,
+            timeout: how.handshake_timeout,
+        },
+        Arc::new(Semaphore::new(how.max_connections as usize)),
+        connections,
+    ));
     Ok(Box::pin(ReceiverStream::new(incoming)))
+}
+
+/// What a new connection must get through before it is served.
+#[derive(Clone)]
+struct Handshake {
+    acceptor: Option<TlsAcceptor>,
+    timeout: Duration,
+}
+
+impl Handshake {
+    /// The connection, once TLS is established (or, in plaintext, once the
+    /// client has said something), within the timeout.
+    async fn complete(self, tcp: TcpStream) -> Option<Io> {
+        let done = async {
+            match self.acceptor {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => Some(Io::Tls(Box::new(tls))),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "TLS handshake failed");
+                        None
+                    }
+                },
+                None => {
+                    let mut first = [0u8; 1];
+                    match tcp.peek(&mut first).await {
+                        Ok(n) if n > 0 => Some(Io::Plain(tcp)),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        let completed = tokio::time::timeout(self.timeout, done).await;
+        if completed.is_err() {
+            tracing::debug!("a client said nothing within the handshake timeout");
+        }
+        completed.ok().flatten()
+    }
 }
 
 /// Accepts until nobody takes connections any more (the server stopped).
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
+    handshake: Handshake,
+    places: Arc<Semaphore>,
     connections: tokio::sync::mpsc::Sender<io::Result<Conn>>,
 ) {
+    let mut refused = Refusals::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -149,24 +210,42 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Small responses must not wait for the client's delayed ACK.
-        let _ = tcp.set_nodelay(true);
-        let Some(acceptor) = acceptor.clone() else {
-            if connections.send(Ok(Conn::Plain(tcp))).await.is_err() {
-                return;
-            }
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            refused.one_more();
             continue;
         };
-        let connections = connections.clone();
+        // Small responses must not wait for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let (handshake, connections) = (handshake.clone(), connections.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = connections.send(Ok(Conn::Tls(Box::new(tls)))).await;
-                }
-                Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+            if let Some(io) = handshake.complete(tcp).await {
+                let _ = connections.send(Ok(Conn { io, _place: place })).await;
             }
         });
+    }
+}
+
+/// Connections refused at the limit, logged at most every few seconds.
+#[derive(Default)]
+struct Refusals {
+    since_last_log: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn one_more(&mut self) {
+        self.since_last_log += 1;
+        let due = self
+            .last_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+        if due {
+            tracing::warn!(
+                refused = self.since_last_log,
+                "refusing gRPC connections: server.max_connections are open"
+            );
+            self.since_last_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
     }
 }
 

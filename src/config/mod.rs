@@ -215,6 +215,11 @@ pub struct ServerConfig {
     pub metrics_token: Option<[u8; 32]>,
     /// Calls one caller (identity) may have in flight at once.
     pub max_calls_per_caller: u32,
+    /// gRPC connections open at once; more are refused (and logged).
+    pub max_connections: u32,
+    /// How long a new gRPC connection may take to start speaking
+    /// (plaintext) or to finish its TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {

@@ -156,6 +156,8 @@ pub(crate) struct RawServer {
     pub(crate) tls: Option<RawServerTls>,
     pub(crate) metrics_token_env: Option<String>,
     pub(crate) max_calls_per_caller: Option<i64>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) handshake_timeout_ms: Option<i64>,
     pub(crate) metrics_token_file: Option<String>,
 }
 

@@ -1149,6 +1149,20 @@ impl Checker {
                 .as_ref()
                 .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
             metrics_token: self.metrics_token(&path, raw),
+            max_connections: self.count(
+                &path,
+                "max_connections",
+                raw.max_connections,
+                10_000,
+                1,
+                1_000_000,
+            ),
+            handshake_timeout: self.duration(
+                &path,
+                "handshake_timeout_ms",
+                raw.handshake_timeout_ms,
+                10_000,
+            ),
             max_calls_per_caller: self.count(
                 &path,
                 "max_calls_per_caller",
