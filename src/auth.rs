@@ -154,6 +154,94 @@ pub struct CertificateEntry {
     pub identity: Identity,
 }
 
+/// OAuth2 access tokens (JWTs) checked against a key set: signature,
+/// algorithm (from an allow-list; `none` never), issuer, audience, `exp`
+/// and `nbf` with a small leeway. The caller's name, role and pools come
+/// from claims.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    pub keys: jsonwebtoken::jwk::JwkSet,
+    pub validation: jsonwebtoken::Validation,
+    pub name_claim: String,
+    pub role_claim: String,
+    pub pools_claim: String,
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("keys", &self.keys.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for JwtVerifier {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys
+            && self.name_claim == other.name_claim
+            && self.role_claim == other.role_claim
+            && self.pools_claim == other.pools_claim
+    }
+}
+
+impl Eq for JwtVerifier {}
+
+impl JwtVerifier {
+    /// The identity a JWT proves.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Jwt("malformed"))?;
+        let jwk = match &header.kid {
+            Some(kid) => self.keys.find(kid),
+            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
+            None => None,
+        }
+        .ok_or(AuthError::Jwt("signed by an unknown key"))?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+            .map_err(|_| AuthError::Jwt("signed by an unusable key"))?;
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key,
+            &self.validation,
+        )
+        .map_err(|err| AuthError::Jwt(jwt_reason(err.kind())))?
+        .claims;
+        let text = |claim: &str| claims.get(claim).and_then(serde_json::Value::as_str);
+        let name = text(&self.name_claim).ok_or(AuthError::Jwt("no caller name claim"))?;
+        let role = text(&self.role_claim)
+            .and_then(Role::parse)
+            .ok_or(AuthError::Jwt("no valid role claim"))?;
+        let pools = match claims.get(&self.pools_claim) {
+            None => PoolScope::all(),
+            Some(serde_json::Value::Array(items)) => PoolScope::of(
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            Some(_) => return Err(AuthError::Jwt("the pools claim is not a list")),
+        };
+        Ok(Identity {
+            name: name.to_string(),
+            role,
+            pools,
+        })
+    }
+}
+
+/// Why a JWT is refused, in words that give nothing away.
+fn jwt_reason(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not valid yet",
+        ErrorKind::InvalidAudience => "not for this audience",
+        ErrorKind::InvalidIssuer => "from another issuer",
+        ErrorKind::InvalidAlgorithm => "signed with an algorithm not allowed",
+        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+        _ => "invalid",
+    }
+}
+
 /// How callers prove who they are.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Authenticator {
@@ -161,6 +249,8 @@ pub struct Authenticator {
     tokens: Option<Vec<TokenEntry>>,
     /// Client certificate names that prove an identity (mutual TLS).
     certificates: Vec<CertificateEntry>,
+    /// OAuth2 access tokens, if configured.
+    jwt: Option<JwtVerifier>,
 }
 
 /// Why a caller is not authenticated. Never holds what the caller sent.
@@ -172,6 +262,8 @@ pub enum AuthError {
     Malformed,
     #[error("invalid token")]
     Invalid,
+    #[error("invalid access token: {0}")]
+    Jwt(&'static str),
 }
 
 impl Authenticator {
@@ -184,7 +276,14 @@ impl Authenticator {
         Authenticator {
             tokens: Some(tokens),
             certificates: Vec::new(),
+            jwt: None,
         }
+    }
+
+    /// Adds OAuth2 access tokens (JWTs).
+    pub fn with_jwt(mut self, jwt: JwtVerifier) -> Authenticator {
+        self.jwt = Some(jwt);
+        self
     }
 
     /// Adds identities proven by client certificates.
@@ -194,7 +293,7 @@ impl Authenticator {
     }
 
     pub fn is_on(&self) -> bool {
-        self.tokens.is_some() || !self.certificates.is_empty()
+        self.tokens.is_some() || !self.certificates.is_empty() || self.jwt.is_some()
     }
 
     /// The identity an `authorization` header value proves, or else the
@@ -216,6 +315,18 @@ impl Authenticator {
                 .map(|entry| entry.identity.clone())
                 .ok_or(AuthError::Missing);
         };
+        if let Some(jwt) = &self.jwt {
+            let token = bearer(header).ok_or(AuthError::Malformed)?;
+            // A JWT is three base64url parts; a static token never has dots.
+            if token.iter().filter(|&&b| b == b'.').count() == 2 {
+                let text = std::str::from_utf8(token).map_err(|_| AuthError::Malformed)?;
+                match jwt.verify(text) {
+                    // Not a JWT after all: perhaps a static token with dots.
+                    Err(AuthError::Jwt("malformed")) => {}
+                    verified => return verified,
+                }
+            }
+        }
         let tokens = self.tokens.as_deref().unwrap_or_default();
         let token = bearer(header).ok_or(AuthError::Malformed)?;
         let presented = hash(token);

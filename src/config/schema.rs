@@ -178,6 +178,21 @@ pub(crate) struct RawAuth {
     pub(crate) tokens: Vec<RawToken>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) certificates: Vec<RawCertificateIdentity>,
+    pub(crate) jwt: Option<RawJwt>,
+}
+
+/// `server.auth.jwt`: OAuth2 access tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwt {
+    pub(crate) jwks_file: Option<String>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) algorithms: Option<Vec<String>>,
+    pub(crate) leeway_ms: Option<i64>,
+    pub(crate) name_claim: Option<String>,
+    pub(crate) role_claim: Option<String>,
+    pub(crate) pools_claim: Option<String>,
 }
 
 /// A client certificate name (DNS or URI subject alternative name) and

@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::files;
 use super::lines::LineIndex;
 use super::schema::{
-    FileRoot, RawAuth, RawCredential, RawPool, RawRoot, RawServerTls, RawSsl, RawToken,
+    FileRoot, RawAuth, RawCredential, RawJwt, RawPool, RawRoot, RawServerTls, RawSsl, RawToken,
 };
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, ServerTls, TlsFiles};
@@ -19,7 +20,9 @@ use super::{
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
     ServerConfig, SslMode,
 };
-use crate::auth::{self, Authenticator, CertificateEntry, Identity, PoolScope, Role, TokenEntry};
+use crate::auth::{
+    self, Authenticator, CertificateEntry, Identity, JwtVerifier, PoolScope, Role, TokenEntry,
+};
 
 const ROOT: &str = "connection_pool";
 /// Longest pool name: `poolplane/<name>` must fit PostgreSQL's 63-byte application_name.
@@ -1234,13 +1237,18 @@ impl Checker {
         raw: &RawAuth,
         server: &super::schema::RawServer,
     ) -> Authenticator {
-        if raw.tokens.is_empty() && raw.certificates.is_empty() {
+        let jwt = raw
+            .jwt
+            .as_ref()
+            .and_then(|jwt| self.jwt(&key(path, "jwt"), jwt));
+        if raw.tokens.is_empty() && raw.certificates.is_empty() && raw.jwt.is_none() {
             self.error(
                 path,
                 "names no tokens and no certificates: nobody could call the API; add some, or remove server.auth".into(),
             );
         }
-        let tokens = if raw.tokens.is_empty() && !raw.certificates.is_empty() {
+        let tokens = if raw.tokens.is_empty() && (!raw.certificates.is_empty() || raw.jwt.is_some())
+        {
             None
         } else {
             Some(self.tokens(path, raw))
@@ -1280,10 +1288,82 @@ impl Checker {
                 },
             });
         }
-        match tokens {
+        let authenticator = match tokens {
             Some(tokens) => Authenticator::with_tokens(tokens).with_certificates(certificates),
             None => Authenticator::off().with_certificates(certificates),
+        };
+        match jwt {
+            Some(jwt) => authenticator.with_jwt(jwt),
+            None => authenticator,
         }
+    }
+
+    /// `server.auth.jwt`: the key set read now; issuer and audience required.
+    fn jwt(&mut self, path: &str, raw: &RawJwt) -> Option<JwtVerifier> {
+        let mut missing = |field: &str, value: &Option<String>| {
+            if value.is_none() {
+                self.error(
+                    &key(path, field),
+                    "missing: JWTs are checked against a key set, an issuer and an audience".into(),
+                );
+            }
+        };
+        missing("jwks_file", &raw.jwks_file);
+        missing("issuer", &raw.issuer);
+        missing("audience", &raw.audience);
+        let (Some(file), Some(issuer), Some(audience)) =
+            (&raw.jwks_file, &raw.issuer, &raw.audience)
+        else {
+            return None;
+        };
+        let keys = match files::read_regular(file, 1024 * 1024)
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| {
+                serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&bytes)
+                    .map_err(|err| format!("not a JWK set: {err}"))
+            }) {
+            Ok(keys) if !keys.keys.is_empty() => keys,
+            Ok(_) => {
+                self.error(&key(path, "jwks_file"), format!("`{file}` holds no key"));
+                return None;
+            }
+            Err(message) => {
+                self.error(&key(path, "jwks_file"), format!("`{file}`: {message}"));
+                return None;
+            }
+        };
+        let allowed = [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        ];
+        let mut algorithms = Vec::new();
+        for name in raw
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
+        {
+            match name.parse::<jsonwebtoken::Algorithm>() {
+                Ok(algorithm) if allowed.contains(&name.as_str()) => algorithms.push(algorithm),
+                _ => self.error(
+                    &key(path, "algorithms"),
+                    format!("`{name}`: allowed values are {}", allowed.join(", ")),
+                ),
+            }
+        }
+        let &first = algorithms.first()?;
+        let mut validation = jsonwebtoken::Validation::new(first);
+        validation.algorithms = algorithms;
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_nbf = true;
+        validation.leeway =
+            u64::try_from(raw.leeway_ms.unwrap_or(30_000).max(0) / 1000).unwrap_or(30);
+        Some(JwtVerifier {
+            keys,
+            validation,
+            name_claim: raw.name_claim.clone().unwrap_or_else(|| "sub".into()),
+            role_claim: raw.role_claim.clone().unwrap_or_else(|| "role".into()),
+            pools_claim: raw.pools_claim.clone().unwrap_or_else(|| "pools".into()),
+        })
     }
 
     fn role(&mut self, path: &str, role: Option<&str>) -> Option<Role> {

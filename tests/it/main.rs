@@ -16,6 +16,7 @@ mod drain;
 mod grpc_discovery;
 mod grpc_tls;
 mod health_recovery;
+mod jwt;
 mod listener;
 mod maintenance;
 mod memory_bounds;
