@@ -22,6 +22,12 @@ use std::time::Duration;
 
 pub use secret::{PasswordSource, Secret};
 pub use targets::AllowedTargets;
+
+/// The access token a token file holds now (trailing newline dropped).
+pub(crate) fn read_token_file(path: &str) -> std::io::Result<Secret> {
+    secret::read_secret_file(path)
+        .map(|token| Secret::new(token.trim_end_matches(['\n', '\r']).to_string()))
+}
 pub use tls::{ServerIdentity, ServerTls, TlsFiles, TlsMaterial};
 pub(crate) use validate::{check_limits, check_thresholds};
 pub use validate::{pool_from_request, PoolRequest};
@@ -56,6 +62,9 @@ pub struct PoolConfig {
     /// Certificates from `security.ssl`, used by every mode but disable.
     pub tls: TlsFiles,
     pub limits: PoolLimits,
+    /// With `security.authentication.method: oauth2`: where each new
+    /// connection reads its password (an access token).
+    pub token_file: Option<String>,
     /// The largest row, error or notice a connection takes from PostgreSQL
     /// (from `server.max_result_bytes`); larger ones never reach memory
     /// whole (`postgres::limit`).
@@ -124,6 +133,10 @@ pub struct PoolDefaults {
     pub sslmode: SslMode,
     pub tls: TlsFiles,
     pub limits: PoolLimits,
+    /// Every pool's `token_file`.
+    pub token_file: Option<String>,
+    /// The password travels in cleartext (LDAP): pools must use TLS.
+    pub password_needs_tls: bool,
     /// Every pool's `max_message_bytes` (not settable per pool).
     pub max_message_bytes: u64,
     pub recovery: RecoveryConfig,
@@ -176,6 +189,21 @@ pub struct SecurityConfig {
     pub client_certificate: Option<String>,
     pub client_key: Option<String>,
     pub authentication_timeout: Duration,
+    /// How pools log in to PostgreSQL.
+    pub authentication: DatabaseAuth,
+}
+
+/// `security.authentication.method`: how pools log in to PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseAuth {
+    /// Each pool's user and password (password, md5 or SCRAM).
+    Database,
+    /// PostgreSQL's LDAP method: the password goes in cleartext, so only
+    /// over TLS (every pool's sslmode must be at least `require`).
+    Ldap,
+    /// The password is an access token read from `token_file` at each new
+    /// connection (a projected token rotates it in place).
+    OAuth2 { token_file: String },
 }
 
 /// `connection_pool.server`: listeners and server-wide limits.

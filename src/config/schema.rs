@@ -135,6 +135,8 @@ pub(crate) struct RawSsl {
 pub(crate) struct RawAuthentication {
     pub(crate) method: Option<String>,
     pub(crate) timeout_ms: Option<i64>,
+    /// For `oauth2`: the file holding the current access token.
+    pub(crate) token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,7 +16,7 @@ use super::schema::{
 use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, ServerTls, TlsFiles};
 use super::{
-    AlertThresholds, AllowedTargets, Config, ConfigError, Credential, HealthConfig,
+    AlertThresholds, AllowedTargets, Config, ConfigError, Credential, DatabaseAuth, HealthConfig,
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
     ServerConfig, SslMode,
 };
@@ -31,7 +31,7 @@ pub(crate) const MAX_POOL_NAME_LEN: usize = 48;
 const MAX_CONNECTIONS_CEILING: i64 = 10_000;
 /// A day: no timeout or interval in this file is sensibly longer.
 const MAX_DURATION_MS: i64 = 86_400_000;
-const AUTH_METHODS: &[&str] = &["database"];
+const AUTH_METHODS: &[&str] = &["database", "ldap", "oauth2"];
 
 /// Parses and validates configuration text.
 /// Largest configuration file read: far above any real one, and small
@@ -319,6 +319,11 @@ impl Checker {
             };
         }
         builtin.tls = security.tls.clone();
+        builtin.password_needs_tls = security.authentication == DatabaseAuth::Ldap;
+        builtin.token_file = match &security.authentication {
+            DatabaseAuth::OAuth2 { token_file } => Some(token_file.clone()),
+            _ => None,
+        };
         builtin.recovery.max_attempts = health.max_recovery_attempts;
         builtin.alerts = AlertThresholds {
             utilization: monitoring.utilization_threshold,
@@ -346,6 +351,8 @@ impl Checker {
             sslmode: self.sslmode(&path, raw.sslmode.as_deref(), builtin.sslmode, &builtin.tls),
             tls: builtin.tls.clone(),
             limits,
+            token_file: builtin.token_file.clone(),
+            password_needs_tls: builtin.password_needs_tls,
             max_message_bytes: builtin.max_message_bytes,
             recovery: self.recovery(&path, raw, &builtin.recovery),
             alerts: self.alert_thresholds(&path, raw, &builtin.alerts),
@@ -395,6 +402,21 @@ impl Checker {
         ] {
             self.printable(path, field, value);
         }
+        let sslmode = self.sslmode(
+            path,
+            raw.sslmode.as_deref(),
+            defaults.sslmode,
+            &defaults.tls,
+        );
+        if defaults.password_needs_tls && matches!(sslmode, SslMode::Disable | SslMode::Prefer) {
+            self.error(
+                &key(path, "sslmode"),
+                format!(
+                    "`{}`: with security.authentication.method ldap the password goes to PostgreSQL in cleartext, so only over TLS: use require, verify-ca or verify-full",
+                    sslmode.as_str()
+                ),
+            );
+        }
         Some(PoolConfig {
             host,
             port: self.port(path, raw.port, defaults.port),
@@ -403,14 +425,10 @@ impl Checker {
             password: login.password,
             password_source: login.source,
             application_name,
-            sslmode: self.sslmode(
-                path,
-                raw.sslmode.as_deref(),
-                defaults.sslmode,
-                &defaults.tls,
-            ),
+            sslmode,
             tls: defaults.tls.clone(),
             limits,
+            token_file: defaults.token_file.clone(),
             max_message_bytes: defaults.max_message_bytes,
             recovery: self.recovery(path, raw, &defaults.recovery),
             alerts: self.alert_thresholds(path, raw, &defaults.alerts),
@@ -980,17 +998,7 @@ impl Checker {
             TlsFiles::default()
         };
         let auth_path = format!("{path}.authentication");
-        if let Some(method) = raw.authentication.method.as_deref() {
-            if !AUTH_METHODS.contains(&method) {
-                self.error(
-                    &key(&auth_path, "method"),
-                    format!(
-                        "`{method}` is not supported: allowed {} (each pool authenticates to PostgreSQL with its own user and password)",
-                        AUTH_METHODS.join(", ")
-                    ),
-                );
-            }
-        }
+        let authentication = self.database_auth(&auth_path, &raw.authentication);
         SecurityConfig {
             ssl_enabled,
             tls,
@@ -1004,6 +1012,49 @@ impl Checker {
                 raw.authentication.timeout_ms,
                 30_000,
             ),
+            authentication,
+        }
+    }
+
+    /// `security.authentication`: how pools log in to PostgreSQL.
+    fn database_auth(
+        &mut self,
+        path: &str,
+        raw: &super::schema::RawAuthentication,
+    ) -> DatabaseAuth {
+        match raw.method.as_deref() {
+            None | Some("database") => DatabaseAuth::Database,
+            Some("ldap") => DatabaseAuth::Ldap,
+            Some("oauth2") => match &raw.token_file {
+                Some(file) => {
+                    if let Err(err) = secret::read_secret_file(file) {
+                        self.error(
+                            &key(path, "token_file"),
+                            format!("cannot read the token file `{file}`: {err}"),
+                        );
+                    }
+                    DatabaseAuth::OAuth2 {
+                        token_file: file.clone(),
+                    }
+                }
+                None => {
+                    self.error(
+                        &key(path, "token_file"),
+                        "missing: with method oauth2, each connection's password is the access token this file holds".into(),
+                    );
+                    DatabaseAuth::Database
+                }
+            },
+            Some(method) => {
+                self.error(
+                    &key(path, "method"),
+                    format!(
+                        "`{method}` is not supported: allowed {}",
+                        AUTH_METHODS.join(", ")
+                    ),
+                );
+                DatabaseAuth::Database
+            }
         }
     }
 
@@ -1511,6 +1562,8 @@ fn max_message_bytes(max_result_bytes: u64) -> u64 {
 fn builtin_defaults() -> PoolDefaults {
     PoolDefaults {
         max_message_bytes: max_message_bytes(4_000_000),
+        token_file: None,
+        password_needs_tls: false,
         host: "localhost".into(),
         port: 5432,
         user: "postgres".into(),

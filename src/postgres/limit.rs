@@ -102,6 +102,13 @@ enum Phase {
         have: usize,
     },
     Pass(usize),
+    /// An authentication request on a plaintext connection: its code is
+    /// read first (`header` and the code's bytes are held back meanwhile).
+    AuthCode {
+        header: [u8; HEADER],
+        code: Vec<u8>,
+        remaining: usize,
+    },
     /// An error that passes, its first bytes kept to read its SQLSTATE.
     PassError {
         remaining: usize,
@@ -129,23 +136,51 @@ const fn header() -> Phase {
 pub(crate) struct Filter {
     limit: Arc<MessageLimit>,
     phase: Phase,
+    /// Nothing below encrypts these bytes: a password must not cross.
+    plaintext: bool,
+    /// The server asked for the password in cleartext over plaintext.
+    refused_cleartext: bool,
 }
 
+/// Why a connection is given up when the server asks for the password in
+/// cleartext without TLS.
+pub(crate) const CLEARTEXT_REFUSED: &str = "the server asked for the password in cleartext over an unencrypted connection, and poolplane does not send it: use TLS (sslmode require or verify-full) or scram-sha-256 authentication";
+
+/// AuthenticationCleartextPassword's code.
+const AUTH_CLEARTEXT: [u8; 4] = [0, 0, 0, 3];
+
 impl Filter {
-    /// For a stream that carries protocol messages from its first byte.
+    /// For a plaintext stream that carries protocol messages from its
+    /// first byte.
     pub(crate) fn messages(limit: Arc<MessageLimit>) -> Filter {
         Filter {
             limit,
             phase: header(),
+            plaintext: true,
+            refused_cleartext: false,
         }
     }
 
-    /// For a raw socket on which the driver will ask for TLS first.
+    /// For the messages inside a TLS session.
+    pub(crate) fn encrypted_messages(limit: Arc<MessageLimit>) -> Filter {
+        Filter {
+            plaintext: false,
+            ..Filter::messages(limit)
+        }
+    }
+
+    /// For a raw socket on which the driver will ask for TLS first (if the
+    /// server declines, plaintext messages follow).
     pub(crate) fn after_ssl_answer(limit: Arc<MessageLimit>) -> Filter {
         Filter {
-            limit,
             phase: Phase::SslAnswer,
+            ..Filter::messages(limit)
         }
+    }
+
+    /// Whether the server asked for a cleartext password over plaintext.
+    pub(crate) fn refused_cleartext(&self) -> bool {
+        self.refused_cleartext
     }
 
     /// Bytes of a message body that may go to the driver as they are.
@@ -242,6 +277,31 @@ impl Filter {
                 }
                 take
             }
+            Phase::AuthCode {
+                header: held,
+                code,
+                remaining,
+            } => {
+                let take = (*remaining).min(input.len()).min(4 - code.len());
+                code.extend_from_slice(&input[..take]);
+                *remaining -= take;
+                if code.len() == 4 || *remaining == 0 {
+                    if code.as_slice() == AUTH_CLEARTEXT {
+                        // Never handed to the driver, which would answer
+                        // it with the password.
+                        self.refused_cleartext = true;
+                        self.phase = Phase::Drop(*remaining);
+                    } else {
+                        out.extend_from_slice(held);
+                        out.extend_from_slice(code);
+                        self.phase = Phase::Pass(*remaining);
+                    }
+                    if matches!(self.phase, Phase::Pass(0) | Phase::Drop(0)) {
+                        self.phase = header();
+                    }
+                }
+                take
+            }
             Phase::PassError { remaining, seen } => {
                 let take = (*remaining).min(input.len());
                 out.extend_from_slice(&input[..take]);
@@ -281,6 +341,11 @@ impl Filter {
                 kept: Vec::with_capacity(ERROR_PREFIX),
                 remaining: body,
                 size: length,
+            },
+            b'R' if self.plaintext && body >= 4 => Phase::AuthCode {
+                header: header_bytes,
+                code: Vec::with_capacity(4),
+                remaining: body,
             },
             b'E' => {
                 out.extend_from_slice(&header_bytes);
@@ -440,6 +505,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
                 return Poll::Ready(Ok(()));
             }
             this.filter.feed(read.filled(), &mut this.ready);
+            if this.filter.refused_cleartext() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    CLEARTEXT_REFUSED,
+                )));
+            }
             if this.ready.capacity() > 4 * SCRATCH && this.ready.is_empty() {
                 this.ready.shrink_to(SCRATCH);
             }
@@ -500,7 +571,7 @@ where
         let connecting = self.inner.connect(stream);
         Box::pin(async move {
             let session = connecting.await?;
-            Ok(Limited::new(session, Filter::messages(limit)))
+            Ok(Limited::new(session, Filter::encrypted_messages(limit)))
         })
     }
 }
@@ -653,6 +724,33 @@ mod tests {
         assert!(terminated("57P01"));
         assert!(!terminated("57P02"));
         assert!(!terminated("57014"));
+    }
+
+    #[test]
+    fn a_cleartext_password_request_never_reaches_the_driver_without_tls() {
+        let cleartext = message(b'R', &[0, 0, 0, 3]);
+        let md5 = message(b'R', &[0, 0, 0, 5, 1, 2, 3, 4]);
+        for piece in [1, 2, 3, 100] {
+            let mut plain = Filter::messages(MessageLimit::new(1000));
+            assert_eq!(filtered(&mut plain, &md5, piece), md5, "hashed passes");
+            assert!(!plain.refused_cleartext());
+            let out = filtered(&mut plain, &cleartext, piece);
+            assert!(out.is_empty(), "{out:?}");
+            assert!(plain.refused_cleartext());
+
+            let mut tls = Filter::encrypted_messages(MessageLimit::new(1000));
+            assert_eq!(
+                filtered(&mut tls, &cleartext, piece),
+                cleartext,
+                "inside TLS"
+            );
+            assert!(!tls.refused_cleartext());
+
+            let mut declined = Filter::after_ssl_answer(MessageLimit::new(1000));
+            let input = [b"N".to_vec(), cleartext.clone()].concat();
+            assert_eq!(filtered(&mut declined, &input, piece), b"N");
+            assert!(declined.refused_cleartext(), "TLS declined: plaintext");
+        }
     }
 
     /// What the filter should make of whole messages, one at a time.

@@ -31,6 +31,8 @@ pub(crate) struct Connector {
     endpoint: Arc<Endpoint>,
     /// `PoolConfig::max_message_bytes`.
     max_message_bytes: u64,
+    /// `PoolConfig::token_file`: read at each open, for the password.
+    token_file: Option<String>,
 }
 
 /// A connection just opened; its driver task runs.
@@ -118,7 +120,25 @@ impl Connector {
                 connect_timeout: config.limits.connection_timeout,
             }),
             max_message_bytes: config.max_message_bytes,
+            token_file: config.token_file.clone(),
         }
+    }
+
+    /// The driver configuration for one open: with a token file, its
+    /// current token is the password (a rotated token is used at once).
+    fn driver_config(&self) -> Result<std::borrow::Cow<'_, tokio_postgres::Config>, OpenError> {
+        let Some(file) = &self.token_file else {
+            return Ok(std::borrow::Cow::Borrowed(&self.pg));
+        };
+        let token = crate::config::read_token_file(file).map_err(|err| {
+            OpenError::Io(std::io::Error::new(
+                err.kind(),
+                format!("cannot read the token file `{file}`: {err}"),
+            ))
+        })?;
+        let mut pg = self.pg.clone();
+        pg.password(token.expose());
+        Ok(std::borrow::Cow::Owned(pg))
     }
 
     pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
@@ -170,6 +190,7 @@ impl Connector {
             self.endpoint.connect_timeout,
         )
         .await?;
+        let pg = self.driver_config()?;
         let stream = TrackedStream::new(tcp, closer.clone());
         let limit = MessageLimit::new(self.max_message_bytes);
         // Every message passes a size filter before the driver buffers it:
@@ -179,7 +200,7 @@ impl Connector {
             Err(why) => return Err(OpenError::Tls(why.clone())),
             Ok(Tls::Plain) => {
                 let stream = Limited::new(stream, Filter::messages(Arc::clone(&limit)));
-                let (client, connection) = self.pg.connect_raw(stream, NoTls).await?;
+                let (client, connection) = pg.connect_raw(stream, NoTls).await?;
                 spawn_driver(connection, closer.clone(), Arc::clone(&limit), on_end);
                 client
             }
@@ -193,7 +214,7 @@ impl Connector {
                 )
                 .map_err(|err| OpenError::Tls(err.to_string()))?;
                 let tls = LimitedTls::new(tls, Arc::clone(&limit));
-                let (client, connection) = self.pg.connect_raw(stream, tls).await?;
+                let (client, connection) = pg.connect_raw(stream, tls).await?;
                 spawn_driver(connection, closer.clone(), Arc::clone(&limit), on_end);
                 client
             }

@@ -11,6 +11,7 @@ mod authorization;
 mod check_health;
 mod config_validation;
 mod created_pools;
+mod db_auth;
 mod deadline;
 mod drain;
 mod grpc_discovery;

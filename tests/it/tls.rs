@@ -129,3 +129,59 @@ fn verify_modes_without_a_ca_are_config_errors() {
     );
     assert_eq!(errors[0].line, Some(5));
 }
+
+/// A server (or an impostor) that asks for the password in cleartext over
+/// an unencrypted connection gets nothing: the connection is given up
+/// before the driver can answer, and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_is_sent_in_cleartext_without_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = fake.local_addr().expect("addr").port();
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = fake.accept().await.expect("accept");
+        let mut length = [0u8; 4];
+        socket
+            .read_exact(&mut length)
+            .await
+            .expect("startup length");
+        let mut startup = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+        socket.read_exact(&mut startup).await.expect("startup");
+        // AuthenticationCleartextPassword.
+        socket
+            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
+            .await
+            .expect("ask");
+        let mut after = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            socket.read_to_end(&mut after),
+        )
+        .await;
+        after
+    });
+    let server = TestServer::start(&config_yaml(&[crate::support::PoolSpec::new(
+        "cleartext_asker",
+        1,
+    )
+    .port(port)]))
+    .await;
+    let status = server
+        .query()
+        .await
+        .execute(exec("cleartext_asker", "SELECT 1", vec![]))
+        .await
+        .expect_err("no connection");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("cleartext"), "{status:?}");
+    let after = received.await.expect("join");
+    assert!(
+        !after.contains(&b'p'),
+        "a password message was sent: {after:?}"
+    );
+    let password = crate::support::SUPERUSER_PASSWORD.as_bytes();
+    assert!(!after.windows(password.len()).any(|w| w == password));
+    server.stop().await;
+}
