@@ -48,6 +48,26 @@ impl AdminService {
             .collect())
     }
 
+    /// A password in a request: only from an admin, and only where it
+    /// travels encrypted (TLS on the listener) or nobody authenticates.
+    fn may_send_a_password<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let server = self.app.server();
+        if !server.auth.is_on() {
+            return Ok(());
+        }
+        if identity(request)?.role != crate::auth::Role::Admin {
+            return Err(Status::permission_denied(
+                "only an admin may send a password: name a login from connection_pool.credentials in `credential`",
+            ));
+        }
+        if server.tls.is_none() {
+            return Err(Status::failed_precondition(
+                "a password may only be sent over TLS (server.tls): name a login from connection_pool.credentials in `credential`",
+            ));
+        }
+        Ok(())
+    }
+
     /// An alert may be acknowledged or cleared by who may operate its pool.
     /// One on a pool outside the caller's scope is, to that caller, no
     /// alert at all: the answer must not tell that it exists, nor its pool.
@@ -130,6 +150,9 @@ impl PoolAdmin for AdminService {
         audit.record(
             async move {
                 authorize(&request, Right::Operate, &request.get_ref().name)?;
+                if !request.get_ref().password.is_empty() {
+                    self.may_send_a_password(&request)?;
+                }
                 let r = request.into_inner();
                 let if_not_exists = r.if_not_exists;
                 let pool_request = PoolRequest {

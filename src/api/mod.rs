@@ -101,8 +101,8 @@ pub async fn serve(
             app.server().max_calls_per_caller,
         ))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(app.server().reflection.then_some(reflection_v1))
+        .add_optional_service(app.server().reflection.then_some(reflection_v1alpha))
         .add_service(
             PoolAdminServer::new(admin::AdminService::new(Arc::clone(&app)))
                 .max_decoding_message_size(max_request),

@@ -245,6 +245,8 @@ pub struct ServerConfig {
     pub max_calls_per_caller: u32,
     /// gRPC connections open at once; more are refused (and logged).
     pub max_connections: u32,
+    /// Serve gRPC reflection (for grpcurl and similar tools).
+    pub reflection: bool,
     /// How long a new gRPC connection may take to start speaking
     /// (plaintext) or to finish its TLS handshake.
     pub handshake_timeout: Duration,

@@ -158,6 +158,7 @@ pub(crate) struct RawServer {
     pub(crate) tls: Option<RawServerTls>,
     pub(crate) metrics_token_env: Option<String>,
     pub(crate) max_calls_per_caller: Option<i64>,
+    pub(crate) reflection: Option<bool>,
     pub(crate) max_connections: Option<i64>,
     pub(crate) handshake_timeout_ms: Option<i64>,
     pub(crate) metrics_token_file: Option<String>,

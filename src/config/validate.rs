@@ -1203,6 +1203,7 @@ impl Checker {
                 .as_ref()
                 .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
             metrics_token: self.metrics_token(&path, raw),
+            reflection: raw.reflection.unwrap_or(true),
             max_connections: self.count(
                 &path,
                 "max_connections",

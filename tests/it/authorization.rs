@@ -458,3 +458,33 @@ async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
         .expect("served again");
     server.stop().await;
 }
+
+/// A password in a CreatePool request comes only from an admin, and only
+/// over TLS: anywhere else it could be read on the wire, or be a
+/// non-admin's way to point a pool at a login of its choosing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_password_needs_an_admin_and_tls() {
+    let yaml = config_yaml_with(&[PoolSpec::new("mine", 1)], &auth_section());
+    let server = TestServer::start(&yaml).await;
+    let request = || poolplane::proto::CreatePoolRequest {
+        name: "mine_too".into(),
+        host: "127.0.0.1".into(),
+        port: u32::from(crate::support::cluster().port),
+        database: "postgres".into(),
+        password: "inline-password-0123456789".into(),
+        ..Default::default()
+    };
+    let mut admin = server.admin().await;
+    let status = admin
+        .create_pool(with_token(TOKENS[1].1, request()))
+        .await
+        .expect_err("an operator sends no password");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = admin
+        .create_pool(with_token(TOKENS[0].1, request()))
+        .await
+        .expect_err("not over plaintext");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("TLS"), "{status:?}");
+    server.stop().await;
+}

@@ -299,3 +299,26 @@ async fn grpcurl_lists_services_and_runs_sql_without_proto_files() {
     );
     server.stop().await;
 }
+
+/// Reflection can be turned off (`server.reflection: false`); health stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_can_be_turned_off() {
+    let server = TestServer::start(&crate::support::config_yaml_with(
+        &[PoolSpec::new("unreflected", 1)],
+        "  server:\n    shutdown_timeout_ms: 5000\n    reflection: false\n",
+    ))
+    .await;
+    let addr = server.addr.to_string();
+    let listed = tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", &addr, "list"]))
+        .await
+        .expect("join");
+    assert!(!listed.status.success(), "reflection answered");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health still answers");
+    server.stop().await;
+}
