@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use poolplane::proto::{CreatePoolRequest, GetPoolRequest};
 use tonic::Code;
 
@@ -128,5 +130,51 @@ async fn api_pools_never_carry_the_servers_secrets_elsewhere() {
     let status = admin.create_pool(fourth).await.expect_err("over max_pools");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(meta(&status, "poolplane-max-pools").as_deref(), Some("3"));
+    server.stop().await;
+}
+
+/// 2,000 CreatePool calls: `server.max_pools` (100) are held, the rest are
+/// RESOURCE_EXHAUSTED, and PostgreSQL keeps room for everyone else (the
+/// pools' probes share a bounded number of connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_create_pool_stops_at_max_pools_and_postgres_stays_reachable() {
+    let _turn = crate::support::machine_to_myself().await;
+    let server = TestServer::start(&config_yaml_with(
+        &[PoolSpec::new("flood_base", 1)],
+        "  server:\n    shutdown_timeout_ms: 5000\n",
+    ))
+    .await;
+    let admin = server.admin().await;
+    let calls = futures::stream::iter(0..2000)
+        .map(|i| {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .create_pool(request(&format!("flood_{i}"), cluster().port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.code())
+            }
+        })
+        .buffer_unordered(32);
+    let results: Vec<Result<(), Code>> = futures::StreamExt::collect(calls).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Err(Code::ResourceExhausted))
+        .count();
+    assert_eq!((created, refused), (99, 1901), "one pool was configured");
+    // PostgreSQL still takes a new connection, and the probes of 100 pools
+    // hold at most their limit.
+    let pg = cluster().admin().await;
+    let probes: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolplane/flood%/probe'",
+            &[],
+        )
+        .await
+        .expect("PostgreSQL answers")
+        .get(0);
+    assert!(probes <= 16, "{probes} probe connections");
     server.stop().await;
 }
