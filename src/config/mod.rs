@@ -65,6 +65,9 @@ pub struct PoolConfig {
     /// With `security.authentication.method: oauth2`: where each new
     /// connection reads its password (an access token).
     pub token_file: Option<String>,
+    /// `security.authentication.timeout_ms`: the most a login may take
+    /// (the connect timeout is the smaller of this and the pool's).
+    pub authentication_timeout: Duration,
     /// The largest row, error or notice a connection takes from PostgreSQL
     /// (from `server.max_result_bytes`); larger ones never reach memory
     /// whole (`postgres::limit`).
@@ -135,6 +138,8 @@ pub struct PoolDefaults {
     pub limits: PoolLimits,
     /// Every pool's `token_file`.
     pub token_file: Option<String>,
+    /// Every pool's `authentication_timeout`.
+    pub authentication_timeout: Duration,
     /// The password travels in cleartext (LDAP): pools must use TLS.
     pub password_needs_tls: bool,
     /// Every pool's `max_message_bytes` (not settable per pool).

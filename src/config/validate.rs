@@ -320,6 +320,7 @@ impl Checker {
         }
         builtin.tls = security.tls.clone();
         builtin.password_needs_tls = security.authentication == DatabaseAuth::Ldap;
+        builtin.authentication_timeout = security.authentication_timeout;
         builtin.token_file = match &security.authentication {
             DatabaseAuth::OAuth2 { token_file } => Some(token_file.clone()),
             _ => None,
@@ -352,6 +353,7 @@ impl Checker {
             tls: builtin.tls.clone(),
             limits,
             token_file: builtin.token_file.clone(),
+            authentication_timeout: builtin.authentication_timeout,
             password_needs_tls: builtin.password_needs_tls,
             max_message_bytes: builtin.max_message_bytes,
             recovery: self.recovery(&path, raw, &builtin.recovery),
@@ -429,6 +431,7 @@ impl Checker {
             tls: defaults.tls.clone(),
             limits,
             token_file: defaults.token_file.clone(),
+            authentication_timeout: defaults.authentication_timeout,
             max_message_bytes: defaults.max_message_bytes,
             recovery: self.recovery(path, raw, &defaults.recovery),
             alerts: self.alert_thresholds(path, raw, &defaults.alerts),
@@ -1564,6 +1567,7 @@ fn builtin_defaults() -> PoolDefaults {
     PoolDefaults {
         max_message_bytes: max_message_bytes(4_000_000),
         token_file: None,
+        authentication_timeout: Duration::from_secs(30),
         password_needs_tls: false,
         host: "localhost".into(),
         port: 5432,

@@ -117,7 +117,12 @@ impl Connector {
             endpoint: Arc::new(Endpoint {
                 host: config.host.clone(),
                 port: config.port,
-                connect_timeout: config.limits.connection_timeout,
+                // The whole login (TCP, TLS, authentication) is bounded by
+                // both the pool's timeout and the authentication timeout.
+                connect_timeout: config
+                    .limits
+                    .connection_timeout
+                    .min(config.authentication_timeout),
             }),
             max_message_bytes: config.max_message_bytes,
             token_file: config.token_file.clone(),

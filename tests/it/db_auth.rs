@@ -85,3 +85,39 @@ fn ldap_logins_are_refused_without_tls() {
     assert!(errors[0].contains("pools[0].sslmode"), "{errors:#?}");
     assert!(errors[0].contains("cleartext"), "{errors:#?}");
 }
+
+/// `security.authentication.timeout_ms` bounds a whole login, below the
+/// pool's own connection timeout: a server that accepts and never answers
+/// is given up after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authentication_timeout_bounds_a_login() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    // Says nothing; closes only when the client does.
+    let held = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+            });
+        }
+    });
+    let mut pool = PoolSpec::new("silent_login", 1).port(port);
+    pool.connection_timeout_ms = 20_000;
+    let server = TestServer::start(&config_yaml_with(
+        &[pool],
+        "  security:\n    authentication:\n      timeout_ms: 300\n",
+    ))
+    .await;
+    let status = server
+        .query()
+        .await
+        .execute(exec("silent_login", "SELECT 1", vec![]))
+        .await
+        .expect_err("no login");
+    assert!(status.message().contains("300 ms"), "{status:?}");
+    server.stop().await;
+    held.abort();
+}
