@@ -384,10 +384,14 @@ impl<S> Authenticate<S> {
                     "audit"
                 );
             }
+            let needs = match access {
+                Some(Access::Needs(right)) => right.as_str(),
+                _ => "admin",
+            };
             return Err(Status::new(
                 Code::PermissionDenied,
                 format!(
-                    "`{}` ({}) may not call {}",
+                    "`{}` ({}) may not call {}: it needs the `{needs}` right",
                     identity.name,
                     identity.role,
                     request.uri().path()

@@ -92,6 +92,10 @@ pub async fn serve(
     let max_request = usize::try_from(app.server().max_request_bytes).unwrap_or(usize::MAX);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        // A peer that stops answering HTTP/2 pings is closed: a dead client
+        // does not hold its connection (and its place) for ever.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(grpc_metrics))
         // Inside the metrics layer, so they count the code clients see.
         .layer(decode_errors::DecodeErrorsLayer)

@@ -180,7 +180,7 @@ pub(crate) struct RawAuth {
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) tokens: Vec<RawToken>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub(crate) certificates: Vec<RawCertificateIdentity>,
+    pub(crate) mtls: Vec<RawCertificateIdentity>,
     pub(crate) jwt: Option<RawJwt>,
 }
 

@@ -1296,14 +1296,13 @@ impl Checker {
             .jwt
             .as_ref()
             .and_then(|jwt| self.jwt(&key(path, "jwt"), jwt));
-        if raw.tokens.is_empty() && raw.certificates.is_empty() && raw.jwt.is_none() {
+        if raw.tokens.is_empty() && raw.mtls.is_empty() && raw.jwt.is_none() {
             self.error(
                 path,
                 "names no tokens and no certificates: nobody could call the API; add some, or remove server.auth".into(),
             );
         }
-        let tokens = if raw.tokens.is_empty() && (!raw.certificates.is_empty() || raw.jwt.is_some())
-        {
+        let tokens = if raw.tokens.is_empty() && (!raw.mtls.is_empty() || raw.jwt.is_some()) {
             None
         } else {
             Some(self.tokens(path, raw))
@@ -1312,15 +1311,15 @@ impl Checker {
             .tls
             .as_ref()
             .is_some_and(|tls| tls.client_ca_file.is_some());
-        if !raw.certificates.is_empty() && !client_ca {
+        if !raw.mtls.is_empty() && !client_ca {
             self.error(
-                &key(path, "certificates"),
+                &key(path, "mtls"),
                 "client certificates are only asked for with server.tls.client_ca_file".into(),
             );
         }
         let mut certificates = Vec::new();
-        for (i, entry) in raw.certificates.iter().enumerate() {
-            let path = format!("{path}.certificates[{i}]");
+        for (i, entry) in raw.mtls.iter().enumerate() {
+            let path = format!("{path}.mtls[{i}]");
             let (Some(name), Some(san)) = (&entry.name, &entry.san) else {
                 self.error(
                     &key(&path, if entry.name.is_none() { "name" } else { "san" }),

@@ -170,9 +170,55 @@ const TOKENS: [(&str, &str, Role, &str); 4] = [
     ("app", "client-token-0123456789", Role::Client, "[\"mine\"]"),
 ];
 
+/// JWTs of the matrix: valid ones are never sent, only the broken kinds.
+struct Jwts {
+    _dir: tempfile::TempDir,
+    jwks: std::path::PathBuf,
+    broken: Vec<(&'static str, String)>,
+}
+
+fn jwts() -> Jwts {
+    use crate::jwt::{base64url, claims, key, now, sign};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (signer, jwk) = key("m1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({"keys": [jwk]}).to_string()).expect("jwks");
+    let mut expired = claims("admin", &["*"]);
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut audience = claims("admin", &["*"]);
+    audience["aud"] = serde_json::json!("someone-else");
+    let mut issuer = claims("admin", &["*"]);
+    issuer["iss"] = serde_json::json!("https://evil.test");
+    let unsigned = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims("admin", &["*"]).to_string().as_bytes())
+    );
+    Jwts {
+        broken: vec![
+            ("an expired JWT", sign(&signer, "m1", expired)),
+            ("a JWT for another audience", sign(&signer, "m1", audience)),
+            ("a JWT from another issuer", sign(&signer, "m1", issuer)),
+            ("an unsigned JWT (alg none)", unsigned),
+        ],
+        jwks,
+        _dir: dir,
+    }
+}
+
 fn auth_section() -> String {
-    let mut section =
-        String::from("  server:\n    shutdown_timeout_ms: 5000\n    auth:\n      tokens:\n");
+    auth_section_with(None)
+}
+
+fn auth_section_with(jwks: Option<&std::path::Path>) -> String {
+    let mut section = String::from("  server:\n    shutdown_timeout_ms: 5000\n    auth:\n");
+    if let Some(jwks) = jwks {
+        section.push_str(&format!(
+            "      jwt:\n        jwks_file: {}\n        issuer: https://issuer.test\n        audience: poolplane\n        algorithms: [ES256]\n",
+            jwks.display()
+        ));
+    }
+    section.push_str("      tokens:\n");
     for (name, token, role, pools) in TOKENS {
         let hash: String = poolplane::auth::hash(token.as_bytes())
             .iter()
@@ -187,9 +233,10 @@ fn auth_section() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_refuses_exactly_who_it_must() {
+    let jwts = jwts();
     let yaml = config_yaml_with(
         &[PoolSpec::new("mine", 1), PoolSpec::new("theirs", 1)],
-        &auth_section(),
+        &auth_section_with(Some(&jwts.jwks)),
     );
     let server = TestServer::start(&yaml).await;
     let channel = server.channel().await;
@@ -223,10 +270,15 @@ async fn every_method_refuses_exactly_who_it_must() {
 
         // Destructive calls go to the pool out of everyone's scope but the
         // admin's, so the rest of the matrix keeps its pools.
-        for (caller, token) in [
+        let unknown = [
             ("nobody", None),
             ("a stranger", Some("not-a-token-at-all-123")),
-        ] {
+        ];
+        let broken = jwts
+            .broken
+            .iter()
+            .map(|(what, token)| (*what, Some(token.as_str())));
+        for (caller, token) in unknown.into_iter().chain(broken) {
             assert_eq!(
                 refusal(&channel, method, "mine", token).await,
                 Some(Code::Unauthenticated),

@@ -203,7 +203,7 @@ async fn with_a_client_ca_only_its_certificates_get_in_and_their_names_are_ident
         Some(&write(dir.path(), "client-ca.crt", &client_ca.pem)),
     );
     section.push_str(
-        "    auth:\n      certificates:\n        - name: orders\n          san: orders-svc.apps.internal\n          role: client\n          pools: [mtls_listener]\n",
+        "    auth:\n      mtls:\n        - name: orders\n          san: orders-svc.apps.internal\n          role: client\n          pools: [mtls_listener]\n",
     );
     let server = TestServer::start(&config_yaml_with(
         &[PoolSpec::new("mtls_listener", 1)],

@@ -14,7 +14,7 @@ use tonic::Code;
 use crate::support::{config_yaml_with, exec, PoolSpec, TestServer};
 
 /// Base64url without padding (JWK coordinates, JWT parts).
-fn base64url(bytes: &[u8]) -> String {
+pub(crate) fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -30,7 +30,7 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 /// An EC P-256 key and its public JWK.
-fn key(kid: &str) -> (KeyPair, serde_json::Value) {
+pub(crate) fn key(kid: &str) -> (KeyPair, serde_json::Value) {
     let key = KeyPair::generate().expect("P-256 key");
     let point = key.public_key_raw();
     let (x, y) = point[1..].split_at(32);
@@ -38,14 +38,14 @@ fn key(kid: &str) -> (KeyPair, serde_json::Value) {
     (key, jwk)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
 }
 
-fn sign(key: &KeyPair, kid: &str, claims: serde_json::Value) -> String {
+pub(crate) fn sign(key: &KeyPair, kid: &str, claims: serde_json::Value) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(
@@ -56,7 +56,7 @@ fn sign(key: &KeyPair, kid: &str, claims: serde_json::Value) -> String {
     .expect("sign")
 }
 
-fn claims(role: &str, pools: &[&str]) -> serde_json::Value {
+pub(crate) fn claims(role: &str, pools: &[&str]) -> serde_json::Value {
     json!({
         "sub": "svc-orders",
         "iss": "https://issuer.test",
