@@ -198,15 +198,27 @@ impl JwtVerifier {
         .ok_or(AuthError::Jwt("signed by an unknown key"))?;
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
             .map_err(|_| AuthError::Jwt("signed by an unusable key"))?;
+        // The token's own algorithm, if allowed: the library checks every
+        // allowed algorithm against the key's type, so a list mixing RSA
+        // and EC would refuse every token.
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(AuthError::Jwt("signed with an algorithm not allowed"));
+        }
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             &key,
-            &self.validation,
+            &validation,
         )
         .map_err(|err| AuthError::Jwt(jwt_reason(err.kind())))?
         .claims;
         let text = |claim: &str| claims.get(claim).and_then(serde_json::Value::as_str);
-        let name = text(&self.name_claim).ok_or(AuthError::Jwt("no caller name claim"))?;
+        let name = text(&self.name_claim)
+            .filter(|name| {
+                !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)
+            })
+            .ok_or(AuthError::Jwt("no usable caller name claim"))?;
         let role = text(&self.role_claim)
             .and_then(Role::parse)
             .ok_or(AuthError::Jwt("no valid role claim"))?;
@@ -221,7 +233,9 @@ impl JwtVerifier {
             Some(_) => return Err(AuthError::Jwt("the pools claim is not a list")),
         };
         Ok(Identity {
-            name: name.to_string(),
+            // Apart from configured names: a token's subject cannot pass
+            // for a static token or a certificate identity.
+            name: format!("jwt:{name}"),
             role,
             pools,
         })
@@ -264,6 +278,8 @@ pub enum AuthError {
     Invalid,
     #[error("invalid access token: {0}")]
     Jwt(&'static str),
+    #[error("the client certificate names more than one identity")]
+    Ambiguous,
 }
 
 impl Authenticator {
@@ -308,12 +324,16 @@ impl Authenticator {
             return Ok(Identity::anonymous_admin());
         }
         let Some(header) = authorization else {
-            return self
+            let mut matching = self
                 .certificates
                 .iter()
-                .find(|entry| certificate_names.contains(&entry.name))
-                .map(|entry| entry.identity.clone())
-                .ok_or(AuthError::Missing);
+                .filter(|entry| certificate_names.contains(&entry.name));
+            return match (matching.next(), matching.next()) {
+                (Some(entry), None) => Ok(entry.identity.clone()),
+                // Two identities in one certificate: neither is chosen.
+                (Some(_), Some(_)) => Err(AuthError::Ambiguous),
+                _ => Err(AuthError::Missing),
+            };
         };
         if let Some(jwt) = &self.jwt {
             let token = bearer(header).ok_or(AuthError::Malformed)?;
@@ -427,6 +447,18 @@ mod tests {
             auth.authenticate(Some(b"Bearer wrong"), &names),
             Err(AuthError::Invalid)
         );
+        // A certificate naming two identities proves neither.
+        let twice = auth.clone().with_certificates(vec![
+            CertificateEntry {
+                name: "orders.shop.svc".into(),
+                identity: entry("unused", "orders-dns", Role::Admin, &["*"]).identity,
+            },
+            CertificateEntry {
+                name: "spiffe://cluster/ns/shop/sa/orders".into(),
+                identity: entry("unused", "orders", Role::Client, &["orders"]).identity,
+            },
+        ]);
+        assert_eq!(twice.authenticate(None, &names), Err(AuthError::Ambiguous));
     }
 
     #[test]

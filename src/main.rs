@@ -276,6 +276,9 @@ fn serve(
         if let Some(why) = config.server.exposure(grpc_addr) {
             anyhow::bail!("refusing to serve: {why}");
         }
+        if !grpc_addr.ip().is_loopback() && config.server.auth.is_on() && config.server.tls.is_none() {
+            tracing::warn!(%grpc_addr, "callers' credentials cross the network in cleartext: configure server.tls (or a mesh that encrypts)");
+        }
         if config.server.allow_insecure && !grpc_addr.ip().is_loopback() && !config.server.auth.is_on() {
             tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
         }

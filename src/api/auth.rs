@@ -200,7 +200,7 @@ impl Audit {
         };
         tracing::info!(
             target: "poolplane::audit",
-            caller = %self.caller,
+            caller = ?self.caller,
             role = self.role,
             method = self.method,
             target = %self.target,
@@ -355,10 +355,18 @@ impl<S> Authenticate<S> {
         if access == Some(Access::Open) {
             return Ok(None);
         }
-        let header = request
+        let mut headers = request
             .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(http::HeaderValue::as_bytes);
+            .get_all(http::header::AUTHORIZATION)
+            .iter();
+        let header = headers.next().map(http::HeaderValue::as_bytes);
+        if headers.next().is_some() {
+            // Which one counts would be a proxy's guess: neither does.
+            return Err(Status::new(
+                Code::Unauthenticated,
+                "more than one authorization header",
+            ));
+        }
         let names = request
             .extensions()
             .get::<super::tls::ConnInfo>()
@@ -367,7 +375,18 @@ impl<S> Authenticate<S> {
         let identity = self
             .authenticator
             .authenticate(header, &names)
-            .map_err(|err| Status::new(Code::Unauthenticated, err.to_string()))?;
+            .map_err(|err| {
+                if access == Some(Access::Needs(Right::Operate)) {
+                    tracing::info!(
+                        target: "poolplane::audit",
+                        caller = "unauthenticated",
+                        method = request.uri().path(),
+                        code = ?Code::Unauthenticated,
+                        "audit"
+                    );
+                }
+                Status::new(Code::Unauthenticated, err.to_string())
+            })?;
         let allowed = match access {
             Some(Access::Needs(right)) => identity.may(right, None),
             // Not in the table: admins only.
@@ -377,7 +396,7 @@ impl<S> Authenticate<S> {
             if access == Some(Access::Needs(Right::Operate)) {
                 tracing::info!(
                     target: "poolplane::audit",
-                    caller = %identity.name,
+                    caller = ?identity.name,
                     role = identity.role.as_str(),
                     method = request.uri().path(),
                     code = ?Code::PermissionDenied,

@@ -1409,6 +1409,9 @@ impl Checker {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.validate_nbf = true;
+        // A token without them could be one the same issuer made for
+        // another service.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway =
             u64::try_from(raw.leeway_ms.unwrap_or(30_000).max(0) / 1000).unwrap_or(30);
         Some(JwtVerifier {

@@ -141,6 +141,12 @@ impl Connector {
                 format!("cannot read the token file `{file}`: {err}"),
             ))
         })?;
+        if token.expose().is_empty() {
+            return Err(OpenError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the token file `{file}` is empty"),
+            )));
+        }
         let mut pg = self.pg.clone();
         pg.password(token.expose());
         Ok(std::borrow::Cow::Owned(pg))

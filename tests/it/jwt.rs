@@ -87,7 +87,8 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
     let server = TestServer::start(&config_yaml_with(
         &[PoolSpec::new("jwt_pool", 1)],
         &format!(
-            "  server:\n    shutdown_timeout_ms: 5000\n    auth:\n      jwt:\n        jwks_file: {}\n        issuer: https://issuer.test\n        audience: poolplane\n        algorithms: [ES256]\n",
+            // Default algorithms (RS256 and ES256): a list mixing key types.
+            "  server:\n    shutdown_timeout_ms: 5000\n    auth:\n      jwt:\n        jwks_file: {}\n        issuer: https://issuer.test\n        audience: poolplane\n",
             jwks.display()
         ),
     ))
@@ -115,6 +116,12 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
     other_audience["aud"] = json!("someone-else");
     let mut other_issuer = claims("admin", &["*"]);
     other_issuer["iss"] = json!("https://evil.test");
+    let mut no_audience = claims("admin", &["*"]);
+    no_audience.as_object_mut().expect("claims").remove("aud");
+    let mut no_issuer = claims("admin", &["*"]);
+    no_issuer.as_object_mut().expect("claims").remove("iss");
+    let mut forged_name = claims("admin", &["*"]);
+    forged_name["sub"] = json!("adm\n2026 INFO poolplane::audit: forged");
     let unsigned = format!(
         "{}.{}.",
         base64url(br#"{"alg":"none","typ":"JWT"}"#),
@@ -129,6 +136,14 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
             sign(&stranger, "k1", claims("admin", &["*"])),
         ),
         ("alg none", unsigned),
+        // Made for whoever: audience and issuer are required claims.
+        ("no audience", sign(&signer, "k1", no_audience)),
+        ("no issuer", sign(&signer, "k1", no_issuer)),
+        // A name that would forge log lines.
+        (
+            "a control character in the name",
+            sign(&signer, "k1", forged_name),
+        ),
     ] {
         assert_eq!(list(token).await, Err(Code::Unauthenticated), "{what}");
     }
@@ -159,5 +174,18 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
         .execute(with(&own, exec("jwt_pool", "SELECT 1", vec![])))
         .await
         .expect("its pool");
+    // Two authorization headers: neither counts.
+    let mut doubled = tonic::Request::new(ListPoolsRequest::default());
+    for token in [
+        sign(&signer, "k1", claims("client", &["jwt_pool"])),
+        sign(&signer, "k1", claims("admin", &["*"])),
+    ] {
+        doubled.metadata_mut().append(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    let status = admin.list_pools(doubled).await.expect_err("ambiguous");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     server.stop().await;
 }
