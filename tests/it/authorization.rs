@@ -13,7 +13,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::support::{config_yaml_with, PoolSpec, TestServer};
+use crate::support::{bearer, config_yaml_with, PoolSpec, TestServer};
 use poolplane::proto::pool_admin_client::PoolAdminClient;
 
 /// Requests and responses as raw bytes: any method can be called.
@@ -361,7 +361,7 @@ async fn alerts_outside_the_scope_are_not_even_there() {
     let mut query = server.query().await;
     let holder = tokio::spawn(async move {
         query
-            .execute(with_token(
+            .execute(bearer(
                 admin_token,
                 crate::support::exec("theirs", "SELECT pg_sleep(3)", vec![]),
             ))
@@ -371,7 +371,7 @@ async fn alerts_outside_the_scope_are_not_even_there() {
     let alerts_on_theirs = |admin: PoolAdminClient<tonic::transport::Channel>| async move {
         let mut admin = admin;
         admin
-            .list_alerts(with_token(
+            .list_alerts(bearer(
                 admin_token,
                 poolplane::proto::ListAlertsRequest::default(),
             ))
@@ -398,7 +398,7 @@ async fn alerts_outside_the_scope_are_not_even_there() {
         let mut admin = admin.clone();
         async move {
             admin
-                .acknowledge_alert(with_token(
+                .acknowledge_alert(bearer(
                     operator_token,
                     poolplane::proto::AcknowledgeAlertRequest {
                         id,
@@ -420,7 +420,7 @@ async fn alerts_outside_the_scope_are_not_even_there() {
     );
     // Nor does the operator's list show it.
     let listed = admin
-        .list_alerts(with_token(
+        .list_alerts(bearer(
             operator_token,
             poolplane::proto::ListAlertsRequest::default(),
         ))
@@ -431,16 +431,6 @@ async fn alerts_outside_the_scope_are_not_even_there() {
     assert!(listed.iter().all(|a| a.pool == "mine"), "{listed:?}");
     let _ = holder.await;
     server.stop().await;
-}
-
-/// `request` with `token` as its bearer credentials.
-fn with_token<T>(token: &str, request: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
 }
 
 /// A caller may have `server.max_calls_per_caller` calls in flight; one
@@ -462,7 +452,7 @@ async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
         let mut query = server.query().await;
         holders.push(tokio::spawn(async move {
             query
-                .execute(with_token(
+                .execute(bearer(
                     client_token,
                     crate::support::exec("mine", "SELECT pg_sleep(1)", vec![]),
                 ))
@@ -478,7 +468,7 @@ async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
     let third = server
         .query()
         .await
-        .execute(with_token(
+        .execute(bearer(
             client_token,
             crate::support::exec("mine", "SELECT 1", vec![]),
         ))
@@ -489,7 +479,7 @@ async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
     server
         .admin()
         .await
-        .list_pools(with_token(
+        .list_pools(bearer(
             TOKENS[0].1,
             poolplane::proto::ListPoolsRequest::default(),
         ))
@@ -502,7 +492,7 @@ async fn a_caller_past_its_calls_in_flight_is_refused_and_others_are_not() {
     server
         .query()
         .await
-        .execute(with_token(
+        .execute(bearer(
             client_token,
             crate::support::exec("mine", "SELECT 1", vec![]),
         ))
@@ -528,12 +518,12 @@ async fn an_inline_password_needs_an_admin_and_tls() {
     };
     let mut admin = server.admin().await;
     let status = admin
-        .create_pool(with_token(TOKENS[1].1, request()))
+        .create_pool(bearer(TOKENS[1].1, request()))
         .await
         .expect_err("an operator sends no password");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let status = admin
-        .create_pool(with_token(TOKENS[0].1, request()))
+        .create_pool(bearer(TOKENS[0].1, request()))
         .await
         .expect_err("not over plaintext");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

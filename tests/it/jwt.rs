@@ -11,7 +11,7 @@ use rcgen::KeyPair;
 use serde_json::json;
 use tonic::Code;
 
-use crate::support::{config_yaml_with, exec, PoolSpec, TestServer};
+use crate::support::{bearer, config_yaml_with, exec, PoolSpec, TestServer};
 
 /// Base64url without padding (JWK coordinates, JWT parts).
 pub(crate) fn base64url(bytes: &[u8]) -> String {
@@ -68,15 +68,6 @@ pub(crate) fn claims(role: &str, pools: &[&str]) -> serde_json::Value {
     })
 }
 
-fn with<T>(token: &str, request: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_are_checked_and_their_claims_decide() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,7 +91,7 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
         let mut admin = admin.clone();
         async move {
             admin
-                .list_pools(with(&token, ListPoolsRequest::default()))
+                .list_pools(bearer(&token, ListPoolsRequest::default()))
                 .await
                 .map(|r| r.into_inner().pools.len())
                 .map_err(|status| status.code())
@@ -152,7 +143,7 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
     let viewer = sign(&signer, "k1", claims("viewer", &["*"]));
     assert_eq!(list(viewer.clone()).await, Ok(1));
     let status = admin
-        .update_pool(with(
+        .update_pool(bearer(
             &viewer,
             UpdatePoolRequest {
                 name: "jwt_pool".into(),
@@ -165,13 +156,13 @@ async fn access_tokens_are_checked_and_their_claims_decide() {
     assert_eq!(status.code(), Code::PermissionDenied);
     let elsewhere = sign(&signer, "k1", claims("client", &["other_pool"]));
     let status = query
-        .execute(with(&elsewhere, exec("jwt_pool", "SELECT 1", vec![])))
+        .execute(bearer(&elsewhere, exec("jwt_pool", "SELECT 1", vec![])))
         .await
         .expect_err("not its pool");
     assert_eq!(status.code(), Code::PermissionDenied);
     let own = sign(&signer, "k1", claims("client", &["jwt_pool"]));
     query
-        .execute(with(&own, exec("jwt_pool", "SELECT 1", vec![])))
+        .execute(bearer(&own, exec("jwt_pool", "SELECT 1", vec![])))
         .await
         .expect("its pool");
     // Two authorization headers: neither counts.

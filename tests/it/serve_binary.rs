@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{config_yaml, free_port, PoolSpec};
+use crate::support::{bearer, config_yaml, free_port, PoolSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_poolplane");
 
@@ -381,7 +381,7 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
     said.push_str(&format!(
         "{:?}",
         admin
-            .get_pool(with(
+            .get_pool(bearer(
                 admin_token,
                 poolplane::proto::GetPoolRequest {
                     name: "bin_secret".into()
@@ -392,7 +392,7 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
     said.push_str(&format!(
         "{:?}",
         query
-            .execute(with(
+            .execute(bearer(
                 client_token,
                 crate::support::exec("bin_secret", "SELECT 1", vec![])
             ))
@@ -401,7 +401,7 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
     said.push_str(&format!(
         "{:?}",
         query
-            .execute(with(
+            .execute(bearer(
                 "wrong-token-abcdefghijkl",
                 crate::support::exec("bin_secret", "SELECT 1", vec![])
             ))
@@ -410,7 +410,7 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
     said.push_str(&format!(
         "{:?}",
         admin
-            .create_pool(with(
+            .create_pool(bearer(
                 admin_token,
                 poolplane::proto::CreatePoolRequest {
                     name: "bad_password".into(),
@@ -453,14 +453,4 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
     ] {
         assert!(!said.contains(secret), "`{secret}` was said somewhere");
     }
-}
-
-/// `request` with `token` as its bearer credentials.
-fn with<T>(token: &str, request: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
 }

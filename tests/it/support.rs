@@ -757,6 +757,16 @@ pub fn exec(
     }
 }
 
+/// `request` with `token` as its bearer credentials.
+pub fn bearer<T>(token: &str, request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
 /// A metadata value of a status, as text.
 pub fn meta(status: &tonic::Status, key: &str) -> Option<String> {
     if key.ends_with("-bin") {
