@@ -229,6 +229,9 @@ impl AuthLayer {
     }
 }
 
+/// Callers tracked before idle ones are forgotten.
+const MAX_TRACKED_CALLERS: usize = 10_000;
+
 /// Calls in flight per caller, bounded (`server.max_calls_per_caller`), so
 /// one caller cannot take every connection and task of the server.
 struct InFlight {
@@ -244,6 +247,11 @@ impl InFlight {
                 .by_caller
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Callers come and go (a JWT subject each): forget the idle ones
+            // before the map can grow with them.
+            if by_caller.len() >= MAX_TRACKED_CALLERS {
+                by_caller.retain(|_, calls| calls.available_permits() < self.max);
+            }
             Arc::clone(
                 by_caller
                     .entry(caller.to_string())
