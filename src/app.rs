@@ -18,6 +18,7 @@ use crate::monitor::{
     Alert, AlertChange, AlertError, AlertFilter, MetricsSample, Monitoring, PoolObservation,
 };
 use crate::pool::{DrainReport, LimitsUpdate, ManagedPool, PoolError, PoolInfo, Registry};
+use crate::query::Sessions;
 
 pub struct App {
     registry: Registry,
@@ -29,6 +30,7 @@ pub struct App {
     monitoring: Monitoring,
     server: ServerConfig,
     collector: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sessions: Arc<Sessions>,
 }
 
 impl App {
@@ -52,6 +54,7 @@ impl App {
             monitoring: Monitoring::new(&config.monitoring),
             server: config.server.clone(),
             collector: Mutex::new(None),
+            sessions: Sessions::new(),
         });
         if config.monitoring.enabled {
             let task = tokio::spawn(collect(Arc::downgrade(&app)));
@@ -81,6 +84,11 @@ impl App {
 
     pub fn server(&self) -> &ServerConfig {
         &self.server
+    }
+
+    /// The live sessions of every pool.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// Creates a pool a caller asked for over the API: only towards a

@@ -39,6 +39,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
         "ExecuteStream",
         Access::Needs(Right::Query),
     ),
+    ("poolplane.v1.Query", "Session", Access::Needs(Right::Query)),
     (
         "poolplane.v1.PoolAdmin",
         "ListPools",
@@ -129,7 +130,15 @@ pub(crate) fn authorize<T>(
     right: Right,
     pool: &str,
 ) -> Result<(), Status> {
-    let identity = identity(request)?;
+    authorize_identity(identity(request)?, right, pool)
+}
+
+/// Checks that `identity` may do `right` on `pool`.
+pub(crate) fn authorize_identity(
+    identity: &Identity,
+    right: Right,
+    pool: &str,
+) -> Result<(), Status> {
     if identity.may(right, Some(pool)) {
         return Ok(());
     }

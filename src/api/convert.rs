@@ -5,13 +5,16 @@ use std::time::{Duration, SystemTime};
 
 use tonic::Status;
 
-use super::status::invalid_argument;
+use super::status::{invalid_argument, statement_error};
 use crate::events::{Event, EventDetail, EventKind};
 use crate::health::{HealthReport, HealthState};
 use crate::monitor::{Alert, AlertRule, AlertState, MetricsSample, Severity};
-use crate::pool::{PoolInfo, PoolState, StatsSnapshot};
+use crate::pool::{PoolInfo, PoolState, StatsSnapshot, TransactionStatus};
 use crate::proto::{self, event::Detail, value::Kind};
-use crate::query::{Column, Instant, Interval, QueryResult, SqlValue, StreamPart};
+use crate::query::{
+    Column, Instant, Interval, Isolation, QueryResult, SessionOptions, SessionOutput, SqlValue,
+    StreamPart,
+};
 
 pub(crate) fn values_from_proto(
     field: &str,
@@ -191,6 +194,64 @@ pub(crate) fn stream_part_to_proto(part: StreamPart) -> proto::ExecuteStreamResp
         }),
     };
     proto::ExecuteStreamResponse { part: Some(part) }
+}
+
+pub(crate) fn session_options_from_proto(
+    open: &proto::SessionOpen,
+) -> Result<SessionOptions, Status> {
+    use proto::IsolationLevel as L;
+    let isolation = match L::try_from(open.isolation) {
+        Ok(L::Unspecified) => None,
+        Ok(L::ReadCommitted) => Some(Isolation::ReadCommitted),
+        Ok(L::RepeatableRead) => Some(Isolation::RepeatableRead),
+        Ok(L::Serializable) => Some(Isolation::Serializable),
+        Err(_) => {
+            return Err(invalid_argument(
+                "open.isolation",
+                &format!("unknown isolation level {}", open.isolation),
+            ))
+        }
+    };
+    let millis = |ms: u32| (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    Ok(SessionOptions {
+        isolation,
+        read_only: open.read_only,
+        deferrable: open.deferrable,
+        idle_timeout: millis(open.idle_timeout_ms),
+        statement_timeout: millis(open.statement_timeout_ms),
+    })
+}
+
+pub(crate) fn transaction_status_to_proto(status: TransactionStatus) -> proto::TransactionStatus {
+    match status {
+        TransactionStatus::Idle => proto::TransactionStatus::Idle,
+        TransactionStatus::InTransaction => proto::TransactionStatus::InTransaction,
+        TransactionStatus::Failed => proto::TransactionStatus::Failed,
+    }
+}
+
+pub(crate) fn session_output_to_proto(output: SessionOutput) -> proto::SessionResponse {
+    use proto::session_response::Response as R;
+    use proto::statement_result::Outcome;
+    let response = match output {
+        SessionOutput::Opened { id } => R::Opened(proto::SessionOpened { session_id: id }),
+        SessionOutput::Answer {
+            index,
+            result,
+            transaction,
+        } => R::Result(proto::StatementResult {
+            index,
+            outcome: Some(match result {
+                Ok(result) => Outcome::Result(result_to_proto(result)),
+                Err(error) => Outcome::Error(statement_error(error)),
+            }),
+            transaction: transaction_status_to_proto(transaction) as i32,
+        }),
+        SessionOutput::Closed { rolled_back } => R::Closed(proto::SessionClosed { rolled_back }),
+    };
+    proto::SessionResponse {
+        response: Some(response),
+    }
 }
 
 fn rows_to_proto(rows: Vec<Vec<SqlValue>>) -> Vec<proto::Row> {

@@ -112,7 +112,7 @@ pub async fn serve(
                 .max_decoding_message_size(max_request),
         )
         .add_service(
-            QueryServer::new(query::QueryService::new(Arc::clone(&app)))
+            QueryServer::new(query::QueryService::new(Arc::clone(&app), stopping.clone()))
                 .max_decoding_message_size(max_request),
         )
         .add_service(

@@ -7,23 +7,37 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::auth::authorize;
-use super::convert::{result_to_proto, stream_part_to_proto, values_from_proto};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::Streaming;
+
+use super::auth::{authorize, authorize_identity, identity};
+use super::convert::{
+    result_to_proto, session_options_from_proto, session_output_to_proto, stream_part_to_proto,
+    values_from_proto,
+};
 use super::deadline;
 use super::status::{invalid_argument, pool_status, query_status};
+use super::tls::ConnInfo;
 use crate::app::App;
 use crate::auth::Right;
 use crate::pool::ManagedPool;
 use crate::proto::{self, query_server::Query};
-use crate::query::{self as q, Statement, StreamStatement};
+use crate::query::{self as q, Holder, SessionContext, SessionInput, Statement, StreamStatement};
 
 pub(crate) struct QueryService {
     app: Arc<App>,
+    /// Becomes true when the server shuts down: sessions end.
+    stopping: watch::Receiver<bool>,
 }
 
+/// How long a new Session stream may take to send its `open`.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+
 impl QueryService {
-    pub(crate) fn new(app: Arc<App>) -> QueryService {
-        QueryService { app }
+    pub(crate) fn new(app: Arc<App>, stopping: watch::Receiver<bool>) -> QueryService {
+        QueryService { app, stopping }
     }
 
     fn pool(&self, name: &str) -> Result<Arc<ManagedPool>, Status> {
@@ -48,10 +62,102 @@ impl QueryService {
 }
 
 type PartStream = Pin<Box<dyn Stream<Item = Result<proto::ExecuteStreamResponse, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::SessionResponse, Status>> + Send>>;
+
+impl QueryService {
+    fn statement(&self, statement: proto::SessionStatement) -> Result<Statement, Status> {
+        Ok(Statement {
+            sql: statement.sql,
+            params: values_from_proto("statement.params", statement.params)?,
+            max_rows: self.row_limit(statement.max_rows)?,
+            max_bytes: self.app.server().max_result_bytes,
+            allow_truncation: statement.allow_truncation,
+        })
+    }
+
+    /// One request after `open`, in domain terms.
+    fn session_input(&self, request: Result<proto::SessionRequest, Status>) -> SessionInput {
+        use proto::session_request::Request as R;
+        let invalid = |message: &str| {
+            SessionInput::Invalid(q::QueryError::invalid("request", message.to_string()))
+        };
+        match request {
+            Err(_) => SessionInput::Gone,
+            Ok(proto::SessionRequest { request: None }) => {
+                invalid("empty: send statement or close")
+            }
+            Ok(proto::SessionRequest {
+                request: Some(R::Open(_)),
+            }) => invalid("the session is already open"),
+            Ok(proto::SessionRequest {
+                request: Some(R::Close(_)),
+            }) => SessionInput::Close,
+            Ok(proto::SessionRequest {
+                request: Some(R::Statement(statement)),
+            }) => match self.statement(statement) {
+                Ok(statement) => SessionInput::Statement(statement),
+                Err(status) => SessionInput::Invalid(q::QueryError::invalid(
+                    "statement",
+                    status.message().to_string(),
+                )),
+            },
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Query for QueryService {
     type ExecuteStreamStream = PartStream;
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let identity = identity(&request)?.clone();
+        let deadline = deadline::from_metadata(request.metadata());
+        let peer = request
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|info| info.peer)
+            .map(|peer| peer.to_string())
+            .unwrap_or_default();
+        let mut incoming = request.into_inner();
+        let first = tokio::time::timeout(OPEN_WAIT, incoming.message())
+            .await
+            .map_err(|_| invalid_argument("open", "no open request within 30 s"))??;
+        let open = match first.and_then(|first| first.request) {
+            Some(proto::session_request::Request::Open(open)) => open,
+            _ => return Err(invalid_argument("open", "the first request must be open")),
+        };
+        authorize_identity(&identity, Right::Query, &open.pool)?;
+        let pool = self.pool(&open.pool)?;
+        let options = session_options_from_proto(&open)?;
+        let (out, answers) = tokio::sync::mpsc::channel(q::SESSION_BUFFER);
+        let context = SessionContext {
+            deadline,
+            holder: Holder {
+                caller: identity.name,
+                peer,
+            },
+            sessions: Arc::clone(self.app.sessions()),
+            server_stopping: self.stopping.clone(),
+        };
+        let service = QueryService::new(Arc::clone(&self.app), self.stopping.clone());
+        let inputs = incoming.map(move |request| service.session_input(request));
+        // The session runs on its own; dropping the response (the caller
+        // went away) closes the channel, which ends it.
+        tokio::spawn(q::run_session(
+            pool,
+            options,
+            Box::pin(inputs),
+            out,
+            context,
+        ));
+        let responses = ReceiverStream::new(answers)
+            .map(|answer| answer.map(session_output_to_proto).map_err(query_status));
+        Ok(Response::new(Box::pin(responses)))
+    }
 
     async fn execute(
         &self,

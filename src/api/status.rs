@@ -10,7 +10,7 @@ use crate::config::ConfigError;
 use crate::events::ResumeError;
 use crate::monitor::AlertError;
 use crate::pool::PoolError;
-use crate::query::{QueryError, SqlError};
+use crate::query::{QueryError, SessionEnd, SqlError};
 
 pub(crate) fn pool_status(err: PoolError) -> Status {
     let message = err.to_string();
@@ -39,6 +39,14 @@ pub(crate) fn pool_status(err: PoolError) -> Status {
             &[("poolplane-max-pools", max.to_string())],
         ),
         PoolError::TargetNotAllowed { .. } => Status::new(Code::PermissionDenied, message),
+        PoolError::TooManySessions { pool, max } => with(
+            Code::ResourceExhausted,
+            message,
+            &[
+                ("poolplane-pool", pool),
+                ("poolplane-max-session-connections", max.to_string()),
+            ],
+        ),
     }
 }
 
@@ -131,6 +139,50 @@ pub(crate) fn query_status(err: QueryError) -> Status {
         QueryError::ConnectionLost { may_have_run, .. } => {
             may_have_run_status(Code::Unavailable, message, may_have_run)
         }
+        QueryError::SessionEnded { end, rolled_back } => {
+            let code = match end {
+                SessionEnd::ServerStopping => Code::Unavailable,
+                SessionEnd::IdleTimeout
+                | SessionEnd::IdleInTransactionTimeout
+                | SessionEnd::MaxDuration
+                | SessionEnd::Killed => Code::Aborted,
+            };
+            with(
+                code,
+                message,
+                &[
+                    ("poolplane-session-end", end.as_str().to_string()),
+                    ("poolplane-rolled-back", rolled_back.to_string()),
+                ],
+            )
+        }
+    }
+}
+
+/// A session statement's error: the code Execute would end with, and
+/// PostgreSQL's report in full (the session goes on, so nothing needs to
+/// fit in response headers).
+pub(crate) fn statement_error(err: QueryError) -> crate::proto::StatementError {
+    let (sqlstate, message, detail, hint) = match &err {
+        QueryError::Sql(sql) => (
+            sql.sqlstate.clone(),
+            sql.message.clone(),
+            sql.detail.clone().unwrap_or_default(),
+            sql.hint.clone().unwrap_or_default(),
+        ),
+        other => (
+            String::new(),
+            other.to_string(),
+            String::new(),
+            String::new(),
+        ),
+    };
+    crate::proto::StatementError {
+        code: query_status(err).code() as i32,
+        sqlstate,
+        message,
+        detail,
+        hint,
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct ConnInfo {
     /// The names (DNS and URI subject alternative names) of the client
     /// certificate, which the handshake verified against the client CA.
     pub(crate) certificate_names: Arc<[String]>,
+    /// The client's address.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -61,8 +63,13 @@ impl tonic::transport::server::Connected for Conn {
                 .map(certificate_names)
                 .unwrap_or_default(),
         };
+        let peer = match &self.io {
+            Io::Plain(tcp) => tcp.peer_addr().ok(),
+            Io::Tls(tls) => tls.get_ref().0.peer_addr().ok(),
+        };
         ConnInfo {
             certificate_names: names.into(),
+            peer,
         }
     }
 }

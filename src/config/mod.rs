@@ -74,6 +74,33 @@ pub struct PoolConfig {
     pub max_message_bytes: u64,
     pub recovery: RecoveryConfig,
     pub alerts: AlertThresholds,
+    pub sessions: SessionLimits,
+}
+
+/// What a pool allows `Session` streams, which hold a connection each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most connections sessions may hold at once (`max_session_connections`);
+    /// `None`: half of `max_connections`, at least one.
+    pub max_connections: Option<u32>,
+    /// A session with no statement for this long ends (`session_idle_timeout_ms`);
+    /// a session may ask for less.
+    pub idle_timeout: Duration,
+    /// A session idle inside a transaction block this long ends, its
+    /// transaction rolled back (`idle_in_transaction_timeout_ms`; 0 = never).
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// A session ends after this long, whatever it does (`max_session_duration_ms`; 0 = never).
+    pub max_duration: Option<Duration>,
+    /// A session holding its connection longer than this is reported as a
+    /// leak (`leak_detection_threshold_ms`; 0 = off).
+    pub leak_threshold: Option<Duration>,
+}
+
+impl SessionLimits {
+    /// The most connections sessions may hold in a pool of `max` connections.
+    pub fn max_connections(&self, max: u32) -> u32 {
+        self.max_connections.unwrap_or((max / 2).max(1)).min(max)
+    }
 }
 
 /// When a pool's alerts fire; changeable live (UpdatePool).
@@ -146,6 +173,7 @@ pub struct PoolDefaults {
     pub max_message_bytes: u64,
     pub recovery: RecoveryConfig,
     pub alerts: AlertThresholds,
+    pub sessions: SessionLimits,
 }
 
 /// `connection_pool.health_monitoring` (used by the health monitor).

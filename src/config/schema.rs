@@ -80,6 +80,11 @@ pub(crate) struct RawPool {
     pub(crate) utilization_alert_threshold: Option<f64>,
     pub(crate) error_rate_alert_threshold: Option<f64>,
     pub(crate) acquire_wait_alert_threshold_ms: Option<i64>,
+    pub(crate) max_session_connections: Option<i64>,
+    pub(crate) session_idle_timeout_ms: Option<i64>,
+    pub(crate) idle_in_transaction_timeout_ms: Option<i64>,
+    pub(crate) max_session_duration_ms: Option<i64>,
+    pub(crate) leak_detection_threshold_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,7 +18,7 @@ use super::tls::{self, ServerTls, TlsFiles};
 use super::{
     AlertThresholds, AllowedTargets, Config, ConfigError, Credential, DatabaseAuth, HealthConfig,
     MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
-    ServerConfig, SslMode,
+    ServerConfig, SessionLimits, SslMode,
 };
 use crate::auth::{
     self, Authenticator, CertificateEntry, Identity, JwtVerifier, PoolScope, Role, TokenEntry,
@@ -122,6 +122,12 @@ pub fn pool_from_request(
         acquire_wait_alert_threshold_ms: request
             .acquire_wait_alert_threshold_ms
             .map(saturating_i64),
+        // Session limits come from default_pool.
+        max_session_connections: None,
+        session_idle_timeout_ms: None,
+        idle_in_transaction_timeout_ms: None,
+        max_session_duration_ms: None,
+        leak_detection_threshold_ms: None,
     };
     let mut checker = Checker {
         index: LineIndex::default(),
@@ -358,6 +364,7 @@ impl Checker {
             max_message_bytes: builtin.max_message_bytes,
             recovery: self.recovery(&path, raw, &builtin.recovery),
             alerts: self.alert_thresholds(&path, raw, &builtin.alerts),
+            sessions: self.session_limits(&path, raw, &builtin.sessions),
         }
     }
 
@@ -435,6 +442,7 @@ impl Checker {
             max_message_bytes: defaults.max_message_bytes,
             recovery: self.recovery(path, raw, &defaults.recovery),
             alerts: self.alert_thresholds(path, raw, &defaults.alerts),
+            sessions: self.session_limits(path, raw, &defaults.sessions),
             name,
         })
     }
@@ -622,6 +630,67 @@ impl Checker {
             );
         }
         recovery
+    }
+
+    fn session_limits(
+        &mut self,
+        path: &str,
+        raw: &RawPool,
+        inherited: &SessionLimits,
+    ) -> SessionLimits {
+        let max_connections = match raw.max_session_connections {
+            None => inherited.max_connections,
+            Some(value) => Some(self.count(
+                path,
+                "max_session_connections",
+                Some(value),
+                1,
+                1,
+                MAX_CONNECTIONS_CEILING,
+            )),
+        };
+        SessionLimits {
+            max_connections,
+            idle_timeout: self.duration(
+                path,
+                "session_idle_timeout_ms",
+                raw.session_idle_timeout_ms,
+                duration_ms(inherited.idle_timeout),
+            ),
+            idle_in_transaction_timeout: self.optional_duration(
+                path,
+                "idle_in_transaction_timeout_ms",
+                raw.idle_in_transaction_timeout_ms,
+                inherited.idle_in_transaction_timeout,
+            ),
+            max_duration: self.optional_duration(
+                path,
+                "max_session_duration_ms",
+                raw.max_session_duration_ms,
+                inherited.max_duration,
+            ),
+            leak_threshold: self.optional_duration(
+                path,
+                "leak_detection_threshold_ms",
+                raw.leak_detection_threshold_ms,
+                inherited.leak_threshold,
+            ),
+        }
+    }
+
+    /// A duration where 0 means "none", or `inherited` when absent.
+    fn optional_duration(
+        &mut self,
+        path: &str,
+        field: &str,
+        value: Option<i64>,
+        inherited: Option<Duration>,
+    ) -> Option<Duration> {
+        match value {
+            None => inherited,
+            Some(0) => None,
+            Some(ms) => Some(self.duration(path, field, Some(ms), 1)),
+        }
     }
 
     fn pool_name(&mut self, path: &str, name: Option<&str>) -> Option<String> {
@@ -1597,6 +1666,13 @@ fn builtin_defaults() -> PoolDefaults {
             utilization: 0.8,
             error_rate: 0.05,
             acquire_wait: Duration::from_secs(1),
+        },
+        sessions: SessionLimits {
+            max_connections: None,
+            idle_timeout: Duration::from_secs(180),
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+            max_duration: None,
+            leak_threshold: None,
         },
     }
 }

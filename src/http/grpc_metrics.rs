@@ -236,7 +236,7 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ),
     (
         "poolplane.v1.Query",
-        &["Execute", "ExecuteBatch", "ExecuteStream"],
+        &["Execute", "ExecuteBatch", "ExecuteStream", "Session"],
     ),
     ("poolplane.v1.PoolEvents", &["Watch"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
@@ -267,7 +267,7 @@ fn split_path(path: &str) -> (String, String) {
 fn grpc_type(method: &str) -> &'static str {
     match method {
         "Watch" | "ExecuteStream" => "server_stream",
-        "ServerReflectionInfo" => "bidi_stream",
+        "ServerReflectionInfo" | "Session" => "bidi_stream",
         _ => "unary",
     }
 }

@@ -24,6 +24,9 @@ pub enum PoolError {
     /// A connection could not be opened: the database is unreachable or refused us.
     #[error("pool `{pool}` cannot reach its database: {last_error}")]
     Unavailable { pool: String, last_error: String },
+    /// Sessions already hold as many connections as they may.
+    #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections); Execute calls still run")]
+    TooManySessions { pool: String, max: u32 },
     #[error("invalid pool settings")]
     InvalidConfig(Vec<ConfigError>),
     /// The server holds as many pools as it may (`server.max_pools`).

@@ -10,6 +10,7 @@
 //! lease dropped without one is reset in the background (state Resetting)
 //! before anyone else can have it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,9 @@ pub struct Lease<C: Connector = PgConnector> {
     stats: Arc<PoolStats>,
     acquired_at: Instant,
     pool_name: Arc<str>,
+    /// Held by a session, whose state is the caller's: only a reset makes
+    /// the connection clean again.
+    session: AtomicBool,
 }
 
 /// What another task needs to stop the work running on a lease: a cancel
@@ -83,6 +87,7 @@ impl<C: Connector> Lease<C> {
             stats,
             acquired_at: Instant::now(),
             pool_name,
+            session: AtomicBool::new(false),
         }
     }
 
@@ -140,7 +145,16 @@ impl<C: Connector> Lease<C> {
     /// Says that what was sent since the last reset cannot have changed
     /// the session (only a Parse, which failed): no reset is needed.
     pub fn nothing_ran(&self) {
-        self.control.set_dirty(false);
+        if !self.session.load(Ordering::Acquire) {
+            self.control.set_dirty(false);
+        }
+    }
+
+    /// The lease serves a session: the caller may change anything, so the
+    /// connection needs a reset before reuse whatever each statement did.
+    pub fn pin_for_session(&self) {
+        self.session.store(true, Ordering::Release);
+        self.control.set_dirty(true);
     }
 
     /// A caller's statement is about to run: if the server ends the
@@ -198,6 +212,18 @@ impl Lease<PgConnector> {
     /// the result.
     pub fn rows_before_drop(&self, mark: u64) -> Option<u64> {
         self.conn().message_limit().rows_before_drop(mark)
+    }
+
+    /// Where the session stands after the last request whose reply was
+    /// read to its end, as PostgreSQL reported it.
+    pub fn transaction_status(&self) -> crate::postgres::TransactionStatus {
+        self.conn().message_limit().transaction_status()
+    }
+
+    /// Whether the driver keeps prepared statements of its own on this
+    /// connection (which a caller's `DEALLOCATE` could have removed).
+    pub fn driver_keeps_statements(&self) -> bool {
+        self.conn().reset_kind() == crate::postgres::reset::ResetKind::KeepDriverStatements
     }
 
     /// Notes the types of a statement prepared on this lease's connection

@@ -7,7 +7,7 @@
 //! stopped by the drain) and a short warm-up task at start, after each
 //! resize and after a recovery (one at a time).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -141,6 +141,20 @@ pub struct ManagedPool {
     /// Held by the one warm-up that may run at a time, so two (start and
     /// maintenance, say) cannot both open the minimum.
     warming: tokio::sync::Mutex<()>,
+    /// Connections held by sessions now (`SessionPermit`s alive).
+    sessions: Arc<AtomicU32>,
+    /// False once the pool stops taking work: sessions end at their next
+    /// quiet moment instead of holding a drain up.
+    serving: tokio::sync::watch::Sender<bool>,
+}
+
+/// A session's place under `max_session_connections`; dropping it frees it.
+pub struct SessionPermit(Arc<AtomicU32>);
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ManagedPool {
@@ -179,6 +193,8 @@ impl ManagedPool {
             config_version: AtomicU64::new(0),
             maintenance: Mutex::new(None),
             warming: tokio::sync::Mutex::new(()),
+            sessions: Arc::new(AtomicU32::new(0)),
+            serving: tokio::sync::watch::Sender::new(true),
         });
         pool.spawn_warm_up();
         let task = tokio::spawn(maintenance::run(Arc::downgrade(&pool)));
@@ -324,6 +340,33 @@ impl ManagedPool {
         self.core.reset_peak();
     }
 
+    /// A place for one more session, if sessions hold fewer connections
+    /// than `max_session_connections` allows: the rest stay for Execute.
+    pub fn session_permit(&self) -> Result<SessionPermit, PoolError> {
+        let config = self.config();
+        let max = config
+            .sessions
+            .max_connections(config.limits.max_connections);
+        let admitted = self
+            .sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < max).then_some(held + 1)
+            });
+        match admitted {
+            Ok(_) => Ok(SessionPermit(Arc::clone(&self.sessions))),
+            Err(_) => Err(PoolError::TooManySessions {
+                pool: self.name(),
+                max,
+            }),
+        }
+    }
+
+    /// Resolves once the pool has stopped taking work (a drain began).
+    pub async fn stopped_serving(&self) {
+        let mut serving = self.serving.subscribe();
+        let _ = serving.wait_for(|serving| !serving).await;
+    }
+
     /// Borrows a connection, waiting at most the pool's connection timeout.
     /// Every call ends in exactly one acquisition outcome in the statistics.
     pub async fn acquire(&self) -> Result<Lease, PoolError> {
@@ -460,6 +503,7 @@ impl ManagedPool {
     pub async fn drain(&self, drain_timeout: Duration, force: bool) -> DrainReport {
         // Refuse work at once, even while a resize still holds the lock.
         self.core.stop_serving();
+        self.serving.send_replace(false);
         let _guard = self.reconfigure.lock().await;
         if let Some(task) = self
             .maintenance

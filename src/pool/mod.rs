@@ -20,9 +20,12 @@ mod stats;
 mod testing;
 
 pub use self::core::{CancelReason, ConnCounts, ConnState};
+pub use crate::postgres::TransactionStatus;
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};
-pub use managed::{DrainReport, LimitsUpdate, ManagedPool, PoolHistograms, PoolInfo, PoolState};
+pub use managed::{
+    DrainReport, LimitsUpdate, ManagedPool, PoolHistograms, PoolInfo, PoolState, SessionPermit,
+};
 pub use pg::{PgConn, PgConnector};
 pub use registry::Registry;
 pub use stats::{

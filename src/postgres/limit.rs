@@ -13,12 +13,15 @@
 //! - a notice (NoticeResponse) is dropped: nobody reads notices.
 //!
 //! Other messages pass whatever their size: none of them can be large.
+//! On the way, the filter notes the transaction status each ReadyForQuery
+//! reports (the driver reads it but does not say), which a Session returns
+//! after every statement.
 //! The filter itself holds a header and a shortened error at most; a
 //! dropped message is read and discarded as it arrives.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -38,6 +41,20 @@ pub(crate) struct MessageLimit {
     /// `pg_terminate_backend`): the driver, which hands that report to the
     /// statement running, sees only a closed connection afterwards.
     terminated: AtomicBool,
+    /// The status byte of the last ReadyForQuery: `I`, `T` or `E`.
+    transaction: AtomicU8,
+}
+
+/// Where a connection's session stands after a request, as PostgreSQL
+/// reports it in ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block: statements are refused until ROLLBACK.
+    Failed,
 }
 
 const NONE: u64 = u64::MAX;
@@ -49,7 +66,19 @@ impl MessageLimit {
             rows_seen: AtomicU64::new(0),
             first_dropped: AtomicU64::new(NONE),
             terminated: AtomicBool::new(false),
+            transaction: AtomicU8::new(b'I'),
         })
+    }
+
+    /// The transaction status of the last ReadyForQuery the server sent.
+    /// Once a request's reply has been read to its end, it is that
+    /// request's status (no later reply has begun).
+    pub(crate) fn transaction_status(&self) -> TransactionStatus {
+        match self.transaction.load(Ordering::Acquire) {
+            b'T' => TransactionStatus::InTransaction,
+            b'E' => TransactionStatus::Failed,
+            _ => TransactionStatus::Idle,
+        }
     }
 
     /// Whether the server reported ending this connection on request.
@@ -115,6 +144,8 @@ enum Phase {
         seen: Vec<u8>,
     },
     Drop(usize),
+    /// The one-byte body of a ReadyForQuery: the transaction status.
+    ReadyStatus,
     /// An oversized error: the first bytes of its body are kept, the rest
     /// dropped; a shortened copy follows.
     Clip {
@@ -260,6 +291,12 @@ impl Filter {
                 }
                 take
             }
+            Phase::ReadyStatus => {
+                out.push(input[0]);
+                self.limit.transaction.store(input[0], Ordering::Release);
+                self.phase = header();
+                1
+            }
             Phase::Clip {
                 kept,
                 remaining,
@@ -347,6 +384,10 @@ impl Filter {
                 code: Vec::with_capacity(4),
                 remaining: body,
             },
+            b'Z' if body == 1 => {
+                out.extend_from_slice(&header_bytes);
+                Phase::ReadyStatus
+            }
             b'E' => {
                 out.extend_from_slice(&header_bytes);
                 Phase::PassError {
@@ -622,6 +663,22 @@ mod tests {
             let mut filter = Filter::messages(Arc::clone(&limit));
             assert_eq!(filtered(&mut filter, &input, piece), input, "piece {piece}");
             assert_eq!(limit.rows_before_drop(mark), None);
+        }
+    }
+
+    #[test]
+    fn the_last_ready_for_query_gives_the_transaction_status() {
+        let limit = MessageLimit::new(200);
+        let mut filter = Filter::messages(Arc::clone(&limit));
+        assert_eq!(limit.transaction_status(), TransactionStatus::Idle);
+        for (byte, status) in [
+            (b"T", TransactionStatus::InTransaction),
+            (b"E", TransactionStatus::Failed),
+            (b"I", TransactionStatus::Idle),
+        ] {
+            let input = [message(b'C', b"BEGIN\0"), message(b'Z', byte)].concat();
+            assert_eq!(filtered(&mut filter, &input, 1), input);
+            assert_eq!(limit.transaction_status(), status);
         }
     }
 

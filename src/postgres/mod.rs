@@ -18,6 +18,7 @@ use tokio_postgres::{CancelToken, Client, NoTls};
 
 use crate::config::PoolConfig;
 pub(crate) use limit::MessageLimit;
+pub use limit::TransactionStatus;
 use limit::{Filter, Limited, LimitedTls};
 pub(crate) use stream::Closer;
 use stream::TrackedStream;

@@ -39,6 +39,49 @@ pub enum QueryError {
     /// have taken effect; a client retrying must allow for that.
     #[error("connection to PostgreSQL lost: {error}")]
     ConnectionLost { error: String, may_have_run: bool },
+    /// A session ended other than by its caller's `close`.
+    #[error("the session ended: {}; {}", end.describe(), if *rolled_back { "its open transaction was rolled back" } else { "no transaction was open" })]
+    SessionEnded { end: SessionEnd, rolled_back: bool },
+}
+
+/// Why a session ended without its caller closing it (besides a deadline,
+/// a drain or a lost connection, which have errors of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// No statement for the session's idle timeout.
+    IdleTimeout,
+    /// Idle inside a transaction block for `idle_in_transaction_timeout_ms`.
+    IdleInTransactionTimeout,
+    /// Open for `max_session_duration_ms`.
+    MaxDuration,
+    /// An operator ended it (KillSession).
+    Killed,
+    /// The server is shutting down.
+    ServerStopping,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::IdleInTransactionTimeout => "idle_in_transaction_timeout",
+            SessionEnd::MaxDuration => "max_session_duration",
+            SessionEnd::Killed => "killed",
+            SessionEnd::ServerStopping => "server_stopping",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SessionEnd::IdleTimeout => "no statement within its idle timeout",
+            SessionEnd::IdleInTransactionTimeout => {
+                "idle inside a transaction for longer than idle_in_transaction_timeout_ms"
+            }
+            SessionEnd::MaxDuration => "open for longer than max_session_duration_ms",
+            SessionEnd::Killed => "an operator ended it (KillSession)",
+            SessionEnd::ServerStopping => "the server is shutting down",
+        }
+    }
 }
 
 /// A PostgreSQL error report: what the server said, field for field.

@@ -94,6 +94,27 @@ const MAX_PARAMS: usize = 65_535;
 /// what PostgreSQL or the driver would refuse before running anything (the
 /// caller's mistake, not a broken connection).
 pub(super) fn admit(sql: &str) -> Result<(), QueryError> {
+    admit_text(sql)?;
+    match classify::check(sql) {
+        Ok(()) => Ok(()),
+        Err(refusal) => Err(refused(refusal)),
+    }
+}
+
+/// The error for a statement `classify` refused.
+pub(super) fn refused(refusal: Refusal) -> QueryError {
+    match refusal {
+        Refusal::NeedsSession(kind) => QueryError::NeedsSession { kind },
+        Refusal::Copy => QueryError::CopyUnsupported,
+        Refusal::MultipleStatements(count) => QueryError::invalid(
+            "sql",
+            format!("holds {count} statements; send one statement per request"),
+        ),
+    }
+}
+
+/// Refuses SQL text PostgreSQL would refuse before parsing it.
+pub(super) fn admit_text(sql: &str) -> Result<(), QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::invalid("sql", "must not be empty"));
     }
@@ -103,15 +124,7 @@ pub(super) fn admit(sql: &str) -> Result<(), QueryError> {
             format!("contains a NUL byte (at byte {at}), which PostgreSQL does not accept in a statement"),
         ));
     }
-    match classify::check(sql) {
-        Ok(()) => Ok(()),
-        Err(Refusal::NeedsSession(kind)) => Err(QueryError::NeedsSession { kind }),
-        Err(Refusal::Copy) => Err(QueryError::CopyUnsupported),
-        Err(Refusal::MultipleStatements(count)) => Err(QueryError::invalid(
-            "sql",
-            format!("holds {count} statements; send one statement per request"),
-        )),
-    }
+    Ok(())
 }
 
 pub(super) fn admit_params(field: &str, count: usize) -> Result<(), QueryError> {
@@ -127,7 +140,7 @@ pub(super) fn admit_params(field: &str, count: usize) -> Result<(), QueryError> 
 /// Stale connections usually come in groups (a server restart, a mass
 /// `pg_terminate_backend`); a few retries cover a group, and each costs
 /// only a failed prepare.
-const STALE_RETRIES: usize = 3;
+pub(super) const STALE_RETRIES: usize = 3;
 
 /// How one attempt on one connection ended.
 pub(super) enum Attempt<T> {
@@ -319,7 +332,11 @@ async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<Query
         Err(failure) => return failure.retype(),
     };
     let started = std::time::Instant::now();
-    let result = with_pipelined_reset(&lease, run_prepared(&lease, &statement, &prepared)).await;
+    let result = with_pipelined_reset(
+        &lease,
+        run_prepared(&lease, &statement, &prepared, RestOfResult::Cancel),
+    )
+    .await;
     lease.statement_ran(started.elapsed());
     count_sql_error(&lease, &result);
     Attempt::Done(result)
@@ -404,10 +421,20 @@ pub(super) async fn send(
     })
 }
 
-async fn run_prepared(
+/// What becomes of the rows past a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RestOfResult {
+    /// Cancel the statement in PostgreSQL; the connection is closed.
+    Cancel,
+    /// Read and drop them: the connection is a session's, which goes on.
+    Skip,
+}
+
+pub(super) async fn run_prepared(
     lease: &Lease,
     statement: &Statement,
     prepared: &tokio_postgres::Statement,
+    rest: RestOfResult,
 ) -> Result<QueryResult, QueryError> {
     let Sent {
         columns,
@@ -433,12 +460,24 @@ async fn run_prepared(
         match values {
             Ok(values) => rows.push(values),
             Err(limit) => {
-                // The rest of the result is still coming: cancel it in
-                // PostgreSQL (the backend must not stay busy producing rows
-                // nobody reads); the connection is closed.
-                lease
-                    .canceller()
-                    .cancel_in_background(CancelReason::ResultLimit);
+                match rest {
+                    // The rest of the result is still coming: cancel it in
+                    // PostgreSQL (the backend must not stay busy producing
+                    // rows nobody reads); the connection is closed.
+                    RestOfResult::Cancel => {
+                        lease
+                            .canceller()
+                            .cancel_in_background(CancelReason::ResultLimit);
+                    }
+                    RestOfResult::Skip => {
+                        while stream
+                            .try_next()
+                            .await
+                            .map_err(|err| driver_error(lease, &err))?
+                            .is_some()
+                        {}
+                    }
+                }
                 return match limit {
                     Limit::Undecodable(error) => Err(error),
                     Limit::Rows | Limit::Bytes if statement.allow_truncation => {

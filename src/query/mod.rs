@@ -8,12 +8,19 @@ mod classify;
 mod error;
 mod execute;
 mod numeric;
+mod session;
+mod sessions;
 mod stream;
 mod value;
 
 pub use classify::{check as classify, Refusal};
-pub use error::{QueryError, SqlError};
+pub use error::{QueryError, SessionEnd, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
+pub use session::{
+    run_session, Isolation, SessionContext, SessionInput, SessionOptions, SessionOutput,
+    SessionSender, SESSION_BUFFER,
+};
+pub use sessions::{Holder, SessionInfo, Sessions, STATEMENT_PREFIX_CHARS};
 pub use stream::{execute_stream, PartSender, StreamPart, StreamStatement, STREAM_BUFFER};
 pub(crate) use value::SUPPORTED_SCALARS;
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod pool_limits;
 mod query_types;
 mod serve_binary;
 mod session_hygiene;
+mod sessions;
 mod status_codes;
 mod streaming;
 mod tls;

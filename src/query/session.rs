@@ -1,0 +1,488 @@
+//! Session: one connection held for a caller's stream of statements, so
+//! that transactions, `SET`, temporary tables and prepared statements work
+//! as on a connection of its own.
+//!
+//! A session runs in one task that owns its lease. Statements run one at
+//! a time in arrival order (a client may send many without waiting; they
+//! queue in the transport), each answered with its result or its error and
+//! the transaction status PostgreSQL reported after it. A SQL error does
+//! not end the session.
+//!
+//! However a session ends, its connection is rolled back and reset before
+//! anyone else gets it, or closed:
+//! - `close` (or the client ending its side): reset now, then `Closed`;
+//! - its idle timeout, its idle-in-transaction timeout, its maximum
+//!   duration, a KillSession, a shutdown: ended between statements, reset
+//!   now, then the error saying why;
+//! - its deadline, a kill or a vanished client while a statement runs: the
+//!   statement is cancelled in PostgreSQL and the connection closed (the
+//!   backend's exit rolls the transaction back);
+//! - a drain: the pool stops serving; a session ends at its next moment
+//!   outside a transaction, and one still in a transaction when the drain
+//!   runs out of time is cancelled with the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::classify;
+use super::error::{QueryError, SessionEnd};
+use super::execute::{
+    admit_params, admit_text, count_sql_error, prepare, refused, run_prepared, Attempt,
+    QueryResult, RestOfResult, Statement,
+};
+use super::sessions::{Holder, Registered, Sessions};
+use crate::pool::{CancelReason, Lease, ManagedPool, PoolError, SessionPermit, TransactionStatus};
+
+/// How a session's transactions run, set once at open for all of them
+/// (`SET SESSION CHARACTERISTICS`); a statement may still change it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub isolation: Option<Isolation>,
+    pub read_only: bool,
+    pub deferrable: bool,
+    /// Shorter than the pool's `session_idle_timeout_ms`, if wanted.
+    pub idle_timeout: Option<Duration>,
+    /// The session's `statement_timeout`, instead of the pool's.
+    pub statement_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+/// What the caller sends after `open`.
+#[derive(Debug)]
+pub enum SessionInput {
+    Statement(Statement),
+    /// A request that could not be read (answered with this error, in its place).
+    Invalid(QueryError),
+    Close,
+    /// The caller's side broke (reset, cancelled).
+    Gone,
+}
+
+/// What the caller receives, in order: `Opened`, one `Answer` per
+/// statement, then `Closed` after a `close`, or an error that ends it.
+#[derive(Debug)]
+pub enum SessionOutput {
+    Opened {
+        id: u64,
+    },
+    Answer {
+        /// The statement's place in the session, from 0.
+        index: u64,
+        result: Result<QueryResult, QueryError>,
+        transaction: TransactionStatus,
+    },
+    Closed {
+        /// A transaction was open and has been rolled back.
+        rolled_back: bool,
+    },
+}
+
+pub type SessionSender = mpsc::Sender<Result<SessionOutput, QueryError>>;
+
+/// What a session's channel holds: answers are small, and the caller's
+/// pace is the session's.
+pub const SESSION_BUFFER: usize = 2;
+
+/// Who opened the session and what surrounds it.
+pub struct SessionContext {
+    /// The stream's deadline: the whole session's.
+    pub deadline: Option<Instant>,
+    pub holder: Holder,
+    pub sessions: Arc<Sessions>,
+    /// Becomes true when the server shuts down.
+    pub server_stopping: watch::Receiver<bool>,
+}
+
+/// Opens a session on `pool` and serves it until it ends; everything goes
+/// to `out`. Returns when the connection has been reset or given up.
+pub async fn run_session(
+    pool: Arc<ManagedPool>,
+    options: SessionOptions,
+    inputs: impl Stream<Item = SessionInput> + Unpin,
+    out: SessionSender,
+    context: SessionContext,
+) {
+    let (lease, permit) = match open(&pool, &options, context.deadline).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = out.send(Err(error)).await;
+            return;
+        }
+    };
+    let limits = pool.config().sessions;
+    let registered = context
+        .sessions
+        .register(&pool.name(), context.holder, limits.leak_threshold);
+    let idle_timeout = options
+        .idle_timeout
+        .map_or(limits.idle_timeout, |asked| asked.min(limits.idle_timeout));
+    let mut session = Running {
+        max_end: limits.max_duration.map(|max| Instant::now() + max),
+        idle_in_transaction_timeout: limits.idle_in_transaction_timeout,
+        idle_timeout,
+        deadline: context.deadline,
+        server_stopping: context.server_stopping,
+        lease,
+        permit,
+        registered,
+        pool,
+        out,
+        next_index: 0,
+    };
+    let opened = SessionOutput::Opened {
+        id: session.registered.id(),
+    };
+    let ending = match session.deliver(Ok(opened)).await {
+        Ok(()) => session.serve(inputs).await,
+        Err(ending) => ending,
+    };
+    session.finish(ending).await;
+}
+
+/// Borrows a connection for a session and sets it up; a stale connection
+/// is replaced (nothing of the caller's ran on it).
+async fn open(
+    pool: &ManagedPool,
+    options: &SessionOptions,
+    deadline: Option<Instant>,
+) -> Result<(Lease, SessionPermit), QueryError> {
+    let permit = pool.session_permit()?;
+    let setup = setup_sql(options);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let lease = match within(deadline, pool.acquire()).await {
+            Some(acquired) => acquired?,
+            None => {
+                return Err(QueryError::DeadlineExceeded {
+                    may_have_run: false,
+                })
+            }
+        };
+        lease.pin_for_session();
+        // Also proves the connection alive before the caller relies on it.
+        match within(deadline, lease.client().simple_query(&setup)).await {
+            Some(Ok(_)) => return Ok((lease, permit)),
+            Some(Err(err)) if err.as_db_error().is_some() => {
+                return Err(QueryError::from_postgres(&err))
+            }
+            Some(Err(err)) => {
+                lease.discard();
+                if attempts > super::execute::STALE_RETRIES {
+                    return Err(QueryError::from_postgres(&err));
+                }
+            }
+            None => {
+                lease.discard();
+                return Err(QueryError::DeadlineExceeded {
+                    may_have_run: false,
+                });
+            }
+        }
+    }
+}
+
+/// `work` unless `deadline` passes first (`None` then).
+async fn within<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
+/// The settings a session asked for, as one message ("" when none: an
+/// empty query, which still proves the connection alive).
+fn setup_sql(options: &SessionOptions) -> String {
+    let mut characteristics = Vec::new();
+    if let Some(isolation) = options.isolation {
+        characteristics.push(match isolation {
+            Isolation::ReadCommitted => "ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "ISOLATION LEVEL SERIALIZABLE",
+        });
+    }
+    if options.read_only {
+        characteristics.push("READ ONLY");
+    }
+    if options.deferrable {
+        characteristics.push("DEFERRABLE");
+    }
+    let mut sql = String::new();
+    if !characteristics.is_empty() {
+        sql.push_str("SET SESSION CHARACTERISTICS AS TRANSACTION ");
+        sql.push_str(&characteristics.join(", "));
+        sql.push(';');
+    }
+    if let Some(timeout) = options.statement_timeout {
+        sql.push_str(&format!("SET statement_timeout = {};", timeout.as_millis()));
+    }
+    sql
+}
+
+/// How serving a session stopped.
+enum Ending {
+    /// The caller closed it (or ended its side of the stream).
+    Closed,
+    /// It ended for this reason, which the caller is told.
+    Error(QueryError),
+    /// The caller is gone: nobody to tell.
+    Gone,
+}
+
+struct Running {
+    lease: Lease,
+    permit: SessionPermit,
+    registered: Registered,
+    pool: Arc<ManagedPool>,
+    out: SessionSender,
+    deadline: Option<Instant>,
+    max_end: Option<Instant>,
+    idle_timeout: Duration,
+    idle_in_transaction_timeout: Option<Duration>,
+    server_stopping: watch::Receiver<bool>,
+    next_index: u64,
+}
+
+/// Sleeps until `at`, or for ever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn server_stops(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        // The server is gone without saying so: nothing will end us but this.
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Running {
+    async fn serve(&mut self, mut inputs: impl Stream<Item = SessionInput> + Unpin) -> Ending {
+        loop {
+            let status = self.lease.transaction_status();
+            let (quiet, quiet_end) = self.quiet_limit(status);
+            let outside_transaction = status == TransactionStatus::Idle;
+            let input = tokio::select! {
+                biased;
+                () = self.lease.cancelled() => return self.stopped_by_pool(),
+                () = self.registered.killed() => return self.ended(SessionEnd::Killed, status),
+                () = until(self.deadline) => return Ending::Error(QueryError::DeadlineExceeded { may_have_run: false }),
+                () = until(self.max_end) => return self.ended(SessionEnd::MaxDuration, status),
+                () = tokio::time::sleep(quiet) => return self.ended(quiet_end, status),
+                () = self.pool.stopped_serving(), if outside_transaction => {
+                    return Ending::Error(PoolError::Draining(self.pool.name()).into())
+                }
+                () = server_stops(&mut self.server_stopping), if outside_transaction => {
+                    return self.ended(SessionEnd::ServerStopping, status)
+                }
+                () = self.out.closed() => return Ending::Gone,
+                input = inputs.next() => input,
+            };
+            let answer = match input {
+                None | Some(SessionInput::Close) => return Ending::Closed,
+                Some(SessionInput::Gone) => return Ending::Gone,
+                Some(SessionInput::Invalid(error)) => (Err(error), status),
+                Some(SessionInput::Statement(statement)) => match self.run(statement, status).await
+                {
+                    Ok(answer) => answer,
+                    Err(ending) => return ending,
+                },
+            };
+            let (result, transaction) = answer;
+            let index = self.next_index;
+            self.next_index += 1;
+            let answer = SessionOutput::Answer {
+                index,
+                result,
+                transaction,
+            };
+            if let Err(ending) = self.deliver(Ok(answer)).await {
+                return ending;
+            }
+        }
+    }
+
+    /// How long the session may stay quiet now, and what ends it then.
+    fn quiet_limit(&self, status: TransactionStatus) -> (Duration, SessionEnd) {
+        match self.idle_in_transaction_timeout {
+            Some(limit) if status != TransactionStatus::Idle && limit < self.idle_timeout => {
+                (limit, SessionEnd::IdleInTransactionTimeout)
+            }
+            _ => (self.idle_timeout, SessionEnd::IdleTimeout),
+        }
+    }
+
+    fn ended(&self, end: SessionEnd, status: TransactionStatus) -> Ending {
+        Ending::Error(QueryError::SessionEnded {
+            end,
+            rolled_back: status != TransactionStatus::Idle,
+        })
+    }
+
+    /// The pool cancelled this session's lease (a drain out of time, or forced).
+    fn stopped_by_pool(&self) -> Ending {
+        Ending::Error(PoolError::Draining(self.pool.name()).into())
+    }
+
+    /// Runs one statement, unless the session must end meanwhile: then the
+    /// statement is cancelled in PostgreSQL (its connection closed) and the
+    /// ending is returned.
+    async fn run(
+        &mut self,
+        statement: Statement,
+        before: TransactionStatus,
+    ) -> Result<(Result<QueryResult, QueryError>, TransactionStatus), Ending> {
+        self.registered.statement_starts(&statement.sql);
+        let started = std::time::Instant::now();
+        let lease = &self.lease;
+        let result = tokio::select! {
+            biased;
+            result = run_statement(lease, &statement) => result,
+            () = lease.cancelled() => return Err(self.stopped_by_pool()),
+            () = self.registered.killed() => {
+                self.cancel();
+                return Err(self.ended(SessionEnd::Killed, before));
+            }
+            () = until(self.deadline) => {
+                let may_have_run = self.cancel();
+                return Err(Ending::Error(QueryError::DeadlineExceeded { may_have_run }));
+            }
+            () = until(self.max_end) => {
+                self.cancel();
+                return Err(self.ended(SessionEnd::MaxDuration, before));
+            }
+            () = self.out.closed() => {
+                self.cancel();
+                return Err(Ending::Gone);
+            }
+        };
+        self.lease.statement_ran(started.elapsed());
+        count_sql_error(&self.lease, &result);
+        if !self.lease.reusable() {
+            // The connection broke under the statement: the session is over.
+            let error = match result {
+                Err(error @ QueryError::ConnectionLost { .. }) => error,
+                _ => QueryError::ConnectionLost {
+                    error: "the connection broke".into(),
+                    may_have_run: true,
+                },
+            };
+            return Err(Ending::Error(error));
+        }
+        if result.is_err() {
+            // The driver reports an error before the server's
+            // ReadyForQuery; an empty query's reply comes after it.
+            let _ = self.lease.client().simple_query("").await;
+        }
+        let status = self.lease.transaction_status();
+        self.registered.statement_ends(status);
+        Ok((result, status))
+    }
+
+    /// Cancels the running statement in PostgreSQL; its connection will be
+    /// closed. Returns whether it may have taken effect.
+    fn cancel(&self) -> bool {
+        self.lease
+            .canceller()
+            .cancel_in_background(CancelReason::Deadline)
+    }
+
+    /// Sends one part, unless the session must end first.
+    async fn deliver(&mut self, part: Result<SessionOutput, QueryError>) -> Result<(), Ending> {
+        let status = self.lease.transaction_status();
+        tokio::select! {
+            biased;
+            sent = self.out.send(part) => sent.map_err(|_| Ending::Gone),
+            () = self.lease.cancelled() => Err(self.stopped_by_pool()),
+            () = self.registered.killed() => Err(self.ended(SessionEnd::Killed, status)),
+            () = until(self.deadline) => Err(Ending::Error(QueryError::DeadlineExceeded { may_have_run: false })),
+            () = until(self.max_end) => Err(self.ended(SessionEnd::MaxDuration, status)),
+        }
+    }
+
+    /// Rolls back and resets the connection now (or gives it up), then
+    /// tells the caller how the session ended.
+    async fn finish(self, ending: Ending) {
+        let rolled_back = self.lease.transaction_status() != TransactionStatus::Idle;
+        if self.lease.reusable() {
+            if self.lease.driver_keeps_statements() {
+                // A `DEALLOCATE` in the session may have removed the
+                // driver's own statements: a fresh connection is safer.
+                self.lease.discard();
+            } else {
+                self.lease.reset().await;
+            }
+        }
+        let last = match ending {
+            Ending::Gone => return,
+            Ending::Closed => Ok(SessionOutput::Closed { rolled_back }),
+            Ending::Error(error) => Err(error),
+        };
+        // Given back before the caller hears: its next session may get it.
+        drop(self.lease);
+        drop(self.permit);
+        drop(self.registered);
+        let _ = self.out.send(last).await;
+    }
+}
+
+/// Runs one statement on the session's connection. Transaction control and
+/// session state are allowed; client COPY and several statements in one
+/// request are not.
+async fn run_statement(lease: &Lease, statement: &Statement) -> Result<QueryResult, QueryError> {
+    admit_text(&statement.sql)?;
+    match classify::check(&statement.sql) {
+        Ok(()) | Err(classify::Refusal::NeedsSession(_)) => {}
+        Err(refusal) => return Err(refused(refusal)),
+    }
+    admit_params("params", statement.params.len())?;
+    let prepared = match prepare(lease, &statement.sql).await {
+        Ok(prepared) => prepared,
+        Err(Attempt::Done(result)) => return result.and(Err(lost())),
+        Err(Attempt::StaleConnection(error)) => return Err(error),
+    };
+    run_prepared(lease, statement, &prepared, RestOfResult::Skip).await
+}
+
+fn lost() -> QueryError {
+    QueryError::ConnectionLost {
+        error: "prepare reported neither a statement nor an error".into(),
+        may_have_run: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_setup_sets_only_what_was_asked() {
+        assert_eq!(setup_sql(&SessionOptions::default()), "");
+        let all = SessionOptions {
+            isolation: Some(Isolation::Serializable),
+            read_only: true,
+            deferrable: true,
+            idle_timeout: None,
+            statement_timeout: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            setup_sql(&all),
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE;SET statement_timeout = 1500;"
+        );
+    }
+}

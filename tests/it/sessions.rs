@@ -1,0 +1,610 @@
+//! Query.Session: transactions over gRPC on a connection the session
+//! holds, pipelined statements, and every way a session can end leaving
+//! no transaction, lock or session state behind.
+
+use std::time::Duration;
+
+use poolplane::proto::query_client::QueryClient;
+use poolplane::proto::{
+    session_request, session_response, statement_result, DeletePoolRequest, IsolationLevel,
+    SessionClose, SessionOpen, SessionRequest, SessionResponse, SessionStatement, StatementResult,
+    TransactionStatus,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::support::{cluster, config_yaml, eventually, exec, meta, v, PoolSpec, TestServer};
+
+/// A client's side of one session stream.
+pub struct Session {
+    requests: Option<mpsc::Sender<SessionRequest>>,
+    responses: Streaming<SessionResponse>,
+    pub id: u64,
+}
+
+pub fn open_request(pool: &str) -> SessionOpen {
+    SessionOpen {
+        pool: pool.into(),
+        ..Default::default()
+    }
+}
+
+impl Session {
+    pub async fn open(
+        client: &mut QueryClient<Channel>,
+        open: SessionOpen,
+    ) -> Result<Session, Status> {
+        Session::open_with(client, open, None).await
+    }
+
+    pub async fn open_with(
+        client: &mut QueryClient<Channel>,
+        open: SessionOpen,
+        timeout: Option<Duration>,
+    ) -> Result<Session, Status> {
+        let (requests, outgoing) = mpsc::channel(4096);
+        requests
+            .send(SessionRequest {
+                request: Some(session_request::Request::Open(open)),
+            })
+            .await
+            .expect("queue open");
+        let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let mut responses = client.session(request).await?.into_inner();
+        let id = match responses.message().await?.and_then(|r| r.response) {
+            Some(session_response::Response::Opened(opened)) => opened.session_id,
+            other => panic!("expected opened, got {other:?}"),
+        };
+        Ok(Session {
+            requests: Some(requests),
+            responses,
+            id,
+        })
+    }
+
+    /// Sends a statement without waiting for its answer.
+    pub async fn send(&self, sql: &str, params: Vec<poolplane::proto::Value>) {
+        self.request(session_request::Request::Statement(SessionStatement {
+            sql: sql.into(),
+            params,
+            max_rows: 0,
+            allow_truncation: false,
+        }))
+        .await;
+    }
+
+    async fn request(&self, request: session_request::Request) {
+        self.requests
+            .as_ref()
+            .expect("stream still open")
+            .send(SessionRequest {
+                request: Some(request),
+            })
+            .await
+            .expect("queue request");
+    }
+
+    /// The next answer; panics on anything else.
+    pub async fn answer(&mut self) -> Result<StatementResult, Status> {
+        match self.responses.message().await?.and_then(|r| r.response) {
+            Some(session_response::Response::Result(result)) => Ok(result),
+            other => panic!("expected a statement result, got {other:?}"),
+        }
+    }
+
+    /// Runs one statement and returns its answer.
+    pub async fn run(&mut self, sql: &str) -> StatementResult {
+        self.send(sql, vec![]).await;
+        self.answer().await.expect("statement answered")
+    }
+
+    /// Runs one statement that must succeed; returns the transaction status.
+    pub async fn ok(&mut self, sql: &str) -> TransactionStatus {
+        let answer = self.run(sql).await;
+        if let Some(statement_result::Outcome::Error(error)) = &answer.outcome {
+            panic!("`{sql}` failed: {error:?}");
+        }
+        status_of(&answer)
+    }
+
+    /// Sends `close` and returns whether a transaction was rolled back.
+    pub async fn close(mut self) -> bool {
+        self.request(session_request::Request::Close(SessionClose {}))
+            .await;
+        match self.responses.message().await {
+            Ok(Some(SessionResponse {
+                response: Some(session_response::Response::Closed(closed)),
+            })) => closed.rolled_back,
+            other => panic!("expected closed, got {other:?}"),
+        }
+    }
+
+    /// Waits for the stream to end with an error.
+    pub async fn ending(&mut self) -> Status {
+        match self.responses.message().await {
+            Err(status) => status,
+            other => panic!("expected the session to end with an error, got {other:?}"),
+        }
+    }
+}
+
+pub fn status_of(answer: &StatementResult) -> TransactionStatus {
+    TransactionStatus::try_from(answer.transaction).expect("known status")
+}
+
+pub fn first_int(answer: &StatementResult) -> i64 {
+    match &answer.outcome {
+        Some(statement_result::Outcome::Result(result)) => match result.rows[0].values[0].kind {
+            Some(poolplane::proto::value::Kind::IntValue(i)) => i,
+            ref other => panic!("not an integer: {other:?}"),
+        },
+        other => panic!("no result: {other:?}"),
+    }
+}
+
+fn error_of(answer: &StatementResult) -> &poolplane::proto::StatementError {
+    match &answer.outcome {
+        Some(statement_result::Outcome::Error(error)) => error,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+async fn table(name: &str) {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, note text); \
+             INSERT INTO {name} VALUES (1, 'locked row')"
+        ))
+        .await
+        .expect("create table");
+}
+
+async fn count(table: &str) -> i64 {
+    let admin = cluster().admin().await;
+    admin
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_transaction_is_visible_and_a_rolled_back_one_leaves_nothing() {
+    table("sess_tx").await;
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("sess_tx", 4)])).await;
+    let mut client = server.query().await;
+
+    let mut session = Session::open(&mut client, open_request("sess_tx"))
+        .await
+        .expect("open");
+    assert_eq!(session.ok("BEGIN").await, TransactionStatus::InTransaction);
+    session
+        .send("INSERT INTO sess_tx VALUES ($1, 'a')", vec![v::int(10)])
+        .await;
+    session
+        .send("INSERT INTO sess_tx VALUES ($1, 'b')", vec![v::int(11)])
+        .await;
+    for _ in 0..2 {
+        let answer = session.answer().await.expect("insert");
+        assert_eq!(status_of(&answer), TransactionStatus::InTransaction);
+    }
+    assert_eq!(count("sess_tx").await, 1, "not visible before COMMIT");
+    assert_eq!(session.ok("COMMIT").await, TransactionStatus::Idle);
+    assert_eq!(count("sess_tx").await, 3);
+    assert!(!session.close().await, "nothing was open to roll back");
+
+    let mut session = Session::open(&mut client, open_request("sess_tx"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    session.ok("INSERT INTO sess_tx VALUES (20, 'gone')").await;
+    // An error inside the transaction fails it; the stream goes on.
+    let failed = session
+        .run("INSERT INTO sess_tx VALUES (20, 'duplicate')")
+        .await;
+    assert_eq!(error_of(&failed).sqlstate, "23505");
+    assert_eq!(error_of(&failed).code, Code::AlreadyExists as i32);
+    assert_eq!(status_of(&failed), TransactionStatus::Failed);
+    let refused = session.run("SELECT 1").await;
+    assert_eq!(error_of(&refused).sqlstate, "25P02");
+    assert_eq!(session.ok("ROLLBACK").await, TransactionStatus::Idle);
+    assert_eq!(count("sess_tx").await, 3, "the rollback left nothing");
+    // Savepoints work too.
+    session.ok("BEGIN").await;
+    session.ok("INSERT INTO sess_tx VALUES (30, 'kept')").await;
+    session.ok("SAVEPOINT s").await;
+    session
+        .ok("INSERT INTO sess_tx VALUES (31, 'undone')")
+        .await;
+    session.ok("ROLLBACK TO SAVEPOINT s").await;
+    session.ok("COMMIT").await;
+    assert_eq!(count("sess_tx").await, 4);
+    // Bad requests are answered in place; COPY is refused.
+    let copy = session.run("COPY sess_tx TO STDOUT").await;
+    assert_eq!(error_of(&copy).code, Code::Unimplemented as i32);
+    let two = session.run("SELECT 1; SELECT 2").await;
+    assert_eq!(error_of(&two).code, Code::InvalidArgument as i32);
+    let empty = session.run("  ").await;
+    assert_eq!(error_of(&empty).code, Code::InvalidArgument as i32);
+    // A transaction left open at close is rolled back, and the answer says so.
+    session.ok("BEGIN").await;
+    session.ok("INSERT INTO sess_tx VALUES (40, 'never')").await;
+    assert!(
+        session.close().await,
+        "close rolled back the open transaction"
+    );
+    assert_eq!(count("sess_tx").await, 4);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_sessions_that_conflict_get_40001_and_go_on() {
+    table("sess_ser").await;
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("sess_ser", 4)])).await;
+    let mut client = server.query().await;
+    let serializable = SessionOpen {
+        isolation: IsolationLevel::Serializable as i32,
+        ..open_request("sess_ser")
+    };
+    let mut a = Session::open(&mut client, serializable.clone())
+        .await
+        .expect("open a");
+    let mut b = Session::open(&mut client, serializable)
+        .await
+        .expect("open b");
+    let shown = a.run("SHOW transaction_isolation").await;
+    match shown.outcome {
+        Some(statement_result::Outcome::Result(result)) => {
+            assert_eq!(result.rows[0].values[0], v::text("serializable"));
+        }
+        other => panic!("SHOW failed: {other:?}"),
+    }
+    // Write skew: each reads what the other writes.
+    for session in [&mut a, &mut b] {
+        session.ok("BEGIN").await;
+        session.ok("SELECT count(*) FROM sess_ser").await;
+    }
+    a.ok("INSERT INTO sess_ser VALUES (2, 'a')").await;
+    b.ok("INSERT INTO sess_ser VALUES (3, 'b')").await;
+    a.ok("COMMIT").await;
+    let conflict = b.run("COMMIT").await;
+    assert_eq!(error_of(&conflict).sqlstate, "40001");
+    assert_eq!(error_of(&conflict).code, Code::Aborted as i32);
+    assert_eq!(status_of(&conflict), TransactionStatus::Idle);
+    // The stream is still usable: the retry succeeds.
+    b.ok("BEGIN").await;
+    b.ok("INSERT INTO sess_ser VALUES (3, 'b')").await;
+    assert_eq!(b.ok("COMMIT").await, TransactionStatus::Idle);
+    assert_eq!(count("sess_ser").await, 3);
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_pipelined_statements_are_all_answered_in_order() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("sess_pipe", 2)])).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_pipe"))
+        .await
+        .expect("open");
+    for i in 0..1000 {
+        session.send("SELECT $1::int8", vec![v::int(i)]).await;
+    }
+    for i in 0..1000 {
+        let answer = session.answer().await.expect("answer");
+        assert_eq!(answer.index, i as u64);
+        assert_eq!(first_int(&answer), i);
+    }
+    session.close().await;
+    server.stop().await;
+}
+
+/// What a session leaves on its connection before it ends: an open
+/// transaction holding a row lock, a setting, a temporary table and a
+/// prepared statement. Returns its backend's pid.
+async fn dirty(session: &mut Session, table: &str) -> i64 {
+    session.ok("SET work_mem = '7777kB'").await;
+    session.ok("CREATE TEMP TABLE sess_temp (x int)").await;
+    session.ok("PREPARE sess_prepared AS SELECT 1").await;
+    session.ok("BEGIN").await;
+    session
+        .ok(&format!("SELECT note FROM {table} WHERE id = 1 FOR UPDATE"))
+        .await;
+    first_int(&session.run("SELECT pg_backend_pid()::int8").await)
+}
+
+/// Within a second of a session's end: no backend of the pool idle in a
+/// transaction, the row lock free; and the pool's next user (on the same
+/// backend, if it was kept) sees none of the session's state.
+async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    eventually(
+        "no backend idle in transaction",
+        Duration::from_secs(1),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move {
+                let open: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                     AND state LIKE 'idle in transaction%'",
+                        &[app],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                open == 0
+            }
+        },
+    )
+    .await;
+    let mut locker = cluster().admin().await;
+    let transaction = locker.transaction().await.expect("begin");
+    transaction
+        .query_one(
+            &format!("SELECT note FROM {table} WHERE id = 1 FOR UPDATE NOWAIT"),
+            &[],
+        )
+        .await
+        .expect("the row lock is free");
+    transaction.rollback().await.expect("rollback");
+    let mut client = server.query().await;
+    let state = client
+        .execute(exec(
+            pool,
+            "SELECT current_setting('work_mem') || ' ' || \
+             (to_regclass('pg_temp.sess_temp') IS NULL)::text || ' ' || \
+             (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text",
+            vec![],
+        ))
+        .await
+        .expect("next user")
+        .into_inner();
+    assert_eq!(state.rows[0].values[0], v::text("4MB true 0"));
+}
+
+/// A server whose sessions on `pool` end quickly when idle.
+async fn server_for(pool: &str, extra: &[&str]) -> TestServer {
+    let mut spec = PoolSpec::new(pool, 1);
+    for line in extra {
+        spec = spec.with(line);
+    }
+    TestServer::start(&config_yaml(&[spec.with("max_session_connections: 1")])).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_rolls_back_and_resets_the_same_backend_for_the_next_user() {
+    table("sess_end_close").await;
+    let server = server_for("sess_end_close", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_end_close"))
+        .await
+        .expect("open");
+    let pid = dirty(&mut session, "sess_end_close").await;
+    assert!(session.close().await);
+    left_nothing(&server, "sess_end_close", "sess_end_close").await;
+    // The connection was reset, not replaced.
+    let again = client
+        .execute(exec(
+            "sess_end_close",
+            "SELECT pg_backend_pid()::int8",
+            vec![],
+        ))
+        .await
+        .expect("pid")
+        .into_inner();
+    assert_eq!(again.rows[0].values[0], v::int(pid));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cancels_leaves_nothing() {
+    table("sess_end_cancel").await;
+    let server = server_for("sess_end_cancel", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_end_cancel"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_end_cancel").await;
+    drop(session);
+    left_nothing(&server, "sess_end_cancel", "sess_end_cancel").await;
+    // Cancelled while a statement runs: the statement is cancelled too.
+    let mut session = Session::open(&mut client, open_request("sess_end_cancel"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_end_cancel").await;
+    session.send("SELECT pg_sleep(30)", vec![]).await;
+    let admin = cluster().admin().await;
+    eventually("the statement runs", Duration::from_secs(5), || {
+        let admin = &admin;
+        async move { crate::support::sleeping(admin, "poolplane/sess_end_cancel").await == 1 }
+    })
+    .await;
+    drop(session);
+    left_nothing(&server, "sess_end_cancel", "sess_end_cancel").await;
+    crate::support::nothing_left_running("poolplane/sess_end_cancel").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_ends_the_session_and_cancels_its_statement() {
+    table("sess_end_deadline").await;
+    let server = server_for("sess_end_deadline", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open_with(
+        &mut client,
+        open_request("sess_end_deadline"),
+        Some(Duration::from_secs(3)),
+    )
+    .await
+    .expect("open");
+    dirty(&mut session, "sess_end_deadline").await;
+    session.send("SELECT pg_sleep(30)", vec![]).await;
+    let status = session.ending().await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    left_nothing(&server, "sess_end_deadline", "sess_end_deadline").await;
+    crate::support::nothing_left_running("poolplane/sess_end_deadline").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_ends_at_its_idle_timeout() {
+    table("sess_end_idle").await;
+    let server = server_for("sess_end_idle", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(
+        &mut client,
+        SessionOpen {
+            idle_timeout_ms: 300,
+            ..open_request("sess_end_idle")
+        },
+    )
+    .await
+    .expect("open");
+    dirty(&mut session, "sess_end_idle").await;
+    let status = session.ending().await;
+    // Inside a transaction the shorter of the two limits applies: here the
+    // session's own idle timeout.
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-session-end").as_deref(),
+        Some("idle_timeout")
+    );
+    assert_eq!(
+        meta(&status, "poolplane-rolled-back").as_deref(),
+        Some("true")
+    );
+    left_nothing(&server, "sess_end_idle", "sess_end_idle").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_a_transaction_too_long_ends_the_session_and_rolls_back() {
+    table("sess_end_idle_tx").await;
+    let server = server_for("sess_end_idle_tx", &["idle_in_transaction_timeout_ms: 300"]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_end_idle_tx"))
+        .await
+        .expect("open");
+    // Outside a transaction the session may stay quiet longer.
+    session.ok("SELECT 1").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    dirty(&mut session, "sess_end_idle_tx").await;
+    session
+        .ok("INSERT INTO sess_end_idle_tx VALUES (99, 'rolled back')")
+        .await;
+    let status = session.ending().await;
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-session-end").as_deref(),
+        Some("idle_in_transaction_timeout")
+    );
+    assert!(
+        status.message().contains("rolled back"),
+        "{}",
+        status.message()
+    );
+    left_nothing(&server, "sess_end_idle_tx", "sess_end_idle_tx").await;
+    assert_eq!(count("sess_end_idle_tx").await, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_sessions_and_closes_their_connections() {
+    table("sess_end_drain").await;
+    let server = server_for("sess_end_drain", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_end_drain"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_end_drain").await;
+    let mut admin = server.admin().await;
+    let report = admin
+        .delete_pool(DeletePoolRequest {
+            name: "sess_end_drain".into(),
+            drain_timeout_ms: 300,
+            force: false,
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(report.cancelled, 1, "{report:?}");
+    let status = session.ending().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        crate::support::backends(&cluster().admin().await, "poolplane/sess_end_drain").await,
+        0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_a_transaction_to_end_then_ends_the_session() {
+    table("sess_drain_tx").await;
+    let server = server_for("sess_drain_tx", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_drain_tx"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    let mut admin = server.admin().await;
+    let deleting = tokio::spawn(async move {
+        admin
+            .delete_pool(DeletePoolRequest {
+                name: "sess_drain_tx".into(),
+                drain_timeout_ms: 10_000,
+                force: false,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The transaction may finish...
+    session
+        .ok("INSERT INTO sess_drain_tx VALUES (5, 'committed during the drain')")
+        .await;
+    assert_eq!(session.ok("COMMIT").await, TransactionStatus::Idle);
+    // ...and then the session ends.
+    assert_eq!(session.ending().await.code(), Code::Unavailable);
+    let report = deleting.await.expect("join").expect("deleted").into_inner();
+    assert_eq!(report.cancelled, 0, "{report:?}");
+    assert_eq!(count("sess_drain_tx").await, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_limited_per_pool_and_execute_still_runs() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("sess_limit", 2)])).await;
+    let mut client = server.query().await;
+    // Half of max_connections by default.
+    let held = Session::open(&mut client, open_request("sess_limit"))
+        .await
+        .expect("open");
+    let refused = Session::open(&mut client, open_request("sess_limit"))
+        .await
+        .err()
+        .expect("a second session is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        meta(&refused, "poolplane-max-session-connections").as_deref(),
+        Some("1")
+    );
+    client
+        .execute(exec("sess_limit", "SELECT 1", vec![]))
+        .await
+        .expect("Execute still has a connection");
+    held.close().await;
+    Session::open(&mut client, open_request("sess_limit"))
+        .await
+        .expect("the place is free again")
+        .close()
+        .await;
+    server.stop().await;
+}
