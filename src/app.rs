@@ -56,6 +56,7 @@ impl App {
             collector: Mutex::new(None),
             sessions: Sessions::new(),
         });
+        tokio::spawn(watch_sessions(Arc::downgrade(&app)));
         if config.monitoring.enabled {
             let task = tokio::spawn(collect(Arc::downgrade(&app)));
             if let Ok(mut slot) = app.collector.lock() {
@@ -328,6 +329,58 @@ impl App {
         match self.monitors.lock() {
             Ok(monitors) => monitors,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// How often sessions are checked against their pool's leak threshold.
+const LEAK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Leak detection: a SESSION_LEAK event and a session_leak alert for each
+/// session that holds its connection past its pool's
+/// `leak_detection_threshold_ms`; the alert resolves when it ends.
+async fn watch_sessions(app: Weak<App>) {
+    let mut ticker = tokio::time::interval(LEAK_CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(app) = app.upgrade() else {
+            return;
+        };
+        app.check_sessions();
+    }
+}
+
+impl App {
+    fn check_sessions(&self) {
+        let now = SystemTime::now();
+        for session in self.sessions.new_leaks() {
+            let threshold = self
+                .registry
+                .get(&session.pool)
+                .ok()
+                .and_then(|pool| pool.config().sessions.leak_threshold)
+                .unwrap_or_default();
+            tracing::warn!(
+                pool = %session.pool,
+                session = session.id,
+                caller = %session.caller,
+                peer = %session.peer,
+                age_ms = session.age.as_millis() as u64,
+                last_statement = %session.last_statement,
+                "session holds its connection past leak_detection_threshold_ms"
+            );
+            let pool = session.pool.clone();
+            if let Some(change) = self.monitoring.session_leaked(&session, threshold, now) {
+                self.publish_alert_change(change);
+            }
+            self.events
+                .publish(&pool, EventDetail::SessionLeak(session));
+        }
+        for session in self.sessions.ended_leaks() {
+            if let Some(change) = self.monitoring.session_ended(session.id, now) {
+                self.publish_alert_change(change);
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::health::HealthState;
 use crate::monitor::{Alert, MetricsSample};
+use crate::query::SessionInfo;
 
 /// One thing that happened to one pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +58,8 @@ pub enum EventDetail {
     AlertResolved(Alert),
     /// Opt-in for subscribers: one per pool per collection interval.
     MetricsSnapshot(MetricsSample),
+    /// A session has held its connection past the pool's leak threshold.
+    SessionLeak(SessionInfo),
 }
 
 /// The kind of an event, for filtering.
@@ -73,6 +76,7 @@ pub enum EventKind {
     AlertAcknowledged,
     AlertResolved,
     MetricsSnapshot,
+    SessionLeak,
 }
 
 impl EventKind {
@@ -98,6 +102,7 @@ impl EventDetail {
             EventDetail::AlertAcknowledged(_) => EventKind::AlertAcknowledged,
             EventDetail::AlertResolved(_) => EventKind::AlertResolved,
             EventDetail::MetricsSnapshot(_) => EventKind::MetricsSnapshot,
+            EventDetail::SessionLeak(_) => EventKind::SessionLeak,
         }
     }
 }

@@ -7,9 +7,12 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, identity, Audit};
 use super::convert::{
-    alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, severity_from_proto,
+    alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, session_to_proto,
+    severity_from_proto,
 };
-use super::status::{alert_status, invalid_argument, invalid_config, pool_status};
+use super::status::{
+    alert_status, invalid_argument, invalid_config, pool_status, session_not_found,
+};
 use crate::app::App;
 use crate::auth::Right;
 use crate::config::{pool_from_request, PoolRequest, Secret};
@@ -387,6 +390,50 @@ impl PoolAdmin for AdminService {
                     .clear_alert(request.into_inner().id)
                     .map_err(alert_status)?;
                 Ok(Response::new(alert_to_proto(&alert)))
+            }
+            .await,
+        )
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        let pools = self.named_or_all(&request, Right::Read, &request.get_ref().pool)?;
+        let named = !request.get_ref().pool.is_empty();
+        let sessions = self
+            .app
+            .sessions()
+            .list(named.then(|| request.get_ref().pool.as_str()))
+            .iter()
+            .filter(|session| pools.contains(&session.pool))
+            .map(session_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListSessionsResponse { sessions }))
+    }
+
+    async fn kill_session(
+        &self,
+        request: Request<proto::KillSessionRequest>,
+    ) -> Result<Response<proto::KillSessionResponse>, Status> {
+        let id = request.get_ref().session_id;
+        let audit = Audit::of(&request, "KillSession", &id.to_string());
+        audit.record(
+            async move {
+                let sessions = self.app.sessions();
+                let Some(session) = sessions.get(id) else {
+                    return Err(session_not_found(id));
+                };
+                // A session of a pool outside the caller's scope is, to
+                // that caller, no session at all.
+                if !identity(&request)?.pools.contains(&session.pool) {
+                    return Err(session_not_found(id));
+                }
+                authorize(&request, Right::Operate, &session.pool)?;
+                let killed = sessions.kill(id).ok_or_else(|| session_not_found(id))?;
+                Ok(Response::new(proto::KillSessionResponse {
+                    session: Some(session_to_proto(&killed)),
+                }))
             }
             .await,
         )

@@ -62,6 +62,16 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ),
     (
         "poolplane.v1.PoolAdmin",
+        "ListSessions",
+        Access::Needs(Right::Read),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "KillSession",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
         "CreatePool",
         Access::Needs(Right::Operate),
     ),

@@ -12,8 +12,8 @@ use crate::monitor::{Alert, AlertRule, AlertState, MetricsSample, Severity};
 use crate::pool::{PoolInfo, PoolState, StatsSnapshot, TransactionStatus};
 use crate::proto::{self, event::Detail, value::Kind};
 use crate::query::{
-    Column, Instant, Interval, Isolation, QueryResult, SessionOptions, SessionOutput, SqlValue,
-    StreamPart,
+    Column, Instant, Interval, Isolation, QueryResult, SessionInfo, SessionOptions, SessionOutput,
+    SqlValue, StreamPart,
 };
 
 pub(crate) fn values_from_proto(
@@ -222,6 +222,25 @@ pub(crate) fn session_options_from_proto(
     })
 }
 
+pub(crate) fn session_to_proto(session: &SessionInfo) -> proto::SessionInfo {
+    proto::SessionInfo {
+        session_id: session.id,
+        pool: session.pool.clone(),
+        caller: session.caller.clone(),
+        peer: session.peer.clone(),
+        state: if session.running {
+            proto::SessionState::Active
+        } else {
+            proto::SessionState::Idle
+        } as i32,
+        transaction: transaction_status_to_proto(session.transaction) as i32,
+        opened_at: Some(timestamp(session.opened_at)),
+        age_ms: millis(session.age),
+        idle_ms: millis(session.idle_for),
+        last_statement: session.last_statement.clone(),
+    }
+}
+
 pub(crate) fn transaction_status_to_proto(status: TransactionStatus) -> proto::TransactionStatus {
     match status {
         TransactionStatus::Idle => proto::TransactionStatus::Idle,
@@ -347,6 +366,7 @@ pub(crate) fn event_kind_from_proto(kind: i32) -> Result<Option<EventKind>, Stat
         proto::EventKind::AlertAcknowledged => Some(EventKind::AlertAcknowledged),
         proto::EventKind::AlertResolved => Some(EventKind::AlertResolved),
         proto::EventKind::MetricsSnapshot => Some(EventKind::MetricsSnapshot),
+        proto::EventKind::SessionLeak => Some(EventKind::SessionLeak),
         proto::EventKind::Snapshot | proto::EventKind::SnapshotEnd | proto::EventKind::Lagged => {
             None
         }
@@ -409,6 +429,10 @@ pub(crate) fn event_to_proto(event: &Event) -> proto::Event {
         EventDetail::MetricsSnapshot(sample) => (
             proto::EventKind::MetricsSnapshot,
             Some(Detail::Metrics(sample_to_proto(sample))),
+        ),
+        EventDetail::SessionLeak(session) => (
+            proto::EventKind::SessionLeak,
+            Some(Detail::SessionLeak(session_to_proto(session))),
         ),
     };
     proto::Event {
@@ -565,6 +589,7 @@ fn rule_to_proto(rule: AlertRule) -> proto::AlertRule {
         AlertRule::PoolUnhealthy => proto::AlertRule::PoolUnhealthy,
         AlertRule::SlowAcquire => proto::AlertRule::SlowAcquire,
         AlertRule::PoolExhausted => proto::AlertRule::PoolExhausted,
+        AlertRule::SessionLeak => proto::AlertRule::SessionLeak,
     }
 }
 

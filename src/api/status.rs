@@ -159,6 +159,15 @@ pub(crate) fn query_status(err: QueryError) -> Status {
     }
 }
 
+/// KillSession of a session that is not (or no longer) live.
+pub(crate) fn session_not_found(id: u64) -> Status {
+    with(
+        Code::NotFound,
+        format!("no live session {id}"),
+        &[("poolplane-session", id.to_string())],
+    )
+}
+
 /// A session statement's error: the code Execute would end with, and
 /// PostgreSQL's report in full (the session goes on, so nothing needs to
 /// fit in response headers).

@@ -232,6 +232,8 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "ListAlerts",
             "AcknowledgeAlert",
             "ClearAlert",
+            "ListSessions",
+            "KillSession",
         ],
     ),
     (

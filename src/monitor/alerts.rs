@@ -18,6 +18,9 @@ pub enum AlertRule {
     PoolUnhealthy,
     SlowAcquire,
     PoolExhausted,
+    /// A session held its connection past `leak_detection_threshold_ms`:
+    /// raised and resolved by the session table, not by samples.
+    SessionLeak,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,7 +51,9 @@ impl AlertRule {
 
     pub fn severity(self) -> Severity {
         match self {
-            AlertRule::HighUtilization | AlertRule::SlowAcquire => Severity::Warning,
+            AlertRule::HighUtilization | AlertRule::SlowAcquire | AlertRule::SessionLeak => {
+                Severity::Warning
+            }
             AlertRule::HighErrorRate | AlertRule::PoolExhausted => Severity::Error,
             AlertRule::PoolUnhealthy => Severity::Critical,
         }
@@ -61,6 +66,7 @@ impl AlertRule {
             AlertRule::PoolUnhealthy => "pool_unhealthy",
             AlertRule::SlowAcquire => "slow_acquire",
             AlertRule::PoolExhausted => "pool_exhausted",
+            AlertRule::SessionLeak => "session_leak",
         }
     }
 
@@ -92,6 +98,8 @@ impl AlertRule {
                 sample.acquire_timeouts as f64,
                 0.0,
             ),
+            // Not a property of a sample (and not in `ALL`).
+            AlertRule::SessionLeak => (false, 0.0, 0.0),
         }
     }
 
@@ -115,6 +123,9 @@ impl AlertRule {
             ),
             AlertRule::PoolExhausted => format!(
                 "pool `{pool}` is exhausted: {value} acquisition(s) timed out"
+            ),
+            AlertRule::SessionLeak => format!(
+                "a session of pool `{pool}` has held its connection for {value:.0} s (threshold {threshold:.0} s)"
             ),
         }
     }
@@ -265,6 +276,43 @@ impl AlertBook {
             }
         }
         changes
+    }
+
+    /// Fires an alert that no sample decides (a session leak); it stays
+    /// active until [`AlertBook::resolve`] or a clear.
+    pub fn raise(
+        &mut self,
+        pool: &str,
+        rule: AlertRule,
+        message: String,
+        value: f64,
+        threshold: f64,
+        now: SystemTime,
+    ) -> AlertChange {
+        let id = self.next_id;
+        self.next_id += 1;
+        let alert = Alert {
+            id,
+            pool: pool.to_string(),
+            rule,
+            severity: rule.severity(),
+            state: AlertState::Firing,
+            message,
+            value,
+            threshold,
+            fired_at: now,
+            acknowledged_at: None,
+            acknowledged_by: String::new(),
+            ended_at: None,
+        };
+        self.active.insert(id, alert.clone());
+        AlertChange::Triggered(alert)
+    }
+
+    /// Resolves a raised alert whose condition ended; `None` if it already ended.
+    pub fn resolve(&mut self, id: u64, now: SystemTime) -> Option<AlertChange> {
+        self.end(id, AlertState::Resolved, now)
+            .map(AlertChange::Ended)
     }
 
     pub fn acknowledge(

@@ -8,7 +8,7 @@ mod history;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use alerts::{
     Alert, AlertBook, AlertChange, AlertError, AlertFilter, AlertPolicy, AlertRule, AlertState,
@@ -19,6 +19,7 @@ pub use history::{sample, History, MetricsSample, SampleInput};
 use crate::config::{AlertThresholds, MonitoringConfig};
 use crate::health::HealthState;
 use crate::pool::StatsSnapshot;
+use crate::query::SessionInfo;
 
 /// What the collector reads from one pool.
 pub struct PoolObservation {
@@ -37,6 +38,8 @@ pub struct Monitoring {
 struct State {
     pools: HashMap<String, Tracked>,
     alerts: AlertBook,
+    /// Session id → its active session_leak alert.
+    leaks: HashMap<u64, u64>,
 }
 
 struct Tracked {
@@ -55,6 +58,7 @@ impl Monitoring {
                     resolve_after: config.resolve_after_samples,
                     history: config.alert_history as usize,
                 }),
+                leaks: HashMap::new(),
             }),
         }
     }
@@ -103,6 +107,49 @@ impl Monitoring {
             samples.push(sample);
         }
         (samples, changes)
+    }
+
+    /// A session held its connection past its pool's leak threshold: a
+    /// session_leak alert (when alerts are on).
+    pub fn session_leaked(
+        &self,
+        session: &SessionInfo,
+        threshold: Duration,
+        now: SystemTime,
+    ) -> Option<AlertChange> {
+        if !self.config.enable_alerts {
+            return None;
+        }
+        let message = format!(
+            "session {} of pool `{}` (caller `{}`, peer {}) has held its connection for {} s (leak_detection_threshold_ms {}); last statement: {}",
+            session.id,
+            session.pool,
+            session.caller,
+            if session.peer.is_empty() { "unknown" } else { &session.peer },
+            session.age.as_secs(),
+            threshold.as_millis(),
+            if session.last_statement.is_empty() { "none" } else { &session.last_statement },
+        );
+        let mut state = self.lock();
+        let change = state.alerts.raise(
+            &session.pool,
+            AlertRule::SessionLeak,
+            message,
+            session.age.as_secs_f64(),
+            threshold.as_secs_f64(),
+            now,
+        );
+        if let AlertChange::Triggered(alert) = &change {
+            state.leaks.insert(session.id, alert.id);
+        }
+        Some(change)
+    }
+
+    /// A session reported as a leak ended: its alert resolves.
+    pub fn session_ended(&self, session: u64, now: SystemTime) -> Option<AlertChange> {
+        let mut state = self.lock();
+        let alert = state.leaks.remove(&session)?;
+        state.alerts.resolve(alert, now)
     }
 
     /// Forgets a removed pool; its active alerts end.

