@@ -62,7 +62,8 @@ struct Method {
     name: String,
     server_streaming: bool,
     client_streaming: bool,
-    /// The number of the request's `pool` or `name` string field, if any.
+    /// The number of the request's `pool` or `name` string field, if any
+    /// (Session's is in its first request).
     pool_field: Option<i32>,
 }
 
@@ -94,7 +95,8 @@ fn methods() -> Vec<Method> {
                         matches!(f.name(), "pool" | "name")
                             && f.r#type() == prost_types::field_descriptor_proto::Type::String
                     })
-                    .map(|f| f.number());
+                    .map(|f| f.number())
+                    .or((method.name() == "Session").then_some(0));
                 methods.push(Method {
                     service: format!("{}.{}", file.package(), service.name()),
                     name: method.name().to_string(),
@@ -139,7 +141,24 @@ async fn refusal(
             format!("Bearer {token}").parse().expect("header"),
         );
     }
-    let code = if method.server_streaming {
+    let code = if method.client_streaming {
+        // Only Session streams requests: its pool is in the first, `open`.
+        assert_eq!(method.name, "Session", "a new client-streaming method: test it");
+        let open = poolplane::proto::SessionRequest {
+            request: Some(poolplane::proto::session_request::Request::Open(
+                poolplane::proto::SessionOpen {
+                    pool: pool.into(),
+                    ..Default::default()
+                },
+            )),
+        };
+        let mut streaming = tonic::Request::new(futures::stream::iter(vec![open.encode_to_vec()]));
+        *streaming.metadata_mut() = request.metadata().clone();
+        grpc.streaming(streaming, path, RawCodec)
+            .await
+            .err()
+            .map(|status| status.code())
+    } else if method.server_streaming {
         grpc.server_streaming(request, path, RawCodec)
             .await
             .err()
@@ -263,10 +282,6 @@ async fn every_method_refuses_exactly_who_it_must() {
         let Access::Needs(right) = needed else {
             panic!("{path} is open to anyone");
         };
-        assert!(
-            !method.client_streaming,
-            "{path}: no client-streaming call is tested"
-        );
 
         // Destructive calls go to the pool out of everyone's scope but the
         // admin's, so the rest of the matrix keeps its pools.
