@@ -17,7 +17,10 @@ use crate::health::{HealthReport, Monitor, ProbeSlots};
 use crate::monitor::{
     Alert, AlertChange, AlertError, AlertFilter, MetricsSample, Monitoring, PoolObservation,
 };
-use crate::pool::{DrainReport, LimitsUpdate, ManagedPool, PoolError, PoolInfo, Registry};
+use crate::pool::{
+    DrainReport, LimitsUpdate, ManagedPool, PauseOptions, PauseReport, PoolError, PoolInfo,
+    Registry,
+};
 use crate::query::Sessions;
 
 pub struct App {
@@ -143,6 +146,43 @@ impl App {
         let info = self.registry.update(name, update).await?;
         self.events.publish(name, EventDetail::PoolUpdated);
         Ok(info)
+    }
+
+    /// Pauses a pool (`ManagedPool::pause`). Runs in a task of its own:
+    /// once the pause holds, its timeout and cancellations follow through
+    /// even if the caller goes away.
+    pub async fn pause_pool(
+        &self,
+        name: &str,
+        options: PauseOptions,
+    ) -> Result<(PauseReport, PoolInfo), PoolError> {
+        let pool = self.registry.get(name)?;
+        tracing::info!(pool = %name, ?options, "pausing pool");
+        let pausing = Arc::clone(&pool);
+        let report = tokio::spawn(async move { pausing.pause(options).await })
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(pool = %name, %error, "the pause task failed");
+                Err(PoolError::Draining(name.to_string()))
+            })?;
+        self.events.publish(name, EventDetail::PoolUpdated);
+        Ok((report, pool.info()))
+    }
+
+    pub fn resume_pool(&self, name: &str) -> Result<PoolInfo, PoolError> {
+        let pool = self.registry.get(name)?;
+        pool.resume()?;
+        tracing::info!(pool = %name, "pool resumed");
+        self.events.publish(name, EventDetail::PoolUpdated);
+        Ok(pool.info())
+    }
+
+    pub fn reconnect_pool(&self, name: &str) -> Result<PoolInfo, PoolError> {
+        let pool = self.registry.get(name)?;
+        pool.reconnect()?;
+        tracing::info!(pool = %name, "replacing every connection of the pool");
+        self.events.publish(name, EventDetail::PoolUpdated);
+        Ok(pool.info())
     }
 
     /// Drains and removes a pool; its monitor stops first so no probe

@@ -17,8 +17,11 @@ use crate::app::App;
 use crate::auth::Right;
 use crate::config::{pool_from_request, PoolRequest, Secret};
 use crate::monitor::{AlertError, AlertFilter};
-use crate::pool::{LimitsUpdate, PoolInfo};
+use crate::pool::{LimitsUpdate, PauseOptions, PoolInfo};
 use crate::proto::{self, pool_admin_server::PoolAdmin};
+
+/// Calls that may wait for a paused pool when PausePool names no limit.
+const DEFAULT_PAUSE_QUEUE_LIMIT: usize = 1000;
 
 pub(crate) struct AdminService {
     app: Arc<App>,
@@ -390,6 +393,78 @@ impl PoolAdmin for AdminService {
                     .clear_alert(request.into_inner().id)
                     .map_err(alert_status)?;
                 Ok(Response::new(alert_to_proto(&alert)))
+            }
+            .await,
+        )
+    }
+
+    async fn pause_pool(
+        &self,
+        request: Request<proto::PausePoolRequest>,
+    ) -> Result<Response<proto::PausePoolResponse>, Status> {
+        let audit = Audit::of(&request, "PausePool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let r = request.into_inner();
+                let options = PauseOptions {
+                    timeout: match r.timeout_ms {
+                        0 => self.app.server().drain_timeout,
+                        ms => Duration::from_millis(ms),
+                    },
+                    force: r.force,
+                    close_connections: r.drain_connections,
+                    queue_limit: match r.queue_limit {
+                        0 => DEFAULT_PAUSE_QUEUE_LIMIT,
+                        limit => limit as usize,
+                    },
+                };
+                let (report, info) = self
+                    .app
+                    .pause_pool(required_name(&r.name)?, options)
+                    .await
+                    .map_err(pool_status)?;
+                Ok(Response::new(proto::PausePoolResponse {
+                    cancelled: report.cancelled,
+                    connections_open: report.connections_open,
+                    pool: Some(self.pool_report(info)),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn resume_pool(
+        &self,
+        request: Request<proto::ResumePoolRequest>,
+    ) -> Result<Response<proto::Pool>, Status> {
+        let audit = Audit::of(&request, "ResumePool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let info = self
+                    .app
+                    .resume_pool(required_name(&request.get_ref().name)?)
+                    .map_err(pool_status)?;
+                Ok(Response::new(self.pool_report(info)))
+            }
+            .await,
+        )
+    }
+
+    async fn reconnect_pool(
+        &self,
+        request: Request<proto::ReconnectPoolRequest>,
+    ) -> Result<Response<proto::Pool>, Status> {
+        let audit = Audit::of(&request, "ReconnectPool", &request.get_ref().name);
+        audit.record(
+            async move {
+                authorize(&request, Right::Operate, &request.get_ref().name)?;
+                let info = self
+                    .app
+                    .reconnect_pool(required_name(&request.get_ref().name)?)
+                    .map_err(pool_status)?;
+                Ok(Response::new(self.pool_report(info)))
             }
             .await,
         )

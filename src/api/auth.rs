@@ -72,6 +72,21 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ),
     (
         "poolplane.v1.PoolAdmin",
+        "PausePool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ResumePool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
+        "ReconnectPool",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
         "CreatePool",
         Access::Needs(Right::Operate),
     ),

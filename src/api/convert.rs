@@ -319,6 +319,7 @@ pub(crate) fn pool_to_proto(info: PoolInfo, health: &HealthReport) -> proto::Poo
         last_error: info.last_error.unwrap_or_default(),
         created_at: Some(timestamp(info.created_at)),
         health: Some(health_to_proto(health, broken_connections)),
+        paused: info.paused,
     }
 }
 

@@ -39,6 +39,15 @@ pub(crate) fn pool_status(err: PoolError) -> Status {
             &[("poolplane-max-pools", max.to_string())],
         ),
         PoolError::TargetNotAllowed { .. } => Status::new(Code::PermissionDenied, message),
+        PoolError::Paused(pool) => with(Code::Unavailable, message, &[("poolplane-pool", pool)]),
+        PoolError::PauseQueueFull { pool, limit } => with(
+            Code::ResourceExhausted,
+            message,
+            &[
+                ("poolplane-pool", pool),
+                ("poolplane-queue-limit", limit.to_string()),
+            ],
+        ),
         PoolError::TooManySessions { pool, max } => with(
             Code::ResourceExhausted,
             message,

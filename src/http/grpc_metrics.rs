@@ -234,6 +234,9 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "ClearAlert",
             "ListSessions",
             "KillSession",
+            "PausePool",
+            "ResumePool",
+            "ReconnectPool",
         ],
     ),
     (

@@ -96,6 +96,9 @@ pub enum CancelReason {
     /// The caller stopped reading the result (a row or size limit, a value
     /// it cannot return): the rest must not keep the backend busy.
     ResultLimit,
+    /// The pool was paused and its in-flight work ran out of time (or the
+    /// pause was forced).
+    Pause,
 }
 
 /// Whether the caller's statement may take effect yet: a race between the
@@ -179,6 +182,7 @@ impl<C: Connector> LeaseControl<C> {
             Some(0) => Some(CancelReason::Deadline),
             Some(1) => Some(CancelReason::Drain),
             Some(2) => Some(CancelReason::ResultLimit),
+            Some(3) => Some(CancelReason::Pause),
             _ => None,
         }
     }
@@ -269,6 +273,20 @@ struct Table<C: Connector> {
     max: usize,
     serving: bool,
     peak: usize,
+    /// Set while paused: nothing is handed out, callers queue.
+    pause: Option<Pause>,
+    /// When the last pause ended: a queued caller's acquire timeout counts
+    /// from there.
+    resumed_at: Option<Instant>,
+}
+
+/// How a pool is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pause {
+    /// Most callers that may queue while paused.
+    pub(crate) queue_limit: usize,
+    /// Close connections as they become idle (for a database restart).
+    pub(crate) close_connections: bool,
 }
 
 /// The shared part of a pool core; slots and leases point back at it.
@@ -316,6 +334,8 @@ pub(crate) enum AcquireError<E> {
     Draining,
     /// Opening a connection failed.
     Connect(E),
+    /// The pool is paused and its queue is full.
+    QueueFull,
 }
 
 /// A connection lent out by the core; `core.rs`'s half of a lease.
@@ -343,6 +363,8 @@ impl<C: Connector> Core<C> {
                 next_id: 0,
                 max: max as usize,
                 serving: true,
+                pause: None,
+                resumed_at: None,
                 peak: 0,
             }),
             changed: Notify::new(),
@@ -414,11 +436,16 @@ impl<C: Connector> Core<C> {
         check_after: Duration,
         cancel_timeout: Duration,
     ) -> Result<Borrowed<C>, AcquireError<C::Error>> {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
         loop {
             let grant = match self.take_or_queue()? {
                 Step::Go(grant) => grant,
-                Step::Wait(waiter) => waiter.wait(deadline).await?,
+                Step::Wait(waiter) => {
+                    let (grant, extended) = waiter.wait(deadline, timeout).await?;
+                    // A pause moved it: the connect gets the rest.
+                    deadline = extended;
+                    grant
+                }
             };
             let (id, conn, fresh) = match grant {
                 Grant::Conn { id, conn } => {
@@ -460,10 +487,14 @@ impl<C: Connector> Core<C> {
         if !table.serving {
             return Err(AcquireError::Draining);
         }
-        if let Some(grant) = table.take_idle() {
+        if let Some(pause) = table.pause {
+            if table.waiters.len() >= pause.queue_limit {
+                return Err(AcquireError::QueueFull);
+            }
+        } else if let Some(grant) = table.take_idle() {
             return Ok(Step::Go(grant));
         }
-        if table.entries.len() < table.max && table.waiters.is_empty() {
+        if table.pause.is_none() && table.entries.len() < table.max && table.waiters.is_empty() {
             return Ok(Step::Go(self.reserve(&mut table)));
         }
         let id = table.next_id;
@@ -672,6 +703,7 @@ impl<C: Connector> Core<C> {
             let live = table.live();
             let max = table.max;
             let serving = table.serving;
+            let paused_closing = table.pause.is_some_and(|pause| pause.close_connections);
             let Some(entry) = table.entries.get_mut(&id) else {
                 // Its server side is already gone (the slot was released).
                 after.close.push(conn);
@@ -681,7 +713,7 @@ impl<C: Connector> Core<C> {
             };
             entry.lease = None;
             entry.running_statement = false;
-            let close = if !serving || live > max {
+            let close = if !serving || live > max || paused_closing {
                 Some(CloseReason::Retired)
             } else {
                 entry.retire
@@ -841,6 +873,67 @@ impl<C: Connector> Core<C> {
         }
     }
 
+    /// Pauses: from now on nothing is handed out and callers queue (at most
+    /// `pause.queue_limit` of them). With `close_connections`, idle
+    /// connections close now and busy ones when they return.
+    pub(crate) fn pause(&self, pause: Pause) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        {
+            let mut table = self.lock();
+            table.pause = Some(pause);
+            if pause.close_connections {
+                while let Some(id) = table.idle.pop_front() {
+                    after
+                        .close
+                        .extend(table.close_idle_entry(id, CloseReason::Retired));
+                }
+            }
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    /// Ends a pause: queued callers get what frees up, in arrival order.
+    pub(crate) fn resume(&self) {
+        let mut after: Aftermath<C> = Aftermath::default();
+        {
+            let mut table = self.lock();
+            if table.pause.take().is_none() {
+                return;
+            }
+            table.resumed_at = Some(Instant::now());
+            while !table.waiters.is_empty() {
+                let Some(Grant::Conn { id, conn }) = table.take_idle() else {
+                    break;
+                };
+                table.hand_over(id, conn, false, &mut after);
+            }
+            table.grant_free_slots(self, &mut after);
+        }
+        self.changed.notify_waiters();
+        after.run();
+    }
+
+    pub(crate) fn paused(&self) -> bool {
+        self.lock().pause.is_some()
+    }
+
+    pub(crate) fn pause_queue_limit(&self) -> usize {
+        self.lock().pause.map_or(0, |pause| pause.queue_limit)
+    }
+
+    /// For a queued caller whose acquire `timeout` ran out: a later
+    /// deadline if the pool is paused (`timeout` from now, checked again
+    /// then) or was resumed since (`timeout` from the resume).
+    fn paused_timeout(&self, timeout: Duration) -> Option<Instant> {
+        let table = self.lock();
+        match (table.pause, table.resumed_at) {
+            (Some(_), _) => Some(Instant::now() + timeout),
+            (None, Some(resumed)) => Some(resumed + timeout),
+            (None, None) => None,
+        }
+    }
+
     /// Stops serving: queued callers are refused, idle connections close,
     /// busy ones close when they return.
     pub(crate) fn stop_serving(&self) {
@@ -951,7 +1044,7 @@ impl<C: Connector> Core<C> {
     pub(crate) async fn warm_up(&self, min: u32, timeout: Duration) -> WarmUp {
         let slots: Vec<Grant<C>> = {
             let mut table = self.lock();
-            if !table.serving {
+            if !table.serving || table.pause.is_some() {
                 return WarmUp::default();
             }
             let target = (min as usize).min(table.max);
@@ -970,7 +1063,7 @@ impl<C: Connector> Core<C> {
                 }
                 Err(AcquireError::Connect(err)) => Err(err.to_string()),
                 Err(AcquireError::Timeout) => Err(format!("connect timed out after {timeout:?}")),
-                Err(AcquireError::Draining) => Ok(false),
+                Err(AcquireError::Draining | AcquireError::QueueFull) => Ok(false),
             }
         });
         let mut warmed = WarmUp::default();
@@ -1041,10 +1134,16 @@ impl<C: Connector> Table<C> {
         entry.conn.take()
     }
 
-    /// A clean connection goes to the first waiter still waiting, else idle.
+    /// A clean connection goes to the first waiter still waiting, else idle
+    /// (always idle while paused).
     fn hand_over(&mut self, id: u64, conn: C::Conn, used: bool, after: &mut Aftermath<C>) {
         let mut grant = Grant::Conn { id, conn };
-        while let Some((_, waiter)) = self.waiters.pop_front() {
+        while let Some((_, waiter)) = self
+            .pause
+            .is_none()
+            .then(|| self.waiters.pop_front())
+            .flatten()
+        {
             match waiter.send(grant) {
                 Ok(()) => {
                     if let Some(entry) = self.entries.get_mut(&id) {
@@ -1073,7 +1172,7 @@ impl<C: Connector> Table<C> {
 
     /// Free places under the maximum go to waiters, as slots to connect with.
     fn grant_free_slots(&mut self, core: &Core<C>, after: &mut Aftermath<C>) {
-        if !self.serving {
+        if !self.serving || self.pause.is_some() {
             return;
         }
         while self.entries.len() < self.max && !self.waiters.is_empty() {
@@ -1111,18 +1210,30 @@ struct Waiter<'a, C: Connector> {
 }
 
 impl<C: Connector> Waiter<'_, C> {
-    async fn wait(mut self, deadline: Instant) -> Result<Grant<C>, AcquireError<C::Error>> {
+    async fn wait(
+        mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Grant<C>, Instant), AcquireError<C::Error>> {
         let Some(receiver) = self.receiver.as_mut() else {
             return Err(AcquireError::Draining);
         };
-        match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(grant)) => {
-                self.receiver = None;
-                Ok(grant)
+        let mut deadline = deadline;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut *receiver).await {
+                Ok(Ok(grant)) => {
+                    self.receiver = None;
+                    return Ok((grant, deadline));
+                }
+                // The sender was dropped: the pool stopped serving.
+                Ok(Err(_)) => return Err(AcquireError::Draining),
+                Err(_) => match self.core.paused_timeout(timeout) {
+                    // Paused (or resumed since): the timeout is about the
+                    // time the pool serves, not the pause.
+                    Some(later) if later > Instant::now() => deadline = later,
+                    _ => return Err(AcquireError::Timeout),
+                },
             }
-            // The sender was dropped: the pool stopped serving.
-            Ok(Err(_)) => Err(AcquireError::Draining),
-            Err(_) => Err(AcquireError::Timeout),
         }
     }
 }
@@ -1225,6 +1336,79 @@ mod tests {
         assert!(!handed.fresh);
         assert_eq!(core.counts().open(), 1, "no second connection was opened");
         give_back(&core, handed).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_queues_callers_past_their_timeout_and_the_resume_serves_them_in_order() {
+        let (core, _control, _) = core(1);
+        give_back(&core, borrow(&core).await).await;
+        core.pause(Pause {
+            queue_limit: 3,
+            close_connections: false,
+        });
+        let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = Vec::new();
+        for n in 0..3 {
+            let (core, served) = (Arc::clone(&core), served.clone());
+            waiters.push(tokio::spawn(async move {
+                let borrowed = borrow(&core).await;
+                let _ = served.send(n);
+                tokio::time::sleep(SECOND / 10).await;
+                give_back(&core, borrowed).await;
+            }));
+            settle().await;
+        }
+        assert_eq!(
+            core.lock().waiters.len(),
+            3,
+            "an idle connection is not handed out"
+        );
+        assert!(matches!(
+            core.acquire(SECOND, HOUR, SECOND).await,
+            Err(AcquireError::QueueFull)
+        ));
+        tokio::time::sleep(10 * SECOND).await;
+        assert_eq!(
+            core.lock().waiters.len(),
+            3,
+            "still waiting, ten timeouts later"
+        );
+        core.resume();
+        for waiter in waiters {
+            waiter.await.expect("served");
+        }
+        let order: Vec<i32> = std::iter::from_fn(|| order.try_recv().ok()).collect();
+        assert_eq!(order, [0, 1, 2]);
+        assert_eq!(
+            core.counts().open(),
+            1,
+            "served one after another on one connection"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_that_closes_connections_closes_idle_now_and_busy_on_return() {
+        let (core, _control, _) = core(2);
+        let busy = borrow(&core).await;
+        give_back(&core, borrow(&core).await).await;
+        assert_eq!(core.counts().open(), 2);
+        core.pause(Pause {
+            queue_limit: 10,
+            close_connections: true,
+        });
+        settle().await;
+        assert_eq!(core.counts().open(), 1, "the idle one closed");
+        give_back(&core, busy).await;
+        settle().await;
+        assert_eq!(core.counts().open(), 0, "the busy one closed on return");
+        assert_eq!(
+            core.warm_up(2, SECOND).await,
+            WarmUp::default(),
+            "no warm-up while paused"
+        );
+        core.resume();
+        give_back(&core, borrow(&core).await).await;
+        assert_eq!(core.counts().open(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,12 @@ pub enum PoolError {
     /// Sessions already hold as many connections as they may.
     #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections); Execute calls still run")]
     TooManySessions { pool: String, max: u32 },
+    /// The pool was paused and the caller's statement cancelled.
+    #[error("pool `{0}` was paused (PausePool) and the statement was cancelled")]
+    Paused(String),
+    /// The pool is paused and as many callers wait as may.
+    #[error("pool `{pool}` is paused and {limit} callers already wait for it to resume")]
+    PauseQueueFull { pool: String, limit: u32 },
     #[error("invalid pool settings")]
     InvalidConfig(Vec<ConfigError>),
     /// The server holds as many pools as it may (`server.max_pools`).

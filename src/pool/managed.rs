@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::core::{AcquireError, CancelReason, ConnCounts, Core};
+use super::core::{AcquireError, CancelReason, ConnCounts, Core, Pause};
 use super::error::PoolError;
 use super::lease::Lease;
 use super::maintenance::{self, Tended};
@@ -32,6 +32,28 @@ pub enum PoolState {
     Serving,
     Draining,
     Closed,
+}
+
+/// How to pause a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PauseOptions {
+    /// How long work in flight may take to finish before it is cancelled.
+    pub timeout: Duration,
+    /// Cancel work in flight at once.
+    pub force: bool,
+    /// Close every server connection while paused.
+    pub close_connections: bool,
+    /// Most callers that may wait for the resume.
+    pub queue_limit: usize,
+}
+
+/// What a pause did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseReport {
+    /// Leases whose work was cancelled (out of time, or forced).
+    pub cancelled: u32,
+    /// Server connections open once the pause took hold.
+    pub connections_open: u64,
 }
 
 /// What a drain did.
@@ -60,6 +82,8 @@ pub struct PoolHistograms {
 pub struct PoolInfo {
     pub config: PoolConfig,
     pub state: PoolState,
+    /// Paused (`ManagedPool::pause`): acquisitions wait for the resume.
+    pub paused: bool,
     /// Server connections by state, read from the core in one pass.
     pub connections: ConnCounts,
     pub stats: StatsSnapshot,
@@ -312,6 +336,7 @@ impl ManagedPool {
         PoolInfo {
             config: self.config(),
             state: self.state(),
+            paused: self.core.paused(),
             connections,
             stats: self.stats.snapshot(connections),
             last_error: self.last_error(),
@@ -375,7 +400,9 @@ impl ManagedPool {
             attempt.finish(AcquireOutcome::Rejected);
             return Err(PoolError::Draining(self.name()));
         }
-        if let Some(last_error) = self.fail_fast_reason() {
+        // While paused callers wait, whatever the database's state (a
+        // pause is how a database restart is ridden out).
+        if let Some(last_error) = self.fail_fast_reason().filter(|_| !self.core.paused()) {
             attempt.finish(AcquireOutcome::Error);
             return Err(PoolError::Unavailable {
                 pool: self.name(),
@@ -441,6 +468,13 @@ impl ManagedPool {
                 ),
             },
             AcquireError::Draining => (AcquireOutcome::Rejected, PoolError::Draining(self.name())),
+            AcquireError::QueueFull => (
+                AcquireOutcome::Rejected,
+                PoolError::PauseQueueFull {
+                    pool: self.name(),
+                    limit: u32::try_from(self.core.pause_queue_limit()).unwrap_or(u32::MAX),
+                },
+            ),
             AcquireError::Connect(err) => {
                 let error = err.to_string();
                 self.connect_failed(&error);
@@ -527,6 +561,65 @@ impl ManagedPool {
             cancelled,
             connections_closed: closed_after.saturating_sub(closed_before),
         }
+    }
+
+    /// Pauses the pool (PgBouncer's PAUSE): new acquisitions queue (at
+    /// most `options.queue_limit`) and wait for [`ManagedPool::resume`] or
+    /// their caller's deadline; work in flight may finish until
+    /// `options.timeout` (at once with `force`), then what still runs is
+    /// cancelled. With `close_connections`, every server connection is
+    /// closed while paused. Returns once nothing runs (and, with
+    /// `close_connections`, nothing is open).
+    pub async fn pause(&self, options: PauseOptions) -> Result<PauseReport, PoolError> {
+        {
+            let _guard = self.reconfigure.lock().await;
+            if self.state() != PoolState::Serving {
+                return Err(PoolError::Draining(self.name()));
+            }
+            self.core.pause(Pause {
+                queue_limit: options.queue_limit,
+                close_connections: options.close_connections,
+            });
+        }
+        let finished = !options.force && self.core.wait_no_leases(options.timeout).await;
+        let mut cancelled = 0;
+        if !finished {
+            cancelled = self.core.cancel_leases(CancelReason::Pause).await;
+            self.core.wait_no_leases(CLOSE_GRACE).await;
+        }
+        if options.close_connections {
+            self.core.wait_open_at_most(0, CLOSE_GRACE).await;
+        }
+        Ok(PauseReport {
+            cancelled,
+            connections_open: self.core.counts().open(),
+        })
+    }
+
+    /// Ends a pause: queued callers are served in arrival order.
+    pub fn resume(self: &Arc<Self>) -> Result<(), PoolError> {
+        if self.state() != PoolState::Serving {
+            return Err(PoolError::Draining(self.name()));
+        }
+        self.core.resume();
+        self.spawn_warm_up();
+        Ok(())
+    }
+
+    pub fn paused(&self) -> bool {
+        self.core.paused()
+    }
+
+    /// Replaces every server connection gracefully: idle ones close now,
+    /// busy ones when their work ends; new ones open as needed (and up to
+    /// `min_connections` at once). No caller sees an error.
+    pub fn reconnect(self: &Arc<Self>) -> Result<(), PoolError> {
+        if self.state() != PoolState::Serving {
+            return Err(PoolError::Draining(self.name()));
+        }
+        self.core.retire_all(CloseReason::Retired);
+        self.spawn_warm_up();
+        Ok(())
     }
 
     fn spawn_warm_up(self: &Arc<Self>) {

@@ -24,7 +24,8 @@ pub use crate::postgres::TransactionStatus;
 pub use error::PoolError;
 pub use lease::{Lease, LeaseCanceller};
 pub use managed::{
-    DrainReport, LimitsUpdate, ManagedPool, PoolHistograms, PoolInfo, PoolState, SessionPermit,
+    DrainReport, LimitsUpdate, ManagedPool, PauseOptions, PauseReport, PoolHistograms, PoolInfo,
+    PoolState, SessionPermit,
 };
 pub use pg::{PgConn, PgConnector};
 pub use registry::Registry;

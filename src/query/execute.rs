@@ -637,6 +637,12 @@ pub(super) fn classify(lease: &Lease, error: QueryError) -> QueryError {
         (QueryError::DeadlineExceeded { .. }, Some(CancelReason::Drain)) => {
             QueryError::Pool(PoolError::Draining(lease.pool_name().to_string()))
         }
+        (QueryError::Sql(sql), Some(CancelReason::Pause)) if sql.sqlstate == QUERY_CANCELED => {
+            QueryError::Pool(PoolError::Paused(lease.pool_name().to_string()))
+        }
+        (QueryError::DeadlineExceeded { .. }, Some(CancelReason::Pause)) => {
+            QueryError::Pool(PoolError::Paused(lease.pool_name().to_string()))
+        }
         (QueryError::ConnectionLost { error, .. }, _) => {
             lease.discard();
             QueryError::ConnectionLost {

@@ -334,9 +334,14 @@ impl Running {
         })
     }
 
-    /// The pool cancelled this session's lease (a drain out of time, or forced).
+    /// The pool cancelled this session's lease (a drain or a pause, out
+    /// of time or forced).
     fn stopped_by_pool(&self) -> Ending {
-        Ending::Error(PoolError::Draining(self.pool.name()).into())
+        let error = match self.lease.cancel_reason() {
+            Some(CancelReason::Pause) => PoolError::Paused(self.pool.name()),
+            _ => PoolError::Draining(self.pool.name()),
+        };
+        Ending::Error(error.into())
     }
 
     /// Runs one statement, unless the session must end meanwhile: then the

@@ -143,7 +143,10 @@ async fn refusal(
     }
     let code = if method.client_streaming {
         // Only Session streams requests: its pool is in the first, `open`.
-        assert_eq!(method.name, "Session", "a new client-streaming method: test it");
+        assert_eq!(
+            method.name, "Session",
+            "a new client-streaming method: test it"
+        );
         let open = poolplane::proto::SessionRequest {
             request: Some(poolplane::proto::session_request::Request::Open(
                 poolplane::proto::SessionOpen {

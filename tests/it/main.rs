@@ -23,6 +23,7 @@ mod maintenance;
 mod memory_bounds;
 mod metrics;
 mod oversized_messages;
+mod pause;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;
