@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Weak;
 use std::time::SystemTime;
 
-use crate::config::{Config, HealthConfig, PoolConfig, ServerConfig};
+use crate::config::{Config, HealthConfig, PoolConfig, ServerConfig, TargetRequest};
 use crate::events::{EventBus, EventDetail};
 use crate::health::{HealthReport, Monitor, ProbeSlots};
 use crate::monitor::{
@@ -138,11 +138,31 @@ impl App {
         Ok(pool)
     }
 
+    /// Applies an UpdatePool: a new target first (checked against
+    /// `server.allowed_targets`, as for a created pool: a caller must not
+    /// send the pool's password to a host of its choosing), then limits.
     pub async fn update_pool(
         &self,
         name: &str,
         update: LimitsUpdate,
+        target: TargetRequest,
     ) -> Result<PoolInfo, PoolError> {
+        if !target.is_empty() {
+            let pool = self.registry.get(name)?;
+            let config = crate::config::retarget(&pool.config(), target, self.registry.defaults())
+                .map_err(PoolError::InvalidConfig)?;
+            if !self
+                .server
+                .allowed_targets
+                .permits(&config.host, config.port)
+            {
+                return Err(PoolError::TargetNotAllowed {
+                    target: format!("{}:{}", config.host, config.port),
+                });
+            }
+            tracing::info!(pool = %name, host = %config.host, port = config.port, database = %config.database, "moving pool to a new target");
+            pool.retarget(config).await?;
+        }
         let info = self.registry.update(name, update).await?;
         self.events.publish(name, EventDetail::PoolUpdated);
         Ok(info)

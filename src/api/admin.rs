@@ -15,7 +15,7 @@ use super::status::{
 };
 use crate::app::App;
 use crate::auth::Right;
-use crate::config::{pool_from_request, PoolRequest, Secret};
+use crate::config::{pool_from_request, PoolRequest, Secret, TargetRequest};
 use crate::monitor::{AlertError, AlertFilter};
 use crate::pool::{LimitsUpdate, PauseOptions, PoolInfo};
 use crate::proto::{self, pool_admin_server::PoolAdmin};
@@ -221,9 +221,16 @@ impl PoolAdmin for AdminService {
                         .acquire_wait_alert_threshold_ms
                         .map(Duration::from_millis),
                 };
+                let target = TargetRequest {
+                    host: r.host,
+                    port: r.port,
+                    database: r.database,
+                    user: r.user,
+                    credential: r.credential,
+                };
                 let info = self
                     .app
-                    .update_pool(required_name(&r.name)?, update)
+                    .update_pool(required_name(&r.name)?, update, target)
                     .await
                     .map_err(pool_status)?;
                 Ok(Response::new(self.pool_report(info)))

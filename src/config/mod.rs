@@ -30,7 +30,7 @@ pub(crate) fn read_token_file(path: &str) -> std::io::Result<Secret> {
 }
 pub use tls::{ServerIdentity, ServerTls, TlsFiles, TlsMaterial};
 pub(crate) use validate::{check_limits, check_thresholds};
-pub use validate::{pool_from_request, PoolRequest};
+pub use validate::{pool_from_request, retarget, PoolRequest, TargetRequest};
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]

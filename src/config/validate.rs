@@ -166,6 +166,80 @@ pub fn pool_from_request(
     }
 }
 
+/// Where UpdatePool moves a pool; `None` keeps the current value.
+#[derive(Debug, Default, Clone)]
+pub struct TargetRequest {
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// A name from `connection_pool.credentials`: its user and password.
+    pub credential: Option<String>,
+}
+
+impl TargetRequest {
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none()
+            && self.port.is_none()
+            && self.database.is_none()
+            && self.user.is_none()
+            && self.credential.is_none()
+    }
+}
+
+/// `current` moved to a new target, checked with the file's rules. A
+/// credential replaces user and password; a user alone keeps the password.
+pub fn retarget(
+    current: &PoolConfig,
+    request: TargetRequest,
+    defaults: &PoolDefaults,
+) -> Result<PoolConfig, Vec<ConfigError>> {
+    let mut checker = Checker {
+        index: LineIndex::default(),
+        errors: Vec::new(),
+        tls_failed: false,
+    };
+    let raw = RawPool {
+        user: request.user,
+        credential: request.credential,
+        ..RawPool::default()
+    };
+    let login = checker.login(
+        "",
+        &raw,
+        Login {
+            user: current.user.clone(),
+            source: current.password_source.clone(),
+            password: current.password.clone(),
+        },
+        &defaults.credentials,
+    );
+    let mut pool = current.clone();
+    pool.host = checker.host("", request.host.as_deref(), &current.host);
+    pool.port = checker.port("", request.port.map(i64::from), current.port);
+    if let Some(database) = request.database {
+        if database.is_empty() {
+            checker.error("database", "must not be empty".into());
+        }
+        pool.database = database;
+    }
+    pool.user = login.user;
+    pool.password = login.password;
+    pool.password_source = login.source;
+    for (field, value) in [
+        ("host", &pool.host),
+        ("database", &pool.database),
+        ("user", &pool.user),
+    ] {
+        checker.printable("", field, value);
+    }
+    if checker.errors.is_empty() {
+        Ok(pool)
+    } else {
+        Err(checker.errors)
+    }
+}
+
 /// Checks limits changed by UpdatePool with the same rules as the file.
 pub(crate) fn check_limits(limits: &PoolLimits) -> Result<(), Vec<ConfigError>> {
     let mut checker = Checker {

@@ -610,6 +610,30 @@ impl ManagedPool {
         self.core.paused()
     }
 
+    /// Moves the pool to another server (a failover) or login: connections
+    /// opened from now on go to `config`'s target; idle ones close now,
+    /// busy ones when their work ends. Calls keep being served meanwhile.
+    /// The breaker opens for the new target only if its own checks fail.
+    pub async fn retarget(self: &Arc<Self>, config: PoolConfig) -> Result<(), PoolError> {
+        let _guard = self.reconfigure.lock().await;
+        if self.state() != PoolState::Serving {
+            return Err(PoolError::Draining(self.name()));
+        }
+        self.core.set_connector(PgConnector::new(&config));
+        match self.config.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        self.config_version.fetch_add(1, Ordering::AcqRel);
+        self.core.retire_all(CloseReason::Retired);
+        // What the old server did says nothing about the new one.
+        self.set_fail_fast(None);
+        self.record_error(None);
+        self.trouble.notify_one();
+        self.spawn_warm_up();
+        Ok(())
+    }
+
     /// Replaces every server connection gracefully: idle ones close now,
     /// busy ones when their work ends; new ones open as needed (and up to
     /// `min_connections` at once). No caller sees an error.

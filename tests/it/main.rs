@@ -13,6 +13,7 @@ mod config_validation;
 mod created_pools;
 mod db_auth;
 mod deadline;
+mod failover;
 mod drain;
 mod grpc_discovery;
 mod grpc_tls;
