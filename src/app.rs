@@ -5,6 +5,7 @@
 //! Invariant: no gRPC types; `api/` translates to and from these calls.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use std::sync::Weak;
 use std::time::SystemTime;
 
 use crate::config::{Config, HealthConfig, PoolConfig, ServerConfig, TargetRequest};
-use crate::events::{EventBus, EventDetail};
+use crate::events::{EventBus, EventDetail, ReloadReport};
 use crate::health::{HealthReport, Monitor, ProbeSlots};
 use crate::monitor::{
     Alert, AlertChange, AlertError, AlertFilter, MetricsSample, Monitoring, PoolObservation,
@@ -34,6 +35,25 @@ pub struct App {
     server: ServerConfig,
     collector: Mutex<Option<tokio::task::JoinHandle<()>>>,
     sessions: Arc<Sessions>,
+    /// The configuration file's last applied content, and where it is.
+    file: Mutex<LoadedFile>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+struct LoadedFile {
+    config: Config,
+    path: Option<PathBuf>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the server was not started from a configuration file")]
+    NoFile,
+    /// Every error the file (or its pools against the running ones) has.
+    #[error("the configuration was not applied: {}", .0.join("; "))]
+    Invalid(Vec<String>),
 }
 
 impl App {
@@ -58,6 +78,11 @@ impl App {
             server: config.server.clone(),
             collector: Mutex::new(None),
             sessions: Sessions::new(),
+            file: Mutex::new(LoadedFile {
+                config: config.clone(),
+                path: None,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(watch_sessions(Arc::downgrade(&app)));
         if config.monitoring.enabled {
@@ -88,6 +113,132 @@ impl App {
 
     pub fn server(&self) -> &ServerConfig {
         &self.server
+    }
+
+    /// Where [`App::reload_config`] reads the configuration again.
+    pub fn set_config_file(&self, path: PathBuf) {
+        self.lock_file().path = Some(path);
+    }
+
+    fn lock_file(&self) -> std::sync::MutexGuard<'_, LoadedFile> {
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the configuration file again and applies the difference with
+    /// the last one applied: new pools start, removed ones drain, changed
+    /// limits apply live, changed targets reconnect, untouched pools keep
+    /// their connections. Pools created over the API are left alone. A
+    /// file with any error changes nothing, and every error is reported
+    /// (the answer, a log line each, a CONFIG_RELOAD_FAILED event).
+    pub async fn reload_config(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let path = self.lock_file().path.clone().ok_or(ReloadError::NoFile)?;
+        let loaded = Config::load(&path).map_err(|errors| {
+            errors
+                .errors
+                .iter()
+                .map(|error| format!("{}: {error}", errors.source_name))
+                .collect::<Vec<_>>()
+        });
+        let result = match loaded {
+            Ok(config) => self.apply_file(config).await,
+            Err(errors) => Err(errors),
+        };
+        match result {
+            Ok(report) => {
+                tracing::info!(?report, "configuration reloaded");
+                self.events
+                    .publish("", EventDetail::ConfigReloaded(report.clone()));
+                Ok(report)
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(%error, "configuration reload refused; nothing changed");
+                }
+                self.events.publish(
+                    "",
+                    EventDetail::ConfigReloadFailed {
+                        errors: errors.clone(),
+                    },
+                );
+                Err(ReloadError::Invalid(errors))
+            }
+        }
+    }
+
+    /// Applies a valid file (see [`App::reload_config`]); errors only if
+    /// the file conflicts with the running server, before any change.
+    async fn apply_file(self: &Arc<Self>, new: Config) -> Result<ReloadReport, Vec<String>> {
+        let old = self.lock_file().config.clone();
+        let wanted: Vec<PoolConfig> = if new.enabled {
+            new.pools.clone()
+        } else {
+            Vec::new()
+        };
+        let from_file = |name: &str| old.enabled && old.pools.iter().any(|pool| pool.name == name);
+        let conflicts: Vec<String> = wanted
+            .iter()
+            .filter(|pool| self.registry.get(&pool.name).is_ok() && !from_file(&pool.name))
+            .map(|pool| format!("pool `{}` exists and was created over the API: delete it first, or name the file's pool otherwise", pool.name))
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(conflicts);
+        }
+        let mut report = ReloadReport::default();
+        for (section, differs) in [
+            ("server", old.server != new.server),
+            ("health_monitoring", old.health != new.health),
+            ("monitoring", old.monitoring != new.monitoring),
+        ] {
+            if differs {
+                report.restart_needed.push(section.to_string());
+            }
+        }
+        self.registry.set_defaults(new.defaults.clone());
+        for pool in &wanted {
+            let name = pool.name.clone();
+            let before = old
+                .pools
+                .iter()
+                .find(|old| old.name == name && from_file(&name));
+            match (self.registry.get(&name), before) {
+                (Err(_), _) => match self.create_pool(pool.clone(), false) {
+                    Ok(_) => report.created.push(name),
+                    Err(error) => report.failed.push(format!("{name}: {error}")),
+                },
+                (Ok(_), Some(before)) if before == pool => report.unchanged.push(name),
+                (Ok(running), _) => match running.reconfigure(pool.clone()).await {
+                    Ok(true) => {
+                        self.events.publish(&name, EventDetail::PoolUpdated);
+                        report.reconnected.push(name);
+                    }
+                    Ok(false) => {
+                        self.events.publish(&name, EventDetail::PoolUpdated);
+                        report.changed.push(name);
+                    }
+                    Err(error) => report.failed.push(format!("{name}: {error}")),
+                },
+            }
+        }
+        let drain_timeout = self.server.drain_timeout;
+        for pool in old.pools.iter().filter(|_| old.enabled) {
+            if wanted.iter().any(|kept| kept.name == pool.name)
+                || self.registry.get(&pool.name).is_err()
+            {
+                continue;
+            }
+            report.removed.push(pool.name.clone());
+            let (app, name) = (Arc::clone(self), pool.name.clone());
+            tokio::spawn(async move {
+                if let Err(error) = app.delete_pool(&name, drain_timeout, false).await {
+                    tracing::warn!(pool = %name, %error, "removing a pool the file no longer has");
+                }
+            });
+        }
+        self.lock_file().config = new;
+        Ok(report)
     }
 
     /// The live sessions of every pool.
@@ -149,7 +300,7 @@ impl App {
     ) -> Result<PoolInfo, PoolError> {
         if !target.is_empty() {
             let pool = self.registry.get(name)?;
-            let config = crate::config::retarget(&pool.config(), target, self.registry.defaults())
+            let config = crate::config::retarget(&pool.config(), target, &self.registry.defaults())
                 .map_err(PoolError::InvalidConfig)?;
             if !self
                 .server

@@ -60,6 +60,30 @@ pub enum EventDetail {
     MetricsSnapshot(MetricsSample),
     /// A session has held its connection past the pool's leak threshold.
     SessionLeak(SessionInfo),
+    /// The configuration file was applied again (server-wide: no pool).
+    ConfigReloaded(ReloadReport),
+    /// A reload found errors and changed nothing (server-wide: no pool).
+    ConfigReloadFailed {
+        errors: Vec<String>,
+    },
+}
+
+/// What a configuration reload did, pool by pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub created: Vec<String>,
+    /// Draining: they disappear once their work is done.
+    pub removed: Vec<String>,
+    /// Settings changed live, connections kept.
+    pub changed: Vec<String>,
+    /// A new target or connection setting: connections being replaced.
+    pub reconnected: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Sections that differ from the running server's and apply only at a
+    /// restart.
+    pub restart_needed: Vec<String>,
+    /// Pools the file asks for that could not be started (e.g. server.max_pools).
+    pub failed: Vec<String>,
 }
 
 /// The kind of an event, for filtering.
@@ -77,6 +101,8 @@ pub enum EventKind {
     AlertResolved,
     MetricsSnapshot,
     SessionLeak,
+    ConfigReloaded,
+    ConfigReloadFailed,
 }
 
 impl EventKind {
@@ -103,6 +129,8 @@ impl EventDetail {
             EventDetail::AlertResolved(_) => EventKind::AlertResolved,
             EventDetail::MetricsSnapshot(_) => EventKind::MetricsSnapshot,
             EventDetail::SessionLeak(_) => EventKind::SessionLeak,
+            EventDetail::ConfigReloaded(_) => EventKind::ConfigReloaded,
+            EventDetail::ConfigReloadFailed { .. } => EventKind::ConfigReloadFailed,
         }
     }
 }

@@ -294,13 +294,33 @@ fn serve(
             .with_context(|| format!("binding the HTTP listener on {http_addr}"))?;
         tracing::info!(%grpc_addr, "gRPC listening");
         tracing::info!(%http_addr, "HTTP listening (/metrics)");
-        poolplane::run(
-            config,
-            poolplane::Listeners { grpc, http },
-            shutdown_signal(),
-        )
-        .await
+        let app = poolplane::App::start(&config);
+        app.set_config_file(path.to_path_buf());
+        reload_on_hangup(std::sync::Arc::clone(&app));
+        poolplane::serve(app, poolplane::Listeners { grpc, http }, shutdown_signal()).await
     })
+}
+
+/// SIGHUP reloads the configuration file (and no longer ends the process).
+fn reload_on_hangup(app: std::sync::Arc<poolplane::App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP: reload with PoolAdmin.ReloadConfig");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged (and published) by the reload itself.
+                let _ = app.reload_config().await;
+            }
+        });
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,11 +7,11 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, identity, Audit};
 use super::convert::{
-    alert_to_proto, health_to_proto, millis, pool_to_proto, sample_to_proto, session_to_proto,
-    severity_from_proto,
+    alert_to_proto, health_to_proto, millis, pool_to_proto, reload_to_proto, sample_to_proto,
+    session_to_proto, severity_from_proto,
 };
 use super::status::{
-    alert_status, invalid_argument, invalid_config, pool_status, session_not_found,
+    alert_status, invalid_argument, invalid_config, pool_status, reload_status, session_not_found,
 };
 use crate::app::App;
 use crate::auth::Right;
@@ -184,7 +184,7 @@ impl PoolAdmin for AdminService {
                     error_rate_alert_threshold: r.error_rate_alert_threshold,
                     acquire_wait_alert_threshold_ms: r.acquire_wait_alert_threshold_ms,
                 };
-                let config = pool_from_request(pool_request, self.app.registry().defaults())
+                let config = pool_from_request(pool_request, &self.app.registry().defaults())
                     .map_err(|errors| invalid_config(&errors))?;
                 let pool = self
                     .app
@@ -472,6 +472,26 @@ impl PoolAdmin for AdminService {
                     .reconnect_pool(required_name(&request.get_ref().name)?)
                     .map_err(pool_status)?;
                 Ok(Response::new(self.pool_report(info)))
+            }
+            .await,
+        )
+    }
+
+    async fn reload_config(
+        &self,
+        request: Request<proto::ReloadConfigRequest>,
+    ) -> Result<Response<proto::ReloadConfigResponse>, Status> {
+        let audit = Audit::of(&request, "ReloadConfig", "");
+        audit.record(
+            async move {
+                // The file holds every pool: only whoever may operate them all.
+                if !identity(&request)?.pools.is_all() {
+                    return Err(Status::permission_denied(
+                        "ReloadConfig changes every pool: it needs a caller whose pools are [\"*\"]",
+                    ));
+                }
+                let report = self.app.reload_config().await.map_err(reload_status)?;
+                Ok(Response::new(reload_to_proto(report)))
             }
             .await,
         )

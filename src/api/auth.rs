@@ -87,6 +87,11 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ),
     (
         "poolplane.v1.PoolAdmin",
+        "ReloadConfig",
+        Access::Needs(Right::Operate),
+    ),
+    (
+        "poolplane.v1.PoolAdmin",
         "CreatePool",
         Access::Needs(Right::Operate),
     ),

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tonic::Status;
 
 use super::status::{invalid_argument, statement_error};
-use crate::events::{Event, EventDetail, EventKind};
+use crate::events::{Event, EventDetail, EventKind, ReloadReport};
 use crate::health::{HealthReport, HealthState};
 use crate::monitor::{Alert, AlertRule, AlertState, MetricsSample, Severity};
 use crate::pool::{PoolInfo, PoolState, StatsSnapshot, TransactionStatus};
@@ -222,6 +222,19 @@ pub(crate) fn session_options_from_proto(
     })
 }
 
+pub(crate) fn reload_to_proto(report: ReloadReport) -> proto::ReloadConfigResponse {
+    proto::ReloadConfigResponse {
+        created: report.created,
+        removed: report.removed,
+        changed: report.changed,
+        reconnected: report.reconnected,
+        unchanged: report.unchanged,
+        restart_needed: report.restart_needed,
+        failed: report.failed,
+        errors: Vec::new(),
+    }
+}
+
 pub(crate) fn session_to_proto(session: &SessionInfo) -> proto::SessionInfo {
     proto::SessionInfo {
         session_id: session.id,
@@ -368,6 +381,8 @@ pub(crate) fn event_kind_from_proto(kind: i32) -> Result<Option<EventKind>, Stat
         proto::EventKind::AlertResolved => Some(EventKind::AlertResolved),
         proto::EventKind::MetricsSnapshot => Some(EventKind::MetricsSnapshot),
         proto::EventKind::SessionLeak => Some(EventKind::SessionLeak),
+        proto::EventKind::ConfigReloaded => Some(EventKind::ConfigReloaded),
+        proto::EventKind::ConfigReloadFailed => Some(EventKind::ConfigReloadFailed),
         proto::EventKind::Snapshot | proto::EventKind::SnapshotEnd | proto::EventKind::Lagged => {
             None
         }
@@ -434,6 +449,17 @@ pub(crate) fn event_to_proto(event: &Event) -> proto::Event {
         EventDetail::SessionLeak(session) => (
             proto::EventKind::SessionLeak,
             Some(Detail::SessionLeak(session_to_proto(session))),
+        ),
+        EventDetail::ConfigReloaded(report) => (
+            proto::EventKind::ConfigReloaded,
+            Some(Detail::ConfigReload(reload_to_proto(report.clone()))),
+        ),
+        EventDetail::ConfigReloadFailed { errors } => (
+            proto::EventKind::ConfigReloadFailed,
+            Some(Detail::ConfigReload(proto::ReloadConfigResponse {
+                errors: errors.clone(),
+                ..Default::default()
+            })),
         ),
     };
     proto::Event {

@@ -6,6 +6,7 @@
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 use tonic::{Code, Status};
 
+use crate::app::ReloadError;
 use crate::config::ConfigError;
 use crate::events::ResumeError;
 use crate::monitor::AlertError;
@@ -165,6 +166,14 @@ pub(crate) fn query_status(err: QueryError) -> Status {
                 ],
             )
         }
+    }
+}
+
+pub(crate) fn reload_status(err: ReloadError) -> Status {
+    match err {
+        ReloadError::NoFile => Status::new(Code::FailedPrecondition, err.to_string()),
+        // The whole list: an operator fixes them all at once.
+        ReloadError::Invalid(errors) => Status::new(Code::InvalidArgument, errors.join("\n")),
     }
 }
 

@@ -237,6 +237,7 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "PausePool",
             "ResumePool",
             "ReconnectPool",
+            "ReloadConfig",
         ],
     ),
     (

@@ -634,6 +634,60 @@ impl ManagedPool {
         Ok(())
     }
 
+    /// Applies a pool's new settings from a reloaded file: a new target or
+    /// connection setting replaces the connections (as [`ManagedPool::retarget`]),
+    /// new limits apply live (as UpdatePool), the rest is swapped in.
+    /// Returns whether the connections are being replaced.
+    pub async fn reconfigure(self: &Arc<Self>, new: PoolConfig) -> Result<bool, PoolError> {
+        let current = self.config();
+        let reconnect = PoolConfig {
+            limits: current.limits,
+            alerts: current.alerts,
+            recovery: current.recovery,
+            sessions: current.sessions,
+            ..new.clone()
+        } != current;
+        if reconnect {
+            self.retarget(PoolConfig {
+                limits: current.limits,
+                ..new.clone()
+            })
+            .await?;
+        } else {
+            let _guard = self.reconfigure.lock().await;
+            match self.config.write() {
+                Ok(mut config) => {
+                    *config = PoolConfig {
+                        limits: current.limits,
+                        ..new.clone()
+                    }
+                }
+                Err(poisoned) => {
+                    *poisoned.into_inner() = PoolConfig {
+                        limits: current.limits,
+                        ..new.clone()
+                    }
+                }
+            }
+            self.config_version.fetch_add(1, Ordering::AcqRel);
+        }
+        if new.limits != current.limits {
+            let limits = new.limits;
+            self.update(LimitsUpdate {
+                max_connections: Some(limits.max_connections),
+                min_connections: Some(limits.min_connections),
+                connection_timeout: Some(limits.connection_timeout),
+                idle_timeout: Some(limits.idle_timeout),
+                health_check_interval: Some(limits.health_check_interval),
+                statement_timeout: Some(limits.statement_timeout),
+                max_lifetime: Some(limits.max_lifetime),
+                ..LimitsUpdate::default()
+            })
+            .await?;
+        }
+        Ok(reconnect)
+    }
+
     /// Replaces every server connection gracefully: idle ones close now,
     /// busy ones when their work ends; new ones open as needed (and up to
     /// `min_connections` at once). No caller sees an error.

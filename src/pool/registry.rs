@@ -12,7 +12,8 @@ use crate::events::EventBus;
 
 pub struct Registry {
     pools: RwLock<BTreeMap<String, Arc<ManagedPool>>>,
-    defaults: PoolDefaults,
+    /// Replaced by a config reload.
+    defaults: RwLock<PoolDefaults>,
     /// `server.max_pools`.
     max_pools: u32,
     events: Arc<EventBus>,
@@ -22,14 +23,25 @@ impl Registry {
     pub fn new(defaults: PoolDefaults, max_pools: u32, events: Arc<EventBus>) -> Registry {
         Registry {
             pools: RwLock::new(BTreeMap::new()),
-            defaults,
+            defaults: RwLock::new(defaults),
             max_pools,
             events,
         }
     }
 
-    pub fn defaults(&self) -> &PoolDefaults {
-        &self.defaults
+    /// What pools created over the API inherit (`default_pool`, `credentials`).
+    pub fn defaults(&self) -> PoolDefaults {
+        match self.defaults.read() {
+            Ok(defaults) => defaults.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_defaults(&self, defaults: PoolDefaults) {
+        match self.defaults.write() {
+            Ok(mut current) => *current = defaults,
+            Err(poisoned) => *poisoned.into_inner() = defaults,
+        }
     }
 
     /// Starts a pool; true if it was created. With `if_not_exists`, an

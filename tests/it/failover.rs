@@ -69,9 +69,11 @@ async fn update_pool_moves_a_loaded_pool_to_a_new_server_without_a_failed_call()
         .expect("retarget")
         .into_inner();
     assert_eq!(moved.spec.expect("spec").port, u32::from(standby.port));
-    eventually("no backend left on the old server", Duration::from_secs(10), || async {
-        backends(&old_server, "poolplane/failover").await == 0
-    })
+    eventually(
+        "no backend left on the old server",
+        Duration::from_secs(10),
+        || async { backends(&old_server, "poolplane/failover").await == 0 },
+    )
     .await;
     assert!(backends(&new_server, "poolplane/failover").await > 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -135,10 +137,17 @@ async fn a_new_target_outside_the_allowed_ones_or_malformed_is_refused_and_nothi
     }
     let mut client = server.query().await;
     let port = client
-        .execute(exec("retarget_refused", "SELECT current_setting('port')::int8", vec![]))
+        .execute(exec(
+            "retarget_refused",
+            "SELECT current_setting('port')::int8",
+            vec![],
+        ))
         .await
         .expect("still served")
         .into_inner();
-    assert_eq!(port.rows[0].values[0], crate::support::v::int(i64::from(cluster().port)));
+    assert_eq!(
+        port.rows[0].values[0],
+        crate::support::v::int(i64::from(cluster().port))
+    );
     server.stop().await;
 }

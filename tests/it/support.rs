@@ -589,6 +589,8 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 pub struct ServedBinary {
     child: Child,
     pub grpc: String,
+    /// Its configuration file (rewrite it, then [`ServedBinary::hangup`]).
+    pub config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -613,13 +615,14 @@ impl ServedBinary {
             .arg(&path)
             .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("poolplane.log")).expect("log file"))
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn poolplane serve");
         let served = ServedBinary {
             child,
             grpc: format!("http://127.0.0.1:{port}"),
+            config: path,
             _dir: dir,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -646,6 +649,28 @@ impl ServedBinary {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("connect to the binary")
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("poolplane.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP (reload the configuration).
+    pub fn hangup(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
     }
 
     /// Resident memory now; `None` once the process is gone.
