@@ -303,15 +303,20 @@ async fn every_method_refuses_exactly_who_it_must() {
                 "{path} by {caller}"
             );
         }
-        for (name, token, role, _) in TOKENS {
+        for (name, token, role, pools) in TOKENS {
             for pool in ["mine", "theirs"] {
                 if role == Role::Admin && matches!(method.name.as_str(), "DeletePool") {
                     continue;
                 }
-                let in_scope = role == Role::Admin
-                    || role == Role::Viewer
-                    || pool == "mine"
-                    || method.pool_field.is_none();
+                // ReloadConfig changes every pool: a caller scoped to some may not.
+                let in_scope = if method.name == "ReloadConfig" {
+                    pools == "[\"*\"]"
+                } else {
+                    role == Role::Admin
+                        || role == Role::Viewer
+                        || pool == "mine"
+                        || method.pool_field.is_none()
+                };
                 let expected = if holds(role, right) && in_scope {
                     None
                 } else {
