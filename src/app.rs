@@ -254,16 +254,22 @@ impl App {
         config: PoolConfig,
         if_not_exists: bool,
     ) -> Result<Arc<ManagedPool>, PoolError> {
-        if !self
+        self.check_target(&config)?;
+        self.create_pool(config, if_not_exists)
+    }
+
+    /// Refuses a target a caller chose outside `server.allowed_targets`.
+    fn check_target(&self, config: &PoolConfig) -> Result<(), PoolError> {
+        if self
             .server
             .allowed_targets
             .permits(&config.host, config.port)
         {
-            return Err(PoolError::TargetNotAllowed {
-                target: format!("{}:{}", config.host, config.port),
-            });
+            return Ok(());
         }
-        self.create_pool(config, if_not_exists)
+        Err(PoolError::TargetNotAllowed {
+            target: format!("{}:{}", config.host, config.port),
+        })
     }
 
     /// Creates and starts a pool and its health monitor.
@@ -302,15 +308,7 @@ impl App {
             let pool = self.registry.get(name)?;
             let config = crate::config::retarget(&pool.config(), target, &self.registry.defaults())
                 .map_err(PoolError::InvalidConfig)?;
-            if !self
-                .server
-                .allowed_targets
-                .permits(&config.host, config.port)
-            {
-                return Err(PoolError::TargetNotAllowed {
-                    target: format!("{}:{}", config.host, config.port),
-                });
-            }
+            self.check_target(&config)?;
             tracing::info!(pool = %name, host = %config.host, port = config.port, database = %config.database, "moving pool to a new target");
             pool.retarget(config).await?;
         }

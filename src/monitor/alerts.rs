@@ -158,6 +158,31 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// A new alert, firing now; `measured` is (value, threshold).
+    fn firing(
+        id: u64,
+        pool: &str,
+        rule: AlertRule,
+        message: String,
+        measured: (f64, f64),
+        now: SystemTime,
+    ) -> Alert {
+        Alert {
+            id,
+            pool: pool.to_string(),
+            rule,
+            severity: rule.severity(),
+            state: AlertState::Firing,
+            message,
+            value: measured.0,
+            threshold: measured.1,
+            fired_at: now,
+            acknowledged_at: None,
+            acknowledged_by: String::new(),
+            ended_at: None,
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         matches!(self.state, AlertState::Firing | AlertState::Acknowledged)
     }
@@ -246,20 +271,14 @@ impl AlertBook {
                     let id = self.next_id;
                     self.next_id += 1;
                     track.active = Some(id);
-                    let alert = Alert {
+                    let alert = Alert::firing(
                         id,
-                        pool: sample.pool.clone(),
+                        &sample.pool,
                         rule,
-                        severity: rule.severity(),
-                        state: AlertState::Firing,
-                        message: rule.describe(&sample.pool, value, threshold),
-                        value,
-                        threshold,
-                        fired_at: now,
-                        acknowledged_at: None,
-                        acknowledged_by: String::new(),
-                        ended_at: None,
-                    };
+                        rule.describe(&sample.pool, value, threshold),
+                        (value, threshold),
+                        now,
+                    );
                     self.active.insert(id, alert.clone());
                     changes.push(AlertChange::Triggered(alert));
                 }
@@ -291,20 +310,7 @@ impl AlertBook {
     ) -> AlertChange {
         let id = self.next_id;
         self.next_id += 1;
-        let alert = Alert {
-            id,
-            pool: pool.to_string(),
-            rule,
-            severity: rule.severity(),
-            state: AlertState::Firing,
-            message,
-            value,
-            threshold,
-            fired_at: now,
-            acknowledged_at: None,
-            acknowledged_by: String::new(),
-            ended_at: None,
-        };
+        let alert = Alert::firing(id, pool, rule, message, (value, threshold), now);
         self.active.insert(id, alert.clone());
         AlertChange::Triggered(alert)
     }

@@ -12,16 +12,7 @@ use crate::support::{
 const APP: &str = "poolplane/maint";
 
 async fn pids(admin: &tokio_postgres::Client) -> HashSet<i32> {
-    admin
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-            &[&APP],
-        )
-        .await
-        .expect("pids")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    crate::support::backend_pids(admin, APP).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

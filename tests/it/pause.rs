@@ -269,16 +269,7 @@ async fn a_forced_pause_ends_sessions_leaving_nothing() {
 
 /// Backend pids of a pool now.
 async fn pids(admin: &tokio_postgres::Client, pool: &str) -> HashSet<i32> {
-    admin
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("poolplane/{pool}")],
-        )
-        .await
-        .expect("pids")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    crate::support::backend_pids(admin, &format!("poolplane/{pool}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,18 +20,7 @@ use crate::support::{
 };
 
 async fn pids(pool: &str) -> HashSet<i32> {
-    cluster()
-        .admin()
-        .await
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("poolplane/{pool}")],
-        )
-        .await
-        .expect("pids")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    crate::support::backend_pids(&cluster().admin().await, &format!("poolplane/{pool}")).await
 }
 
 async fn next_reload(

@@ -133,6 +133,16 @@ impl Session {
     }
 }
 
+/// A session ended with ABORTED for `end`, its transaction rolled back.
+fn assert_session_end(status: &Status, end: &str) {
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(meta(status, "poolplane-session-end").as_deref(), Some(end));
+    assert_eq!(
+        meta(status, "poolplane-rolled-back").as_deref(),
+        Some("true")
+    );
+}
+
 pub fn status_of(answer: &StatementResult) -> TransactionStatus {
     TransactionStatus::try_from(answer.transaction).expect("known status")
 }
@@ -505,15 +515,7 @@ async fn an_idle_session_ends_at_its_idle_timeout() {
     let status = session.ending().await;
     // Inside a transaction the shorter of the two limits applies: here the
     // session's own idle timeout.
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    assert_eq!(
-        meta(&status, "poolplane-session-end").as_deref(),
-        Some("idle_timeout")
-    );
-    assert_eq!(
-        meta(&status, "poolplane-rolled-back").as_deref(),
-        Some("true")
-    );
+    assert_session_end(&status, "idle_timeout");
     left_nothing(&server, "sess_end_idle", "sess_end_idle").await;
     server.stop().await;
 }
@@ -690,15 +692,7 @@ async fn operators_see_sessions_and_a_killed_one_ends_leaving_nothing() {
         .into_inner();
     assert_eq!(killed.session.map(|s| s.session_id), Some(session.id));
     let status = session.ending().await;
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    assert_eq!(
-        meta(&status, "poolplane-session-end").as_deref(),
-        Some("killed")
-    );
-    assert_eq!(
-        meta(&status, "poolplane-rolled-back").as_deref(),
-        Some("true")
-    );
+    assert_session_end(&status, "killed");
     left_nothing(&server, "sess_kill", "sess_kill").await;
     assert!(list(&server, "sess_kill").await.is_empty());
     let gone = admin
@@ -922,4 +916,29 @@ async fn sigterm_ends_a_session_left_idle_in_a_transaction_at_the_shutdown_timeo
     no_transaction_left("sess_sigterm_idle", "sess_sigterm_idle").await;
     assert_eq!(count("sess_sigterm_idle").await, 1);
     let _ = session.ending().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_at_its_maximum_duration_even_while_busy() {
+    table("sess_max_age").await;
+    let server = server_for(
+        "sess_max_age",
+        &[
+            "max_session_duration_ms: 1500",
+            "idle_in_transaction_timeout_ms: 0",
+        ],
+    )
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_max_age"))
+        .await
+        .expect("open");
+    dirty(&mut session, "sess_max_age").await;
+    // Busy past the limit: the statement is cancelled.
+    session.send("SELECT pg_sleep(30)", vec![]).await;
+    let status = session.ending().await;
+    assert_session_end(&status, "max_session_duration");
+    left_nothing(&server, "sess_max_age", "sess_max_age").await;
+    crate::support::nothing_left_running("poolplane/sess_max_age").await;
+    server.stop().await;
 }

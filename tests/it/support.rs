@@ -339,6 +339,23 @@ pub async fn backends(admin: &tokio_postgres::Client, app_name: &str) -> i64 {
         .get(0)
 }
 
+/// The backend pids of the cluster whose application_name is `app_name`.
+pub async fn backend_pids(
+    admin: &tokio_postgres::Client,
+    app_name: &str,
+) -> std::collections::HashSet<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&app_name],
+        )
+        .await
+        .expect("backend pids")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// Backends of `app_name` inside `pg_sleep`: statements really running
 /// (a backend exists before its lease, and a statement being parsed shows
 /// as active too).
