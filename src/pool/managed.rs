@@ -583,7 +583,8 @@ impl ManagedPool {
         }
         let finished = !options.force && self.core.wait_no_leases(options.timeout).await;
         let mut cancelled = 0;
-        if !finished {
+        // A resume meanwhile ends the pause: nothing is cancelled then.
+        if !finished && self.core.paused() {
             cancelled = self.core.cancel_leases(CancelReason::Pause).await;
             self.core.wait_no_leases(CLOSE_GRACE).await;
         }
