@@ -242,12 +242,18 @@ impl Lease<PgConnector> {
         reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
     ) {
         let conn = self.conn();
-        let outcome = match reset::read_report(reply) {
+        let outcome = match reset::read_report(reply, conn.message_limit().transaction_status()) {
             Ok(report) => {
                 if report != reset::ResetReport::Clean {
                     tracing::warn!(pool = %self.pool_name, ?report, "connection came back unclean; resetting it");
                 }
-                reset::finish(conn.client(), conn.reset_kind(), report).await
+                reset::finish(
+                    conn.client(),
+                    conn.message_limit(),
+                    conn.reset_kind(),
+                    report,
+                )
+                .await
             }
             Err(failed) => Err(failed),
         };
@@ -257,7 +263,7 @@ impl Lease<PgConnector> {
     /// Resets the session now (one round trip).
     pub async fn reset(&self) {
         let conn = self.conn();
-        let outcome = reset::reset(conn.client(), conn.reset_kind())
+        let outcome = reset::reset(conn.client(), conn.message_limit(), conn.reset_kind())
             .await
             .map(|_| ());
         self.settle_reset(outcome);

@@ -130,7 +130,7 @@ impl Connection for PgConn {
     }
 
     async fn reset(&self) -> Result<(), String> {
-        postgres::reset::reset(&self.client, self.reset_kind())
+        postgres::reset::reset(&self.client, &self.limit, self.reset_kind())
             .await
             .map(|_| ())
             .map_err(|failed| failed.to_string())

@@ -15,6 +15,12 @@
 //!   (a fresh implicit transaction starts with this very message, so its
 //!   start time equals the statement's).
 //!
+//! The transaction status PostgreSQL sends with the reply's ReadyForQuery
+//! decides first: a caller cannot change it. The SQL report only confirms
+//! it, and every name in it is schema-qualified, down to the operator (a
+//! role's own `search_path`, which `RESET ALL` restores, could otherwise
+//! put a caller's `=` in front of the catalog's).
+//!
 //! Prepared statements: on a connection whose driver holds no prepared
 //! statements of its own across calls, the reset deallocates all of them
 //! (`DEALLOCATE ALL`, cheap). tokio-postgres keeps its type lookups as
@@ -30,6 +36,7 @@
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::error_chain;
+use super::limit::{MessageLimit, TransactionStatus};
 
 /// Which prepared statements the reset may drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +60,12 @@ impl ResetKind {
 const RESET_DEALLOCATE_ALL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; \
     UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
     DEALLOCATE ALL; \
-    SELECT pg_catalog.transaction_timestamp() = pg_catalog.statement_timestamp()";
+    SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp()";
 
 const RESET_KEEP_DRIVER_STATEMENTS: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
     CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
     DISCARD SEQUENCES; \
-    SELECT pg_catalog.transaction_timestamp() = pg_catalog.statement_timestamp(), \
+    SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp(), \
     EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 
 /// What one run of a reset found.
@@ -80,12 +87,18 @@ pub(crate) enum ResetReport {
 #[error("session reset failed: {0}")]
 pub(crate) struct ResetFailed(pub(crate) String);
 
-/// Reads the reply to a reset. A server error means a failed
-/// transaction block (25P02) or an aborted reset; either way the
-/// transaction is rolled back and the reset tried once more.
+/// Reads the reply to a reset, with the transaction status PostgreSQL
+/// reported at its end (`status`: only a transaction block outlives a
+/// multi-statement message). A server error means a failed transaction
+/// block (25P02) or an aborted reset; either way the transaction is rolled
+/// back and the reset tried once more.
 pub(crate) fn read_report(
     reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
+    status: TransactionStatus,
 ) -> Result<ResetReport, ResetFailed> {
+    if reply.is_ok() && status != TransactionStatus::Idle {
+        return Ok(ResetReport::InTransaction);
+    }
     let messages = match reply {
         Ok(messages) => messages,
         Err(err) if err.as_db_error().is_some() => return Ok(ResetReport::InTransaction),
@@ -110,6 +123,7 @@ pub(crate) fn read_report(
 /// clean; any other outcome means the connection must be closed.
 pub(crate) async fn finish(
     client: &Client,
+    limit: &MessageLimit,
     kind: ResetKind,
     first: ResetReport,
 ) -> Result<(), ResetFailed> {
@@ -123,7 +137,8 @@ pub(crate) async fn finish(
                 .simple_query("ROLLBACK")
                 .await
                 .map_err(|err| ResetFailed(error_chain(&err)))?;
-            match read_report(client.simple_query(kind.sql()).await)? {
+            let reply = client.simple_query(kind.sql()).await;
+            match read_report(reply, limit.transaction_status())? {
                 ResetReport::Clean => Ok(()),
                 other => Err(ResetFailed(format!(
                     "still not clean after ROLLBACK: {other:?}"
@@ -135,8 +150,13 @@ pub(crate) async fn finish(
 
 /// Runs the whole reset on its own (for connections whose caller did not
 /// pipeline it): `Ok` only when the session is clean.
-pub(crate) async fn reset(client: &Client, kind: ResetKind) -> Result<ResetReport, ResetFailed> {
-    let first = read_report(client.simple_query(kind.sql()).await)?;
-    finish(client, kind, first.clone()).await?;
+pub(crate) async fn reset(
+    client: &Client,
+    limit: &MessageLimit,
+    kind: ResetKind,
+) -> Result<ResetReport, ResetFailed> {
+    let reply = client.simple_query(kind.sql()).await;
+    let first = read_report(reply, limit.transaction_status())?;
+    finish(client, limit, kind, first.clone()).await?;
     Ok(first)
 }

@@ -942,3 +942,78 @@ async fn a_session_ends_at_its_maximum_duration_even_while_busy() {
     crate::support::nothing_left_running("poolplane/sess_max_age").await;
     server.stop().await;
 }
+
+/// Found by a red team: the reset's open-transaction check was a SQL
+/// comparison whose `=` a role could shadow with its own operator through
+/// its default `search_path` (which RESET ALL restores), so a transaction
+/// and its row lock survived every end of a session, and the next callers'
+/// writes joined it and were never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_shadowing_the_catalogs_operators_cannot_keep_a_transaction_open() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS sess_evil_rows; DROP SCHEMA IF EXISTS sess_evil CASCADE; \
+             DROP ROLE IF EXISTS sess_evil; \
+             CREATE ROLE sess_evil LOGIN PASSWORD '{pw}'; \
+             CREATE SCHEMA sess_evil AUTHORIZATION sess_evil; \
+             CREATE FUNCTION sess_evil.always(timestamptz, timestamptz) RETURNS bool \
+               LANGUAGE sql AS 'SELECT true'; \
+             CREATE OPERATOR sess_evil.= (leftarg = timestamptz, rightarg = timestamptz, \
+               function = sess_evil.always); \
+             ALTER ROLE sess_evil SET search_path = sess_evil, pg_catalog, public; \
+             CREATE TABLE sess_evil_rows (id int PRIMARY KEY, note text); \
+             INSERT INTO sess_evil_rows VALUES (1, 'locked row'); \
+             GRANT ALL ON sess_evil_rows TO sess_evil",
+            pw = crate::support::SUPERUSER_PASSWORD
+        ))
+        .await
+        .expect("the trap");
+    // The trap is armed: inside a transaction, the unqualified comparison
+    // the role would see answers true.
+    let mut as_role = cluster().admin().await;
+    let armed = as_role.transaction().await.expect("begin");
+    armed
+        .batch_execute(
+            "SET LOCAL search_path = sess_evil, pg_catalog, public; SELECT pg_sleep(0.01)",
+        )
+        .await
+        .expect("set");
+    let shadowed: bool = armed
+        .query_one(
+            "SELECT transaction_timestamp() = statement_timestamp()",
+            &[],
+        )
+        .await
+        .expect("compare")
+        .get(0);
+    assert!(shadowed, "the role's operator shadows the catalog's");
+    armed.rollback().await.expect("rollback");
+
+    let server = server_for("sess_evil", &["user: sess_evil"]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_evil"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    session
+        .ok("SELECT note FROM sess_evil_rows WHERE id = 1 FOR UPDATE")
+        .await;
+    session
+        .ok("INSERT INTO sess_evil_rows VALUES (2, 'must be rolled back')")
+        .await;
+    assert!(session.close().await, "rolled back");
+    no_transaction_left("sess_evil", "sess_evil_rows").await;
+    assert_eq!(count("sess_evil_rows").await, 1);
+    // The next caller's write is committed on its own.
+    client
+        .execute(exec(
+            "sess_evil",
+            "INSERT INTO sess_evil_rows VALUES (3, 'committed')",
+            vec![],
+        ))
+        .await
+        .expect("insert");
+    assert_eq!(count("sess_evil_rows").await, 2);
+    server.stop().await;
+}
