@@ -135,7 +135,11 @@ impl App {
     pub async fn reload_config(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.lock_file().path.clone().ok_or(ReloadError::NoFile)?;
-        let loaded = Config::load(&path).map_err(|errors| {
+        let read = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+        let Ok(loaded) = read else {
+            return Err(ReloadError::Invalid(vec!["reading the file failed".into()]));
+        };
+        let loaded = loaded.map_err(|errors| {
             errors
                 .errors
                 .iter()

@@ -1,5 +1,5 @@
-//! Reading the files a configuration names (secrets, certificates) without
-//! letting a file block or flood the reader.
+//! Reading the configuration file and the files it names (secrets,
+//! certificates) without letting a file block or flood the reader.
 
 use std::io::{Error, ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +9,10 @@ use std::os::unix::fs::OpenOptionsExt;
 /// device such as /dev/zero never ends. The file is opened without
 /// blocking and checked once open, so a swap for a FIFO after a check
 /// cannot block either.
-pub(crate) fn read_regular(path: &str, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_regular(
+    path: impl AsRef<std::path::Path>,
+    max_bytes: u64,
+) -> std::io::Result<Vec<u8>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)

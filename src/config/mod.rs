@@ -394,14 +394,20 @@ impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let source_name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+        // A FIFO or a device in its place must neither block nor flood the
+        // server (a reload reads it while serving).
+        let unreadable = |message: String| ConfigErrors {
             source_name: source_name.clone(),
             errors: vec![ConfigError {
                 path: "<file>".into(),
                 line: None,
-                message: format!("cannot read the file: {err}"),
+                message,
             }],
-        })?;
+        };
+        let bytes = files::read_regular(path, validate::MAX_FILE_BYTES as u64)
+            .map_err(|err| unreadable(format!("cannot read the file: {err}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|err| unreadable(format!("the file is not UTF-8: {err}")))?;
         Config::parse(&text, &source_name)
     }
 

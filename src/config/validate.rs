@@ -36,7 +36,7 @@ const AUTH_METHODS: &[&str] = &["database", "ldap", "oauth2"];
 /// Parses and validates configuration text.
 /// Largest configuration file read: far above any real one, and small
 /// enough that a hostile one is rejected quickly.
-const MAX_FILE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_FILE_BYTES: usize = 1 << 20;
 /// Deepest nesting of collections allowed: the schema needs a handful; the
 /// YAML parser's cost grows with the square of the depth.
 const MAX_DEPTH: usize = 32;

@@ -277,3 +277,44 @@ async fn reload_leaves_api_pools_alone_and_refuses_a_file_that_claims_one() {
     );
     server.stop().await;
 }
+
+/// Found by a red team: a FIFO in the file's place blocked a reload (and
+/// with it the server) until someone wrote to it; a device such as
+/// /dev/zero was read until the kernel killed the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_device_in_the_files_place_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = config_yaml(&[PoolSpec::new("reload_fifo", 1)]);
+    let server = TestServer::start(&yaml).await;
+    let mut admin = server.admin().await;
+    let fifo = dir.path().join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let device = dir.path().join("device.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &device).expect("symlink");
+    for path in [fifo, device] {
+        server.app.set_config_file(path.clone());
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            admin.reload_config(ReloadConfigRequest {}),
+        )
+        .await
+        .expect("answered at once")
+        .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("not a regular file"),
+            "{}",
+            status.message()
+        );
+    }
+    let mut query = server.query().await;
+    query
+        .execute(exec("reload_fifo", "SELECT 1", vec![]))
+        .await
+        .expect("still serving");
+    server.stop().await;
+}
