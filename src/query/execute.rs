@@ -450,6 +450,8 @@ pub(super) async fn run_prepared(
             .await
             .map_err(|err| driver_error(lease, &err))?;
         let gap = lease.rows_before_drop(mark);
+        // Polled after its end, a result stream reports a closed connection.
+        let ended = next.is_none();
         let values = match next {
             // A row too large to take was left out before this point.
             _ if gap.is_some_and(|before| before <= rows.len() as u64) => Err(Limit::Bytes),
@@ -461,6 +463,7 @@ pub(super) async fn run_prepared(
             Ok(values) => rows.push(values),
             Err(limit) => {
                 match rest {
+                    _ if ended => {}
                     // The rest of the result is still coming: cancel it in
                     // PostgreSQL (the backend must not stay busy producing
                     // rows nobody reads); the connection is closed.

@@ -1017,3 +1017,53 @@ async fn a_role_shadowing_the_catalogs_operators_cannot_keep_a_transaction_open(
     assert_eq!(count("sess_evil_rows").await, 2);
     server.stop().await;
 }
+
+/// Found by a red team: one row over server.max_result_bytes ended the
+/// whole session as a lost connection, and its transaction with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_fails_its_statement_and_the_session_goes_on() {
+    table("sess_big_row").await;
+    let server = server_for("sess_big_row", &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request("sess_big_row"))
+        .await
+        .expect("open");
+    session.ok("BEGIN").await;
+    session
+        .ok("INSERT INTO sess_big_row VALUES (2, 'kept')")
+        .await;
+    // The row alone, and with more rows behind it.
+    let big = "SELECT repeat('a', 4100000)";
+    let cases = [(big, false), (big, true)];
+    let followed = format!("{big} UNION ALL SELECT 'small'");
+    for (sql, allow_truncation) in cases
+        .into_iter()
+        .chain([(followed.as_str(), false), (followed.as_str(), true)])
+    {
+        session
+            .request(session_request::Request::Statement(SessionStatement {
+                sql: sql.into(),
+                params: vec![],
+                max_rows: 0,
+                allow_truncation,
+            }))
+            .await;
+        let answer = session.answer().await.expect("answered");
+        match &answer.outcome {
+            Some(statement_result::Outcome::Error(error)) => {
+                assert!(!allow_truncation);
+                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+            }
+            Some(statement_result::Outcome::Result(result)) => {
+                assert!(allow_truncation);
+                assert!(result.truncated && result.rows.is_empty(), "{result:?}");
+            }
+            None => panic!("no outcome"),
+        }
+        assert_eq!(status_of(&answer), TransactionStatus::InTransaction);
+    }
+    assert_eq!(session.ok("COMMIT").await, TransactionStatus::Idle);
+    assert_eq!(count("sess_big_row").await, 2);
+    session.close().await;
+    server.stop().await;
+}
