@@ -61,6 +61,52 @@ impl QueryService {
     }
 }
 
+/// Requests of a Session read ahead of the statement it runs, at most.
+/// Reading them off the connection keeps HTTP/2's guard against floods of
+/// small frames quiet for a client pipelining thousands of statements;
+/// the budget bounds what a session holds that way.
+const READ_AHEAD_REQUESTS: usize = 16_384;
+const READ_AHEAD_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Reads `incoming` in a task of its own, up to the read-ahead limits, and
+/// yields each request as `convert` makes it. The stream ends when the
+/// client ends its side; an error is the last item.
+fn read_ahead(
+    mut incoming: Streaming<proto::SessionRequest>,
+    convert: impl Fn(Result<proto::SessionRequest, Status>) -> SessionInput + Send + 'static,
+) -> impl Stream<Item = SessionInput> + Send + Unpin {
+    use prost::Message;
+    let (queued, taken) = tokio::sync::mpsc::channel(READ_AHEAD_REQUESTS);
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES as usize));
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = incoming.message() => next,
+                () = queued.closed() => return,
+            };
+            let (request, size) = match next {
+                Ok(Some(request)) => {
+                    let size = u32::try_from(request.encoded_len()).unwrap_or(u32::MAX);
+                    (Ok(request), size.clamp(1, READ_AHEAD_BYTES))
+                }
+                Ok(None) => return,
+                Err(status) => (Err(status), 1),
+            };
+            let failed = request.is_err();
+            let room = tokio::select! {
+                room = Arc::clone(&budget).acquire_many_owned(size) => room,
+                () = queued.closed() => return,
+            };
+            let Ok(room) = room else { return };
+            if queued.send((convert(request), room)).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    // The room a request took is given back as the session takes it.
+    ReceiverStream::new(taken).map(|(input, _room)| input)
+}
+
 type PartStream = Pin<Box<dyn Stream<Item = Result<proto::ExecuteStreamResponse, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::SessionResponse, Status>> + Send>>;
 
@@ -82,7 +128,10 @@ impl QueryService {
             SessionInput::Invalid(q::QueryError::invalid("request", message.to_string()))
         };
         match request {
-            Err(_) => SessionInput::Gone,
+            Err(status) => SessionInput::Broken(q::QueryError::invalid(
+                "request",
+                format!("the request stream failed: {}", status.message()),
+            )),
             Ok(proto::SessionRequest { request: None }) => {
                 invalid("empty: send statement or close")
             }
@@ -144,7 +193,7 @@ impl Query for QueryService {
             server_stopping: self.stopping.clone(),
         };
         let service = QueryService::new(Arc::clone(&self.app), self.stopping.clone());
-        let inputs = incoming.map(move |request| service.session_input(request));
+        let inputs = read_ahead(incoming, move |request| service.session_input(request));
         // The session runs on its own; dropping the response (the caller
         // went away) closes the channel, which ends it.
         tokio::spawn(q::run_session(

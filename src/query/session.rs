@@ -64,8 +64,9 @@ pub enum SessionInput {
     /// A request that could not be read (answered with this error, in its place).
     Invalid(QueryError),
     Close,
-    /// The caller's side broke (reset, cancelled).
-    Gone,
+    /// The request stream broke (a reset, an undecodable message): the
+    /// session ends with this error (if anyone is left to read it).
+    Broken(QueryError),
 }
 
 /// What the caller receives, in order: `Opened`, one `Answer` per
@@ -295,7 +296,7 @@ impl Running {
             };
             let answer = match input {
                 None | Some(SessionInput::Close) => return Ending::Closed,
-                Some(SessionInput::Gone) => return Ending::Gone,
+                Some(SessionInput::Broken(error)) => return Ending::Error(error),
                 Some(SessionInput::Invalid(error)) => (Err(error), status),
                 Some(SessionInput::Statement(statement)) => match self.run(statement, status).await
                 {

@@ -18,7 +18,7 @@ use poolplane::proto::pool_admin_client::PoolAdminClient;
 
 /// Requests and responses as raw bytes: any method can be called.
 #[derive(Clone, Copy, Default)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Vec<u8>;

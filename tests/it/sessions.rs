@@ -1067,3 +1067,52 @@ async fn a_row_too_large_fails_its_statement_and_the_session_goes_on() {
     session.close().await;
     server.stop().await;
 }
+
+/// Found by a red team: a request that could not be decoded ended the
+/// stream with OK, as if the session had been closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_request_ends_the_session_with_invalid_argument() {
+    use prost::Message;
+    table("sess_garbage").await;
+    let server = server_for("sess_garbage", &[]).await;
+    let open = SessionRequest {
+        request: Some(session_request::Request::Open(open_request("sess_garbage"))),
+    };
+    let statement = |sql: &str| SessionRequest {
+        request: Some(session_request::Request::Statement(SessionStatement {
+            sql: sql.into(),
+            ..Default::default()
+        })),
+    };
+    let messages = vec![
+        open.encode_to_vec(),
+        statement("BEGIN").encode_to_vec(),
+        statement("SELECT note FROM sess_garbage WHERE id = 1 FOR UPDATE").encode_to_vec(),
+        vec![0xff; 16],
+        statement("COMMIT").encode_to_vec(),
+    ];
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.expect("ready");
+    let path: http::uri::PathAndQuery = "/poolplane.v1.Query/Session".parse().expect("path");
+    let mut responses = grpc
+        .streaming(
+            tonic::Request::new(futures::stream::iter(messages)),
+            path,
+            crate::authorization::RawCodec,
+        )
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut answered = 0;
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(_)) => answered += 1,
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(answered, 3, "opened, BEGIN, SELECT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    no_transaction_left("sess_garbage", "sess_garbage").await;
+    server.stop().await;
+}
