@@ -338,6 +338,14 @@ impl App {
                 tracing::error!(pool = %name, %error, "the pause task failed");
                 Err(PoolError::Draining(name.to_string()))
             })?;
+        if options.close_connections {
+            // The probe lets go of its connection too (a paused monitor
+            // does not probe); asked now rather than at its next check.
+            let monitor = self.lock_monitors().get(name).map(Monitor::requester);
+            if let Some(monitor) = monitor {
+                monitor.check_now().await;
+            }
+        }
         self.events.publish(name, EventDetail::PoolUpdated);
         Ok((report, pool.info()))
     }

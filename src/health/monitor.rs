@@ -181,6 +181,12 @@ impl Loop {
 
     /// One probe and its consequences; returns the delay until the next.
     async fn check(&mut self) -> Duration {
+        if self.pool.paused_without_connections() {
+            // Paused for a database restart or maintenance: no connection
+            // of the pool's, the probe's included; the state stands.
+            self.probe.disconnect();
+            return self.config.check_interval;
+        }
         if self.pool.config_version() != self.config_version {
             self.config_version = self.pool.config_version();
             self.probe = Probe::new(

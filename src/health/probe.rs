@@ -67,6 +67,12 @@ impl Probe {
         }
     }
 
+    /// Lets go of the probe's connection (its slot is freed once the
+    /// backend is gone).
+    pub(crate) fn disconnect(&mut self) {
+        self.held = None;
+    }
+
     /// One check: connect if needed, then `SELECT 1`, all within the
     /// timeout. Waiting for a free slot comes first and does not count: it
     /// says nothing about the database.

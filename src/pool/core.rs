@@ -915,11 +915,16 @@ impl<C: Connector> Core<C> {
     }
 
     pub(crate) fn paused(&self) -> bool {
-        self.lock().pause.is_some()
+        self.pause_in_force().is_some()
+    }
+
+    /// The pause in force, if any.
+    pub(crate) fn pause_in_force(&self) -> Option<Pause> {
+        self.lock().pause
     }
 
     pub(crate) fn pause_queue_limit(&self) -> usize {
-        self.lock().pause.map_or(0, |pause| pause.queue_limit)
+        self.pause_in_force().map_or(0, |pause| pause.queue_limit)
     }
 
     /// For a queued caller whose acquire `timeout` ran out: a later

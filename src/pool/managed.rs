@@ -611,6 +611,13 @@ impl ManagedPool {
         self.core.paused()
     }
 
+    /// Paused with every server connection closed (`drain_connections`).
+    pub fn paused_without_connections(&self) -> bool {
+        self.core
+            .pause_in_force()
+            .is_some_and(|pause| pause.close_connections)
+    }
+
     /// Moves the pool to another server (a failover) or login: connections
     /// opened from now on go to `config`'s target; idle ones close now,
     /// busy ones when their work ends. Calls keep being served meanwhile.

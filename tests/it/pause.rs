@@ -190,6 +190,13 @@ async fn a_pause_with_drain_connections_leaves_no_backend_until_the_resume() {
         .expect("join")
         .expect("in-flight work finished");
     assert_eq!(backends(&admin_pg, "poolplane/pause_drain").await, 0);
+    // The health probe lets go too: nothing of the pool's stays connected.
+    eventually(
+        "the probe's backend is gone",
+        Duration::from_secs(5),
+        || async { backends(&admin_pg, "poolplane/pause_drain/probe").await == 0 },
+    )
+    .await;
     let waiting = tokio::spawn({
         let mut client = client.clone();
         async move {
@@ -202,9 +209,19 @@ async fn a_pause_with_drain_connections_leaves_no_backend_until_the_resume() {
         pending(&server, "pause_drain").await == 1
     })
     .await;
-    // Nothing reopens while paused (not the warm-up, not the caller).
+    // Nothing reopens while paused (not the warm-up, not the caller, not
+    // the probe, even when asked to check).
+    server
+        .admin()
+        .await
+        .check_health(poolplane::proto::CheckHealthRequest {
+            pool: "pause_drain".into(),
+        })
+        .await
+        .expect("check");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(backends(&admin_pg, "poolplane/pause_drain").await, 0);
+    assert_eq!(backends(&admin_pg, "poolplane/pause_drain/probe").await, 0);
     resume(&server, "pause_drain").await;
     waiting
         .await
