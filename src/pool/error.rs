@@ -25,7 +25,7 @@ pub enum PoolError {
     #[error("pool `{pool}` cannot reach its database: {last_error}")]
     Unavailable { pool: String, last_error: String },
     /// Sessions already hold as many connections as they may.
-    #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections); Execute calls still run")]
+    #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections)")]
     TooManySessions { pool: String, max: u32 },
     /// The pool was paused and the caller's statement cancelled.
     #[error("pool `{0}` was paused (PausePool) and the statement was cancelled")]

@@ -365,13 +365,29 @@ impl ManagedPool {
         self.core.reset_peak();
     }
 
+    /// Whether one more session may hold a connection now (nothing taken).
+    pub fn session_room(&self) -> Result<(), PoolError> {
+        let max = self.max_sessions();
+        if self.sessions.load(Ordering::Acquire) < max {
+            return Ok(());
+        }
+        Err(PoolError::TooManySessions {
+            pool: self.name(),
+            max,
+        })
+    }
+
+    fn max_sessions(&self) -> u32 {
+        let config = self.config();
+        config
+            .sessions
+            .max_connections(config.limits.max_connections)
+    }
+
     /// A place for one more session, if sessions hold fewer connections
     /// than `max_session_connections` allows: the rest stay for Execute.
     pub fn session_permit(&self) -> Result<SessionPermit, PoolError> {
-        let config = self.config();
-        let max = config
-            .sessions
-            .max_connections(config.limits.max_connections);
+        let max = self.max_sessions();
         let admitted = self
             .sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {

@@ -157,7 +157,9 @@ async fn open(
     options: &SessionOptions,
     deadline: Option<Instant>,
 ) -> Result<(Lease, SessionPermit), QueryError> {
-    let permit = pool.session_permit()?;
+    // Refused at once when sessions hold all they may; the place itself is
+    // taken with the connection, so callers queued (a paused pool) hold none.
+    pool.session_room()?;
     let setup = setup_sql(options);
     let mut attempts = 0;
     loop {
@@ -170,6 +172,8 @@ async fn open(
                 })
             }
         };
+        // Nothing ran on it yet: refused, it goes back as it came.
+        let permit = pool.session_permit()?;
         lease.pin_for_session();
         // Also proves the connection alive before the caller relies on it.
         match within(deadline, lease.client().simple_query(&setup)).await {

@@ -347,3 +347,41 @@ async fn reconnect_under_load_replaces_every_backend_without_a_failed_call() {
     assert!(!pids(&admin_pg, "reconnect").await.is_empty());
     server.stop().await;
 }
+
+/// Found by a red team: session opens queued behind a pause took the
+/// pool's session places, so more than `max_session_connections` opens
+/// were refused at once although no session held a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_opens_queue_behind_a_pause_and_take_their_place_at_the_resume() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("pause_sessions", 2)])).await;
+    server
+        .admin()
+        .await
+        .pause_pool(pause("pause_sessions"))
+        .await
+        .expect("pause");
+    let mut opens = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.query().await;
+        opens.push(tokio::spawn(async move {
+            // Kept open: each holds its place until the test ends.
+            Session::open(&mut client, open_request("pause_sessions")).await
+        }));
+    }
+    eventually("three opens wait", Duration::from_secs(5), || async {
+        pending(&server, "pause_sessions").await == 3
+    })
+    .await;
+    resume(&server, "pause_sessions").await;
+    let mut opened = Vec::new();
+    for open in opens {
+        match open.await.expect("join") {
+            Ok(session) => opened.push(session),
+            // One session place in a pool of two (half, by default).
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    assert_eq!(opened.len(), 1);
+    drop(opened);
+    server.stop().await;
+}
