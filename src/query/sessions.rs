@@ -12,8 +12,10 @@ use tokio::sync::Notify;
 
 use crate::pool::TransactionStatus;
 
-/// How much of a statement's text a session's entry keeps (never its
-/// parameter values).
+/// How much of a statement's text a session's entry shows: its start,
+/// with every constant replaced by a placeholder (`$1`, as
+/// pg_stat_statements shows statements), so neither parameter values nor
+/// literals (a password in `ALTER ROLE ... PASSWORD '...'`) are shown.
 pub const STATEMENT_PREFIX_CHARS: usize = 200;
 
 /// Every live session of the server.
@@ -69,8 +71,28 @@ pub(crate) struct Tracked {
 struct Activity {
     running: bool,
     transaction: TransactionStatus,
-    last_statement: String,
+    /// As sent; shown only through [`shown_statement`].
+    last_statement: Arc<str>,
     since: Instant,
+}
+
+/// What may be shown of a statement: its normalized text (constants
+/// replaced), cut at `STATEMENT_PREFIX_CHARS`; a statement PostgreSQL's
+/// parser cannot read shows only its first word.
+fn shown_statement(sql: &str) -> String {
+    let shown = match pg_query::normalize(sql) {
+        Ok(normalized) => normalized,
+        Err(_) => {
+            let first = sql.split_whitespace().next().unwrap_or_default();
+            let word: String = first
+                .chars()
+                .take_while(char::is_ascii_alphabetic)
+                .take(32)
+                .collect();
+            format!("{word} … (not parsed; not shown)")
+        }
+    };
+    shown.chars().take(STATEMENT_PREFIX_CHARS).collect()
 }
 
 /// A session's place in the table; dropping it takes the session out.
@@ -109,7 +131,7 @@ impl Sessions {
             activity: Mutex::new(Activity {
                 running: false,
                 transaction: TransactionStatus::Idle,
-                last_statement: String::new(),
+                last_statement: Arc::from(""),
                 since: now,
             }),
             killed: AtomicBool::new(false),
@@ -185,7 +207,11 @@ impl Tracked {
             age: self.started.elapsed(),
             running: activity.running,
             transaction: activity.transaction,
-            last_statement: activity.last_statement.clone(),
+            last_statement: if activity.last_statement.is_empty() {
+                String::new()
+            } else {
+                shown_statement(&activity.last_statement)
+            },
             idle_for: if activity.running {
                 Duration::ZERO
             } else {
@@ -200,11 +226,12 @@ impl Registered {
         self.tracked.id
     }
 
-    /// A statement starts: its text's beginning is kept, never its values.
+    /// A statement starts (shown later with its constants replaced).
     pub(crate) fn statement_starts(&self, sql: &str) {
+        let text = Arc::from(sql);
         let mut activity = locked(&self.tracked.activity);
         activity.running = true;
-        activity.last_statement = sql.chars().take(STATEMENT_PREFIX_CHARS).collect();
+        activity.last_statement = text;
         activity.since = Instant::now();
     }
 
@@ -251,7 +278,7 @@ mod tests {
         };
         let leaking = sessions.register("app", holder.clone(), Some(Duration::ZERO));
         let other = sessions.register("other", holder, None);
-        leaking.statement_starts(&"x".repeat(500));
+        leaking.statement_starts(&format!("SELECT {}", "x".repeat(500)));
         let listed = sessions.list(Some("app"));
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].last_statement.len(), STATEMENT_PREFIX_CHARS);
@@ -276,6 +303,23 @@ mod tests {
             sessions.ended_leaks().is_empty(),
             "a session never leaking resolves nothing"
         );
+    }
+
+    #[test]
+    fn a_statement_is_shown_without_its_constants() {
+        for (sql, secret) in [
+            ("ALTER ROLE victim PASSWORD 'VictimPw_555'", "VictimPw_555"),
+            ("CREATE ROLE x LOGIN PASSWORD 'pw-123456'", "pw-123456"),
+            ("SELECT * FROM t WHERE token = 'abc-secret' AND n = 42", "abc-secret"),
+            ("SELECT $q$dollar-secret$q$", "dollar-secret"),
+            ("SET app.key = 'set-secret'", "set-secret"),
+            ("garbage ((( 'unparsed-secret'", "unparsed-secret"),
+        ] {
+            let shown = shown_statement(sql);
+            assert!(!shown.contains(secret), "{sql} shown as {shown}");
+            assert!(!shown.is_empty());
+        }
+        assert_eq!(shown_statement("SELECT a FROM t WHERE b = 1"), "SELECT a FROM t WHERE b = $1");
     }
 
     #[tokio::test]
