@@ -191,10 +191,12 @@ impl App {
             return Err(conflicts);
         }
         let mut report = ReloadReport::default();
+        // Against what runs, not the last file: a file applied in between
+        // changed none of these.
         for (section, differs) in [
-            ("server", old.server != new.server),
-            ("health_monitoring", old.health != new.health),
-            ("monitoring", old.monitoring != new.monitoring),
+            ("server", self.server != new.server),
+            ("health_monitoring", self.health != new.health),
+            ("monitoring", *self.monitoring.config() != new.monitoring),
         ] {
             if differs {
                 report.restart_needed.push(section.to_string());

@@ -438,7 +438,7 @@ impl Checker {
             max_message_bytes: builtin.max_message_bytes,
             recovery: self.recovery(&path, raw, &builtin.recovery),
             alerts: self.alert_thresholds(&path, raw, &builtin.alerts),
-            sessions: self.session_limits(&path, raw, &builtin.sessions),
+            sessions: self.session_limits(&path, raw, &builtin.sessions, limits.max_connections),
         }
     }
 
@@ -516,7 +516,7 @@ impl Checker {
             max_message_bytes: defaults.max_message_bytes,
             recovery: self.recovery(path, raw, &defaults.recovery),
             alerts: self.alert_thresholds(path, raw, &defaults.alerts),
-            sessions: self.session_limits(path, raw, &defaults.sessions),
+            sessions: self.session_limits(path, raw, &defaults.sessions, limits.max_connections),
             name,
         })
     }
@@ -711,6 +711,7 @@ impl Checker {
         path: &str,
         raw: &RawPool,
         inherited: &SessionLimits,
+        pool_max: u32,
     ) -> SessionLimits {
         let max_connections = match raw.max_session_connections {
             None => inherited.max_connections,
@@ -723,6 +724,14 @@ impl Checker {
                 MAX_CONNECTIONS_CEILING,
             )),
         };
+        if let Some(sessions) = max_connections.filter(|sessions| *sessions > pool_max) {
+            self.error(
+                &key(path, "max_session_connections"),
+                format!(
+                    "{sessions} is more than max_connections ({pool_max}): allowed 1 to {pool_max}, and less to keep connections for Execute"
+                ),
+            );
+        }
         SessionLimits {
             max_connections,
             idle_timeout: self.duration(

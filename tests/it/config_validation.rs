@@ -83,6 +83,14 @@ fn each_malformed_config_names_its_problem() {
         ),
         (format!("{POOL}      max_connections: 0\n"), vec!["pools[0].max_connections", "allowed 1 to"]),
         (
+            format!("{POOL}      max_connections: 2\n      max_session_connections: 3\n"),
+            vec!["line 6", "pools[0].max_session_connections", "more than max_connections (2)"],
+        ),
+        (
+            format!("{POOL}      idle_in_transaction_timeout_ms: -5\n"),
+            vec!["pools[0].idle_in_transaction_timeout_ms", "must be positive"],
+        ),
+        (
             "connection_pool:\n  pools:\n\t- name: main\n".into(),
             vec!["line 3", "column 1", "tab in the indentation"],
         ),
