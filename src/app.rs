@@ -316,7 +316,7 @@ impl App {
                 .map_err(PoolError::InvalidConfig)?;
             self.check_target(&config)?;
             tracing::info!(pool = %name, host = %config.host, port = config.port, database = %config.database, "moving pool to a new target");
-            pool.retarget(config).await?;
+            pool.retarget_checked(config).await?;
         }
         let info = self.registry.update(name, update).await?;
         self.events.publish(name, EventDetail::PoolUpdated);

@@ -503,6 +503,12 @@ impl PoolAdmin for AdminService {
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
         let pools = self.named_or_all(&request, Right::Read, &request.get_ref().pool)?;
         let named = !request.get_ref().pool.is_empty();
+        if named {
+            self.app
+                .registry()
+                .get(&request.get_ref().pool)
+                .map_err(pool_status)?;
+        }
         let sessions = self
             .app
             .sessions()

@@ -212,6 +212,17 @@ pub(crate) fn session_options_from_proto(
             ))
         }
     };
+    // PostgreSQL's statement_timeout is an int4 of milliseconds.
+    if i32::try_from(open.statement_timeout_ms).is_err() {
+        return Err(invalid_argument(
+            "open.statement_timeout_ms",
+            &format!(
+                "{} ms is more than PostgreSQL allows: at most {} ms",
+                open.statement_timeout_ms,
+                i32::MAX
+            ),
+        ));
+    }
     let millis = |ms: u32| (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     Ok(SessionOptions {
         isolation,

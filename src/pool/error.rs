@@ -24,6 +24,11 @@ pub enum PoolError {
     /// A connection could not be opened: the database is unreachable or refused us.
     #[error("pool `{pool}` cannot reach its database: {last_error}")]
     Unavailable { pool: String, last_error: String },
+    /// UpdatePool's new target did not take a connection: nothing changed.
+    #[error(
+        "the new target {target} did not take a connection, so the pool stays where it is: {error}"
+    )]
+    TargetUnreachable { target: String, error: String },
     /// Sessions already hold as many connections as they may.
     #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections)")]
     TooManySessions { pool: String, max: u32 },

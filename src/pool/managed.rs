@@ -634,6 +634,19 @@ impl ManagedPool {
             .is_some_and(|pause| pause.close_connections)
     }
 
+    /// As [`ManagedPool::retarget`], once a connection to the new target
+    /// succeeded: a target that does not answer (or refuses the login)
+    /// changes nothing, rather than failing every call afterwards.
+    pub async fn retarget_checked(self: &Arc<Self>, config: PoolConfig) -> Result<(), PoolError> {
+        if let Err(error) = PgConnector::new(&config).check().await {
+            return Err(PoolError::TargetUnreachable {
+                target: format!("{}:{}/{}", config.host, config.port, config.database),
+                error: error.to_string(),
+            });
+        }
+        self.retarget(config).await
+    }
+
     /// Moves the pool to another server (a failover) or login: connections
     /// opened from now on go to `config`'s target; idle ones close now,
     /// busy ones when their work ends. Calls keep being served meanwhile.

@@ -53,6 +53,18 @@ impl PgConnector {
     }
 }
 
+impl PgConnector {
+    /// Opens one connection outside any pool and closes it: whether the
+    /// target answers and takes the login (a new target is checked before
+    /// a pool moves to it).
+    pub(crate) async fn check(&self) -> Result<(), OpenError> {
+        let opened = self.connector.open(|_| {}).await?;
+        // Dropping the client ends the connection.
+        drop(opened);
+        Ok(())
+    }
+}
+
 impl PgConn {
     pub(crate) fn client(&self) -> &Client {
         &self.client

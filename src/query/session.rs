@@ -342,6 +342,10 @@ impl Running {
     /// The pool cancelled this session's lease (a drain or a pause, out
     /// of time or forced).
     fn stopped_by_pool(&self) -> Ending {
+        if *self.server_stopping.borrow() {
+            // The shutdown's drain ran out of time.
+            return self.ended(SessionEnd::ServerStopping, self.lease.transaction_status());
+        }
         let error = match self.lease.cancel_reason() {
             Some(CancelReason::Pause) => PoolError::Paused(self.pool.name()),
             _ => PoolError::Draining(self.pool.name()),

@@ -310,7 +310,10 @@ mod tests {
         for (sql, secret) in [
             ("ALTER ROLE victim PASSWORD 'VictimPw_555'", "VictimPw_555"),
             ("CREATE ROLE x LOGIN PASSWORD 'pw-123456'", "pw-123456"),
-            ("SELECT * FROM t WHERE token = 'abc-secret' AND n = 42", "abc-secret"),
+            (
+                "SELECT * FROM t WHERE token = 'abc-secret' AND n = 42",
+                "abc-secret",
+            ),
             ("SELECT $q$dollar-secret$q$", "dollar-secret"),
             ("SET app.key = 'set-secret'", "set-secret"),
             ("garbage ((( 'unparsed-secret'", "unparsed-secret"),
@@ -319,7 +322,10 @@ mod tests {
             assert!(!shown.contains(secret), "{sql} shown as {shown}");
             assert!(!shown.is_empty());
         }
-        assert_eq!(shown_statement("SELECT a FROM t WHERE b = 1"), "SELECT a FROM t WHERE b = $1");
+        assert_eq!(
+            shown_statement("SELECT a FROM t WHERE b = 1"),
+            "SELECT a FROM t WHERE b = $1"
+        );
     }
 
     #[tokio::test]

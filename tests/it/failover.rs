@@ -108,6 +108,27 @@ async fn a_new_target_outside_the_allowed_ones_or_malformed_is_refused_and_nothi
         .await
         .expect_err("not an allowed target");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // An allowed target where nothing answers: checked first, nothing changes.
+    let silent = admin
+        .update_pool(UpdatePoolRequest {
+            port: Some(u32::from(crate::support::free_port())),
+            ..update("retarget_refused")
+        })
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(silent.code(), Code::FailedPrecondition, "{silent:?}");
+    let wrong_database = admin
+        .update_pool(UpdatePoolRequest {
+            database: Some("no_such_database".into()),
+            ..update("retarget_refused")
+        })
+        .await
+        .expect_err("no such database");
+    assert_eq!(
+        wrong_database.code(),
+        Code::FailedPrecondition,
+        "{wrong_database:?}"
+    );
     for (request, field) in [
         (
             UpdatePoolRequest {

@@ -236,6 +236,21 @@ async fn a_committed_transaction_is_visible_and_a_rolled_back_one_leaves_nothing
     session.ok("COMMIT").await;
     assert_eq!(count("sess_tx").await, 4);
     // Bad requests are answered in place; COPY is refused.
+    let too_long = Session::open(
+        &mut client,
+        SessionOpen {
+            statement_timeout_ms: u32::MAX,
+            ..open_request("sess_tx")
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+    assert_eq!(
+        meta(&too_long, "poolplane-field").as_deref(),
+        Some("open.statement_timeout_ms")
+    );
     let copy = session.run("COPY sess_tx TO STDOUT").await;
     assert_eq!(error_of(&copy).code, Code::Unimplemented as i32);
     let two = session.run("SELECT 1; SELECT 2").await;
@@ -678,7 +693,15 @@ async fn operators_see_sessions_and_a_killed_one_ends_leaving_nothing() {
     assert_eq!(info.transaction, TransactionStatus::InTransaction as i32);
     // Shown with its constants replaced: never a literal's value.
     assert_eq!(info.last_statement, "SELECT $1 AS marker");
-    assert!(list(&server, "other_pool").await.is_empty());
+    let unknown = server
+        .admin()
+        .await
+        .list_sessions(poolplane::proto::ListSessionsRequest {
+            pool: "no_such_pool".into(),
+        })
+        .await
+        .expect_err("no such pool");
+    assert_eq!(unknown.code(), Code::NotFound);
 
     let mut admin = server.admin().await;
     let killed = admin
