@@ -236,23 +236,13 @@ async fn a_pause_with_drain_connections_leaves_no_backend_until_the_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_pause_ends_sessions_leaving_nothing() {
-    let admin_pg = cluster().admin().await;
-    admin_pg
-        .batch_execute(
-            "DROP TABLE IF EXISTS pause_force; CREATE TABLE pause_force (id int PRIMARY KEY, note text); \
-             INSERT INTO pause_force VALUES (1, 'locked row')",
-        )
-        .await
-        .expect("table");
+    crate::sessions::table("pause_force").await;
     let server = TestServer::start(&config_yaml(&[PoolSpec::new("pause_force", 2)])).await;
     let mut client = server.query().await;
     let mut session = Session::open(&mut client, open_request("pause_force"))
         .await
         .expect("open");
-    session.ok("BEGIN").await;
-    session
-        .ok("SELECT note FROM pause_force WHERE id = 1 FOR UPDATE")
-        .await;
+    crate::sessions::dirty(&mut session, "pause_force").await;
     let report = server
         .admin()
         .await
@@ -267,20 +257,10 @@ async fn a_forced_pause_ends_sessions_leaving_nothing() {
     let status = session.ending().await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("paused"), "{}", status.message());
-    eventually(
-        "no backend idle in transaction",
-        Duration::from_secs(1),
-        || async { crate::support::busy_backends(&admin_pg, "poolplane/pause_force").await == 0 },
-    )
-    .await;
-    admin_pg
-        .query_one(
-            "SELECT note FROM pause_force WHERE id = 1 FOR UPDATE NOWAIT",
-            &[],
-        )
-        .await
-        .expect("the row lock is free");
+    crate::sessions::no_transaction_left("pause_force", "pause_force").await;
     resume(&server, "pause_force").await;
+    // The next user of the pool sees nothing of the session.
+    crate::sessions::left_nothing(&server, "pause_force", "pause_force").await;
     server.stop().await;
 }
 

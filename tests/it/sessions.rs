@@ -164,7 +164,7 @@ fn error_of(answer: &StatementResult) -> &poolplane::proto::StatementError {
     }
 }
 
-async fn table(name: &str) {
+pub async fn table(name: &str) {
     let admin = cluster().admin().await;
     admin
         .batch_execute(&format!(
@@ -334,7 +334,7 @@ async fn a_thousand_pipelined_statements_are_all_answered_in_order() {
 /// What a session leaves on its connection before it ends: an open
 /// transaction holding a row lock, a setting, a temporary table and a
 /// prepared statement. Returns its backend's pid.
-async fn dirty(session: &mut Session, table: &str) -> i64 {
+pub async fn dirty(session: &mut Session, table: &str) -> i64 {
     session.ok("SET work_mem = '7777kB'").await;
     session.ok("CREATE TEMP TABLE sess_temp (x int)").await;
     session.ok("PREPARE sess_prepared AS SELECT 1").await;
@@ -348,7 +348,7 @@ async fn dirty(session: &mut Session, table: &str) -> i64 {
 /// Within a second of a session's end: no backend of the pool idle in a
 /// transaction, the row lock free; and the pool's next user (on the same
 /// backend, if it was kept) sees none of the session's state.
-async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
+pub async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
     no_transaction_left(pool, table).await;
     let mut client = server.query().await;
     let state = client
@@ -367,7 +367,7 @@ async fn left_nothing(server: &TestServer, pool: &str, table: &str) {
 
 /// Within a second: no backend of the pool idle in a transaction, and the
 /// session's row lock free.
-async fn no_transaction_left(pool: &str, table: &str) {
+pub async fn no_transaction_left(pool: &str, table: &str) {
     let admin = cluster().admin().await;
     let app = format!("poolplane/{pool}");
     eventually(
