@@ -337,6 +337,14 @@ pub(crate) fn pool_to_proto(info: PoolInfo, health: &HealthReport) -> proto::Poo
             utilization_alert_threshold: config.alerts.utilization,
             error_rate_alert_threshold: config.alerts.error_rate,
             acquire_wait_alert_threshold_ms: millis(config.alerts.acquire_wait),
+            max_session_connections: config.sessions.max_connections(limits.max_connections),
+            session_idle_timeout_ms: millis(config.sessions.idle_timeout),
+            idle_in_transaction_timeout_ms: config
+                .sessions
+                .idle_in_transaction_timeout
+                .map_or(0, millis),
+            max_session_duration_ms: config.sessions.max_duration.map_or(0, millis),
+            leak_detection_threshold_ms: config.sessions.leak_threshold.map_or(0, millis),
         }),
         state: state_to_proto(info.state) as i32,
         statistics: Some(stats_to_proto(&info.stats, limits.max_connections)),

@@ -142,6 +142,11 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-statement-kind", kind.to_string())],
         ),
+        QueryError::OutlivesSession { kind } => with(
+            Code::FailedPrecondition,
+            message,
+            &[("poolplane-statement-kind", kind.to_string())],
+        ),
         QueryError::CopyUnsupported => with(
             Code::Unimplemented,
             message,

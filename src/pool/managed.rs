@@ -243,6 +243,20 @@ impl ManagedPool {
             let thresholds = update.apply_thresholds(config.alerts);
             crate::config::check_thresholds(&thresholds).map_err(PoolError::InvalidConfig)?;
             crate::config::check_limits(&limits).map_err(PoolError::InvalidConfig)?;
+            if let Some(sessions) = config
+                .sessions
+                .max_connections
+                .filter(|sessions| *sessions > limits.max_connections)
+            {
+                return Err(PoolError::InvalidConfig(vec![crate::config::ConfigError {
+                    path: "max_connections".into(),
+                    line: None,
+                    message: format!(
+                        "{} is below the pool's max_session_connections ({sessions}): sessions could take every connection",
+                        limits.max_connections
+                    ),
+                }]));
+            }
             let settle = limits != config.limits;
             if settle {
                 self.apply_limits(config, limits);

@@ -31,6 +31,10 @@ pub enum QueryError {
     /// session may run: `kind` names the statement.
     #[error("{kind} is not allowed in Execute or ExecuteBatch, which run in autocommit on a shared connection; open a Session to use transactions and session state")]
     NeedsSession { kind: &'static str },
+    /// A statement a session may not run either: it would outlive the
+    /// session (`PREPARE TRANSACTION` keeps its transaction and locks).
+    #[error("{kind} is not allowed in a Session: a prepared transaction outlives the session and keeps its locks (poolplane does not do two-phase commit)")]
+    OutlivesSession { kind: &'static str },
     /// COPY to or from the client, which this API cannot carry.
     #[error("COPY to or from the client is not supported through Execute; use INSERT ... SELECT, INSERT with ExecuteBatch, or server-side COPY to a file")]
     CopyUnsupported,

@@ -113,7 +113,13 @@ pub async fn run_session(
     out: SessionSender,
     context: SessionContext,
 ) {
-    let (lease, permit) = match open(&pool, &options, context.deadline).await {
+    // A caller that leaves while the open waits (a paused pool) gives up
+    // its place in the queue at once.
+    let opened = tokio::select! {
+        opened = open(&pool, &options, context.deadline) => opened,
+        () = out.closed() => return,
+    };
+    let (lease, permit) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let _ = out.send(Err(error)).await;
@@ -461,6 +467,9 @@ impl Running {
 async fn run_statement(lease: &Lease, statement: &Statement) -> Result<QueryResult, QueryError> {
     admit_text(&statement.sql)?;
     match classify::check(&statement.sql) {
+        Err(classify::Refusal::NeedsSession(kind @ "PREPARE TRANSACTION")) => {
+            return Err(QueryError::OutlivesSession { kind })
+        }
         Ok(()) | Err(classify::Refusal::NeedsSession(_)) => {}
         Err(refusal) => return Err(refused(refusal)),
     }

@@ -76,23 +76,99 @@ struct Activity {
     since: Instant,
 }
 
-/// What may be shown of a statement: its normalized text (constants
-/// replaced), cut at `STATEMENT_PREFIX_CHARS`; a statement PostgreSQL's
-/// parser cannot read shows only its first word.
+/// What may be shown of a statement. A query or transaction control
+/// shows its text with every constant and comment replaced by `$n` (as
+/// pg_stat_statements shows statements), read by PostgreSQL's own
+/// scanner; any other statement (`ALTER ROLE ... PASSWORD`, `CREATE
+/// SERVER ... OPTIONS (password ...)`, `COMMENT ... IS ...`) shows only
+/// its leading keywords, since a secret may stand anywhere in it, even
+/// unquoted. Cut at `STATEMENT_PREFIX_CHARS`.
 fn shown_statement(sql: &str) -> String {
-    let shown = match pg_query::normalize(sql) {
-        Ok(normalized) => normalized,
-        Err(_) => {
-            let first = sql.split_whitespace().next().unwrap_or_default();
-            let word: String = first
-                .chars()
-                .take_while(char::is_ascii_alphabetic)
-                .take(32)
-                .collect();
-            format!("{word} … (not parsed; not shown)")
-        }
+    let shown = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) if shows_text(&parsed) => without_constants(sql),
+        Ok(_) => format!("{} … (text not shown)", leading_keywords(sql)),
+        Err(_) => format!("{} … (not parsed; not shown)", leading_keywords(sql)),
     };
     shown.chars().take(STATEMENT_PREFIX_CHARS).collect()
+}
+
+/// Statements whose text is shown (constants replaced): queries and
+/// transaction control, where every value is a constant token.
+fn shows_text(parsed: &pg_query::ParseResult) -> bool {
+    use pg_query::NodeEnum as N;
+    let statements = &parsed.protobuf.stmts;
+    statements.len() == 1
+        && statements.iter().all(|raw| {
+            matches!(
+                raw.stmt.as_ref().and_then(|stmt| stmt.node.as_ref()),
+                Some(
+                    N::SelectStmt(_)
+                        | N::InsertStmt(_)
+                        | N::UpdateStmt(_)
+                        | N::DeleteStmt(_)
+                        | N::MergeStmt(_)
+                        | N::TransactionStmt(_)
+                        | N::CallStmt(_)
+                        | N::LockStmt(_)
+                )
+            )
+        })
+}
+
+/// `sql` with every constant and comment token replaced by `$1`, `$2`, ...
+fn without_constants(sql: &str) -> String {
+    use pg_query::protobuf::Token as T;
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return format!("{} … (not parsed; not shown)", leading_keywords(sql));
+    };
+    let hidden = [
+        T::Sconst,
+        T::Usconst,
+        T::Bconst,
+        T::Xconst,
+        T::Iconst,
+        T::Fconst,
+        T::SqlComment,
+        T::CComment,
+    ]
+    .map(|token| token as i32);
+    let mut shown = String::with_capacity(sql.len());
+    let mut at = 0;
+    let mut placeholders = 0;
+    for token in tokens.iter().filter(|token| hidden.contains(&token.token)) {
+        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end))
+        else {
+            continue;
+        };
+        let (Some(before), true) = (sql.get(at..start), end <= sql.len()) else {
+            continue;
+        };
+        shown.push_str(before);
+        placeholders += 1;
+        shown.push_str(&format!("${placeholders}"));
+        at = end;
+    }
+    shown.push_str(sql.get(at..).unwrap_or_default());
+    shown
+}
+
+/// The keywords a statement starts with (`ALTER ROLE`, `CREATE SERVER`),
+/// up to its first name or value.
+fn leading_keywords(sql: &str) -> String {
+    use pg_query::protobuf::KeywordKind as K;
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return String::new();
+    };
+    tokens
+        .iter()
+        .take_while(|token| token.keyword_kind != K::NoKeyword as i32)
+        .take(4)
+        .filter_map(|token| {
+            sql.get(usize::try_from(token.start).ok()?..usize::try_from(token.end).ok()?)
+        })
+        .map(str::to_uppercase)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A session's place in the table; dropping it takes the session out.
@@ -315,7 +391,23 @@ mod tests {
                 "abc-secret",
             ),
             ("SELECT $q$dollar-secret$q$", "dollar-secret"),
+            ("SELECT E'escaped-secret', U&'unicode-secret'", "secret"),
+            ("SELECT 1 -- comment-secret", "comment-secret"),
+            ("SELECT /* block-secret */ 1", "block-secret"),
             ("SET app.key = 'set-secret'", "set-secret"),
+            (
+                "ALTER ROLE app IN DATABASE d SET app.pw = Unquoted_Secret",
+                "Unquoted_Secret",
+            ),
+            (
+                "CREATE SERVER s FOREIGN DATA WRAPPER w OPTIONS (password 'fdw-secret')",
+                "fdw-secret",
+            ),
+            (
+                "COMMENT ON TABLE t IS 'comment-on-secret'",
+                "comment-on-secret",
+            ),
+            ("PREPARE p AS SELECT 'prepared-secret'", "prepared-secret"),
             ("garbage ((( 'unparsed-secret'", "unparsed-secret"),
         ] {
             let shown = shown_statement(sql);
@@ -323,9 +415,14 @@ mod tests {
             assert!(!shown.is_empty());
         }
         assert_eq!(
-            shown_statement("SELECT a FROM t WHERE b = 1"),
-            "SELECT a FROM t WHERE b = $1"
+            shown_statement("SELECT a FROM t WHERE b = 1 AND c = 'x'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $2"
         );
+        assert_eq!(
+            shown_statement("ALTER ROLE victim PASSWORD 'x'"),
+            "ALTER ROLE … (text not shown)"
+        );
+        assert_eq!(shown_statement("BEGIN"), "BEGIN");
     }
 
     #[tokio::test]

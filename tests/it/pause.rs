@@ -365,3 +365,48 @@ async fn session_opens_queue_behind_a_pause_and_take_their_place_at_the_resume()
     drop(opened);
     server.stop().await;
 }
+
+/// Found by a red team: a session open queued behind a pause and then
+/// abandoned by its client kept its place in the queue until the resume,
+/// so abandoned opens could fill the queue and lock everyone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_session_open_leaves_the_pause_queue_at_once() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("pause_abandon", 2)])).await;
+    server
+        .admin()
+        .await
+        .pause_pool(PausePoolRequest {
+            queue_limit: 2,
+            ..pause("pause_abandon")
+        })
+        .await
+        .expect("pause");
+    let mut opens = Vec::new();
+    for _ in 0..2 {
+        let mut client = server.query().await;
+        opens.push(tokio::spawn(async move {
+            let _ = Session::open(&mut client, open_request("pause_abandon")).await;
+        }));
+    }
+    eventually("two opens wait", Duration::from_secs(5), || async {
+        pending(&server, "pause_abandon").await == 2
+    })
+    .await;
+    for open in &opens {
+        open.abort();
+    }
+    eventually(
+        "the abandoned opens left the queue",
+        Duration::from_secs(5),
+        || async { pending(&server, "pause_abandon").await == 0 },
+    )
+    .await;
+    // There is room to wait again.
+    let mut client = server.query().await;
+    let mut request = tonic::Request::new(exec("pause_abandon", "SELECT 1", vec![]));
+    request.set_timeout(Duration::from_millis(500));
+    let status = client.execute(request).await.expect_err("still paused");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    resume(&server, "pause_abandon").await;
+    server.stop().await;
+}

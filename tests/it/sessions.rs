@@ -251,6 +251,9 @@ async fn a_committed_transaction_is_visible_and_a_rolled_back_one_leaves_nothing
         meta(&too_long, "poolplane-field").as_deref(),
         Some("open.statement_timeout_ms")
     );
+    // Two-phase commit would outlive the session, its locks with it.
+    let two_phase = session.run("PREPARE TRANSACTION 'outlives'").await;
+    assert_eq!(error_of(&two_phase).code, Code::FailedPrecondition as i32);
     let copy = session.run("COPY sess_tx TO STDOUT").await;
     assert_eq!(error_of(&copy).code, Code::Unimplemented as i32);
     let two = session.run("SELECT 1; SELECT 2").await;
@@ -1135,5 +1138,42 @@ async fn an_undecodable_request_ends_the_session_with_invalid_argument() {
     assert_eq!(answered, 3, "opened, BEGIN, SELECT");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     no_transaction_left("sess_garbage", "sess_garbage").await;
+    server.stop().await;
+}
+
+/// Found by a red team: UpdatePool could shrink a pool below its
+/// max_session_connections, letting sessions take every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_cannot_shrink_below_its_session_connections() {
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new("sess_shrink", 4).with("max_session_connections: 3")
+    ]))
+    .await;
+    let mut admin = server.admin().await;
+    let refused = admin
+        .update_pool(poolplane::proto::UpdatePoolRequest {
+            name: "sess_shrink".into(),
+            max_connections: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect_err("below max_session_connections");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("max_session_connections"),
+        "{}",
+        refused.message()
+    );
+    let spec = admin
+        .get_pool(poolplane::proto::GetPoolRequest {
+            name: "sess_shrink".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .spec
+        .expect("spec");
+    assert_eq!((spec.max_connections, spec.max_session_connections), (4, 3));
+    assert_eq!(spec.idle_in_transaction_timeout_ms, 60_000);
     server.stop().await;
 }
