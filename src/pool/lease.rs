@@ -223,7 +223,7 @@ impl Lease<PgConnector> {
     /// Whether the driver keeps prepared statements of its own on this
     /// connection (which a caller's `DEALLOCATE` could have removed).
     pub fn driver_keeps_statements(&self) -> bool {
-        self.conn().reset_kind() == crate::postgres::reset::ResetKind::KeepDriverStatements
+        self.conn().reset_kind().keep_driver_statements
     }
 
     /// Notes the types of a statement prepared on this lease's connection

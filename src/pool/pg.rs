@@ -36,7 +36,14 @@ pub struct PgConn {
     /// The driver looked up a type that is not built in, and keeps that
     /// lookup as prepared statements of its own for the connection's life.
     driver_statements: AtomicBool,
+    /// The database has dblink or postgres_fdw (when the connection opened).
+    remote_connections: bool,
 }
+
+/// Whether the database has an extension that keeps connections to other
+/// servers in the backend, beyond what a reset undoes without being told.
+const HAS_REMOTE_CONNECTIONS: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension \
+    WHERE extname OPERATOR(pg_catalog.=) ANY ('{dblink,postgres_fdw}'::pg_catalog.name[]))";
 
 /// Sends PostgreSQL a cancel request for one connection's statement.
 #[derive(Clone)]
@@ -88,10 +95,9 @@ impl PgConn {
 
     /// The reset this connection needs.
     pub(crate) fn reset_kind(&self) -> ResetKind {
-        if self.driver_statements.load(Ordering::Acquire) {
-            ResetKind::KeepDriverStatements
-        } else {
-            ResetKind::DeallocateAll
+        ResetKind {
+            keep_driver_statements: self.driver_statements.load(Ordering::Acquire),
+            close_remote_connections: self.remote_connections,
         }
     }
 }
@@ -116,14 +122,33 @@ impl Connector for PgConnector {
             token: client.cancel_token(),
             endpoint: self.connector.endpoint(),
         };
+        let timeout = self.connector.endpoint().connect_timeout;
+        let remote_connections = tokio::time::timeout(timeout, has_remote_connections(&client))
+            .await
+            .map_err(|_| {
+                OpenError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not answer its first query within the connect timeout",
+                ))
+            })??;
         Ok(PgConn {
             client,
             closer,
             limit,
             cancel,
             driver_statements: AtomicBool::new(false),
+            remote_connections,
         })
     }
+}
+
+/// Asks the database once per connection (a simple query: the driver
+/// keeps nothing of it).
+async fn has_remote_connections(client: &Client) -> Result<bool, OpenError> {
+    let reply = client.simple_query(HAS_REMOTE_CONNECTIONS).await?;
+    Ok(reply.iter().any(|message| {
+        matches!(message, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
+    }))
 }
 
 impl Connection for PgConn {

@@ -29,6 +29,10 @@
 //! SQL-level prepared statements instead (about 30 µs more server time),
 //! and the connection is closed if a function made any.
 //!
+//! In a database with dblink or postgres_fdw (checked when a connection
+//! opens), the reset also closes the connections those keep to other
+//! servers, in a `DO` block (about a tenth of a millisecond more).
+//!
 //! It is not `DISCARD ALL`, which cannot report an open transaction (it
 //! fails inside one, and so would a message holding it and the report),
 //! and which also throws away every cached plan.
@@ -38,35 +42,99 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::error_chain;
 use super::limit::{MessageLimit, TransactionStatus};
 
-/// Which prepared statements the reset may drop.
+/// Which reset a connection needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResetKind {
-    /// Deallocate every prepared statement: the driver keeps none across calls.
-    DeallocateAll,
-    /// The driver keeps prepared statements of its own: report SQL-level ones.
-    KeepDriverStatements,
+pub(crate) struct ResetKind {
+    /// The driver keeps prepared statements of its own: report SQL-level
+    /// ones instead of deallocating all.
+    pub(crate) keep_driver_statements: bool,
+    /// The database has dblink or postgres_fdw, whose connections to other
+    /// servers live in the backend: close them.
+    pub(crate) close_remote_connections: bool,
 }
 
 impl ResetKind {
     /// The reset, one message.
     pub(crate) fn sql(self) -> &'static str {
-        match self {
-            ResetKind::DeallocateAll => RESET_DEALLOCATE_ALL,
-            ResetKind::KeepDriverStatements => RESET_KEEP_DRIVER_STATEMENTS,
+        match (self.keep_driver_statements, self.close_remote_connections) {
+            (false, false) => RESET_DEALLOCATE_ALL,
+            (true, false) => RESET_KEEP_DRIVER_STATEMENTS,
+            (false, true) => RESET_DEALLOCATE_ALL_REMOTE,
+            (true, true) => RESET_KEEP_DRIVER_STATEMENTS_REMOTE,
         }
     }
 }
 
-const RESET_DEALLOCATE_ALL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; \
-    UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-    DEALLOCATE ALL; \
-    SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp()";
+/// What every reset does first (role, settings, cursors, notifications,
+/// advisory locks, temporary objects, sequences).
+macro_rules! session_state {
+    () => {
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
+         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; "
+    };
+}
 
-const RESET_KEEP_DRIVER_STATEMENTS: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-    CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
-    DISCARD SEQUENCES; \
-    SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp(), \
-    EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+/// Closes the connections dblink and postgres_fdw keep in the backend (a
+/// later caller could use their logins, and a remote transaction would
+/// keep its locks). Found through `pg_extension`, in the extensions' own
+/// schemas; a missing unnamed dblink connection is no error.
+macro_rules! remote_connections {
+    () => {
+        "DO $poolplane$ DECLARE s pg_catalog.name; BEGIN \
+         SELECT n.nspname INTO s FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n \
+           ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+           WHERE e.extname OPERATOR(pg_catalog.=) 'dblink'::pg_catalog.name; \
+         IF s IS NOT NULL THEN \
+           EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect(c) FROM \
+             pg_catalog.unnest(%I.dblink_get_connections()) AS c', s, s); \
+           BEGIN EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect()', s); \
+           EXCEPTION WHEN OTHERS THEN NULL; END; \
+         END IF; \
+         s := NULL; \
+         SELECT n.nspname INTO s FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n \
+           ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+           WHERE e.extname OPERATOR(pg_catalog.=) 'postgres_fdw'::pg_catalog.name; \
+         IF s IS NOT NULL THEN \
+           EXECUTE pg_catalog.format('SELECT %I.postgres_fdw_disconnect_all()', s); \
+         END IF; \
+         END $poolplane$; "
+    };
+}
+
+/// The report: whether a transaction block was open (a fresh implicit
+/// transaction starts with this very message).
+macro_rules! report {
+    () => {
+        "SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) \
+         pg_catalog.statement_timestamp()"
+    };
+}
+
+/// ... and whether SQL-level prepared statements exist.
+macro_rules! report_statements {
+    () => {
+        ", EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
+    };
+}
+
+const RESET_DEALLOCATE_ALL: &str = concat!(session_state!(), "DEALLOCATE ALL; ", report!());
+
+const RESET_KEEP_DRIVER_STATEMENTS: &str =
+    concat!(session_state!(), report!(), report_statements!());
+
+const RESET_DEALLOCATE_ALL_REMOTE: &str = concat!(
+    session_state!(),
+    remote_connections!(),
+    "DEALLOCATE ALL; ",
+    report!()
+);
+
+const RESET_KEEP_DRIVER_STATEMENTS_REMOTE: &str = concat!(
+    session_state!(),
+    remote_connections!(),
+    report!(),
+    report_statements!()
+);
 
 /// What one run of a reset found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -571,3 +571,99 @@ async fn a_result_above_the_byte_limit_is_refused_or_truncated_and_cancelled() {
     assert_eq!((whole.rows.len(), whole.truncated), (50, false));
     server.stop().await;
 }
+
+/// Found by a red team: connections dblink keeps in the backend outlived
+/// the reset, so the next caller could use the remote login, and a remote
+/// transaction kept its ACCESS EXCLUSIVE lock. In a database with dblink
+/// (or postgres_fdw) the reset now closes them, after Execute and after a
+/// Session alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dblink_keeps_do_not_outlive_the_call() {
+    let database = "pp_dblink";
+    cluster().ensure_database(database).await;
+    let (db_admin, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster().port)
+        .user("postgres")
+        .password(crate::support::SUPERUSER_PASSWORD)
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the dblink database");
+    tokio::spawn(connection);
+    db_admin
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS dblink; \
+             DROP TABLE IF EXISTS dblink_locked; CREATE TABLE dblink_locked (id int)",
+        )
+        .await
+        .expect("dblink");
+    let mut spec = PoolSpec::new("dblink_pool", 1).with("max_session_connections: 1");
+    spec.database = database;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let remote = format!(
+        "host=127.0.0.1 port={} dbname={database} user=postgres password={} application_name=pp_dblink_remote",
+        cluster().port,
+        crate::support::SUPERUSER_PASSWORD
+    );
+    let client = server.query().await;
+    let mut session_client = client.clone();
+    let run = |sql: String| {
+        let mut client = client.clone();
+        async move { client.execute(exec("dblink_pool", &sql, vec![])).await }
+    };
+    // Execute: in one call, a named connection holding a remote
+    // transaction and its lock, and the unnamed one.
+    run(format!(
+        "SELECT dblink_connect('kept', '{remote}'), \
+         dblink_exec('kept', 'BEGIN; LOCK TABLE dblink_locked IN ACCESS EXCLUSIVE MODE'), \
+         dblink_connect('{remote}')"
+    ))
+    .await
+    .expect("connect and lock");
+    let left = run("SELECT coalesce(array_length(dblink_get_connections(), 1), 0)::int8".into())
+        .await
+        .expect("connections")
+        .into_inner();
+    assert_eq!(
+        left.rows[0].values[0],
+        v::int(0),
+        "named connections closed"
+    );
+    let unnamed = run("SELECT * FROM dblink('SELECT 1') AS x(i int)".into())
+        .await
+        .expect_err("the unnamed connection is closed");
+    assert!(unnamed.message().contains("connection"), "{unnamed:?}");
+    // The remote backend is gone, and its lock with it.
+    let admin = cluster().admin().await;
+    crate::support::eventually(
+        "the remote backends are gone",
+        std::time::Duration::from_secs(5),
+        || {
+            let admin = &admin;
+            async move { crate::support::backends(admin, "pp_dblink_remote").await == 0 }
+        },
+    )
+    .await;
+    db_admin
+        .batch_execute("SET lock_timeout = '1s'; LOCK TABLE dblink_locked IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("the remote lock is free");
+    // A Session's are closed when it ends, too.
+    let mut session = crate::sessions::Session::open(
+        &mut session_client,
+        crate::sessions::open_request("dblink_pool"),
+    )
+    .await
+    .expect("open");
+    session
+        .ok(&format!("SELECT dblink_connect('in_session', '{remote}')"))
+        .await;
+    session.close().await;
+    let left = run("SELECT coalesce(array_length(dblink_get_connections(), 1), 0)::int8".into())
+        .await
+        .expect("connections")
+        .into_inner();
+    assert_eq!(left.rows[0].values[0], v::int(0));
+    server.stop().await;
+}
