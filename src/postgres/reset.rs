@@ -31,8 +31,8 @@
 //!
 //! In a database with dblink or postgres_fdw (checked when a connection
 //! opens), the reset also closes the connections those keep to other
-//! servers, in a `DO` block (measured at +0.3 ms per reset: only those
-//! databases pay it).
+//! servers, in a `DO` block (about +0.3 ms per reset, docs/benchmarks.md:
+//! only those databases pay it).
 //!
 //! It is not `DISCARD ALL`, which cannot report an open transaction (it
 //! fails inside one, and so would a message holding it and the report),
