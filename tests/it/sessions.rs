@@ -431,6 +431,19 @@ async fn idle_in_transaction(pool: &str) {
     .await;
 }
 
+/// A server whose pool `pool` (one connection, one session) runs a
+/// session left dirty (`dirty`), on a fresh table of the same name.
+async fn dirty_session(pool: &str) -> (TestServer, QueryClient<Channel>, Session) {
+    table(pool).await;
+    let server = server_for(pool, &[]).await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    dirty(&mut session, pool).await;
+    (server, client, session)
+}
+
 /// A server whose sessions on `pool` end quickly when idle.
 async fn server_for(pool: &str, extra: &[&str]) -> TestServer {
     let mut spec = PoolSpec::new(pool, 1);
@@ -467,13 +480,7 @@ async fn close_rolls_back_and_resets_the_same_backend_for_the_next_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_cancels_leaves_nothing() {
-    table("sess_end_cancel").await;
-    let server = server_for("sess_end_cancel", &[]).await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request("sess_end_cancel"))
-        .await
-        .expect("open");
-    dirty(&mut session, "sess_end_cancel").await;
+    let (server, mut client, session) = dirty_session("sess_end_cancel").await;
     drop(session);
     left_nothing(&server, "sess_end_cancel", "sess_end_cancel").await;
     // Cancelled while a statement runs: the statement is cancelled too.
@@ -571,13 +578,7 @@ async fn idle_in_a_transaction_too_long_ends_the_session_and_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_ends_sessions_and_closes_their_connections() {
-    table("sess_end_drain").await;
-    let server = server_for("sess_end_drain", &[]).await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request("sess_end_drain"))
-        .await
-        .expect("open");
-    dirty(&mut session, "sess_end_drain").await;
+    let (server, _client, mut session) = dirty_session("sess_end_drain").await;
     let mut admin = server.admin().await;
     let report = admin
         .delete_pool(DeletePoolRequest {
@@ -675,13 +676,7 @@ async fn list(server: &TestServer, pool: &str) -> Vec<poolplane::proto::SessionI
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_sessions_and_a_killed_one_ends_leaving_nothing() {
     use poolplane::proto::{KillSessionRequest, SessionState};
-    table("sess_kill").await;
-    let server = server_for("sess_kill", &[]).await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request("sess_kill"))
-        .await
-        .expect("open");
-    dirty(&mut session, "sess_kill").await;
+    let (server, mut client, mut session) = dirty_session("sess_kill").await;
     session
         .ok("SELECT 'a statement to recognise' AS marker")
         .await;
