@@ -98,7 +98,9 @@ async fn paused_calls_wait_and_run_in_arrival_order_after_the_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_caller_gets_deadline_exceeded_at_its_deadline_and_the_queue_is_bounded() {
-    let server = TestServer::start(&config_yaml(&[PoolSpec::new("pause_deadline", 2)])).await;
+    let mut spec = PoolSpec::new("pause_deadline", 2);
+    spec.connection_timeout_ms = 300;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
     let mut admin = server.admin().await;
     admin
         .pause_pool(PausePoolRequest {
@@ -120,7 +122,7 @@ async fn a_paused_caller_gets_deadline_exceeded_at_its_deadline_and_the_queue_is
         "{:?}",
         started.elapsed()
     );
-    // The pool's own acquire timeout (5 s here) does not apply while
+    // The pool's own acquire timeout (300 ms here) does not apply while
     // paused: two callers wait well past it; a third finds the queue full.
     let mut waiting = Vec::new();
     for _ in 0..2 {
@@ -140,8 +142,10 @@ async fn a_paused_caller_gets_deadline_exceeded_at_its_deadline_and_the_queue_is
         .await
         .expect_err("queue full");
     assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    // Waiting past the acquire timeout several times over, still queued.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(waiting.iter().all(|call| !call.is_finished()));
+    assert_eq!(pending(&server, "pause_deadline").await, 2);
     resume(&server, "pause_deadline").await;
     for call in waiting {
         call.await.expect("join").expect("served after the resume");

@@ -618,7 +618,20 @@ async fn a_drain_waits_for_a_transaction_to_end_then_ends_the_session() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the pool is draining", Duration::from_secs(5), || async {
+        match server
+            .admin()
+            .await
+            .get_pool(poolplane::proto::GetPoolRequest {
+                name: "sess_drain_tx".into(),
+            })
+            .await
+        {
+            Ok(pool) => pool.into_inner().state == poolplane::proto::PoolState::Draining as i32,
+            Err(_) => false,
+        }
+    })
+    .await;
     // The transaction may finish...
     session
         .ok("INSERT INTO sess_drain_tx VALUES (5, 'committed during the drain')")
@@ -897,9 +910,12 @@ async fn sigterm_lets_a_transaction_finish_then_ends_its_session() {
         .ok("INSERT INTO sess_sigterm VALUES (7, 'committed during shutdown')")
         .await;
     let pid = served.pid();
-    let stopping = tokio::spawn(served.terminate());
+    served.send_terminate();
+    eventually("the shutdown began", Duration::from_secs(10), || async {
+        served.log().contains("shutting down")
+    })
+    .await;
     // Shutting down: the transaction may still finish.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(session.ok("COMMIT").await, TransactionStatus::Idle);
     let status = session.ending().await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -907,7 +923,7 @@ async fn sigterm_lets_a_transaction_finish_then_ends_its_session() {
         meta(&status, "poolplane-session-end").as_deref(),
         Some("server_stopping")
     );
-    let exit = stopping.await.expect("join");
+    let exit = served.exit().await;
     assert!(exit.success(), "pid {pid} exited with {exit:?}");
     assert_eq!(count("sess_sigterm").await, 2);
 }

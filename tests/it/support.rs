@@ -701,12 +701,22 @@ impl ServedBinary {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.send_terminate();
+        self.exit().await
+    }
+
+    /// Sends SIGTERM (the shutdown begins).
+    pub fn send_terminate(&self) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(killed.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exit(mut self) -> std::process::ExitStatus {
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
