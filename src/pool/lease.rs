@@ -20,7 +20,9 @@ use super::connector::Connector;
 use super::core::{Borrowed, CancelReason, Core, LeaseControl};
 use super::pg::PgConnector;
 use super::stats::PoolStats;
+use crate::postgres::plans::Plan;
 use crate::postgres::reset::{self, ResetFailed};
+use crate::postgres::FlightMark;
 
 pub struct Lease<C: Connector = PgConnector> {
     id: u64,
@@ -212,6 +214,43 @@ impl Lease<PgConnector> {
     /// the result.
     pub fn rows_before_drop(&self, mark: u64) -> Option<u64> {
         self.conn().message_limit().rows_before_drop(mark)
+    }
+
+    /// The plan remembered for `sql` on this connection, if any.
+    pub(crate) fn plan(&self, sql: &str) -> Option<Arc<Plan>> {
+        self.conn().plans().get(sql)
+    }
+
+    /// Remembers `plan` for `sql` on this connection.
+    pub(crate) fn remember_plan(&self, sql: &str, plan: Arc<Plan>) {
+        self.conn().plans().insert(sql, plan);
+    }
+
+    /// Forgets the plan of `sql` on this connection.
+    pub(crate) fn forget_plan(&self, sql: &str) {
+        self.conn().plans().forget(sql);
+    }
+
+    /// Marks where the connection's traffic stands before a request goes
+    /// out; see [`Lease::sent_nothing_since`] and [`Lease::replies_since`].
+    pub(crate) fn flight_mark(&self) -> FlightMark {
+        self.conn().message_limit().flight_mark()
+    }
+
+    /// Whether not one byte went towards the server since `mark`.
+    pub(crate) fn sent_nothing_since(&self, mark: FlightMark) -> bool {
+        self.conn().message_limit().unsent_since(mark)
+    }
+
+    /// How many messages the server sent since `mark`.
+    pub(crate) fn replies_since(&self, mark: FlightMark) -> u64 {
+        self.conn().message_limit().replies_since(mark)
+    }
+
+    /// The fingerprint of the first row description the server sent
+    /// since the last [`Lease::flight_mark`].
+    pub(crate) fn description_since_mark(&self) -> Option<u64> {
+        self.conn().message_limit().description_since_mark()
     }
 
     /// Where the session stands after the last request whose reply was

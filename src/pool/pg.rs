@@ -15,6 +15,7 @@ use tokio_postgres::{CancelToken, Client};
 
 use super::connector::{CancelHandle, Connection, Connector, ServerSlot, SlotEnd};
 use crate::config::PoolConfig;
+use crate::postgres::plans::Plans;
 use crate::postgres::reset::ResetKind;
 use crate::postgres::{self, Closer, DriverEnd, Endpoint, MessageLimit, OpenError};
 
@@ -38,6 +39,8 @@ pub struct PgConn {
     driver_statements: AtomicBool,
     /// The database has dblink or postgres_fdw (when the connection opened).
     remote_connections: bool,
+    /// Statement plans remembered on this connection (`postgres/plans.rs`).
+    plans: Plans,
 }
 
 /// Whether the database has an extension that keeps connections to other
@@ -86,6 +89,11 @@ impl PgConn {
         {
             self.driver_statements.store(true, Ordering::Release);
         }
+    }
+
+    /// The statement plans remembered on this connection.
+    pub(crate) fn plans(&self) -> &Plans {
+        &self.plans
     }
 
     /// The limit on what one message may bring (`postgres::limit`).
@@ -138,6 +146,7 @@ impl Connector for PgConnector {
             cancel,
             driver_statements: AtomicBool::new(false),
             remote_connections,
+            plans: Plans::default(),
         })
     }
 }

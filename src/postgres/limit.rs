@@ -15,7 +15,11 @@
 //! Other messages pass whatever their size: none of them can be large.
 //! On the way, the filter notes the transaction status each ReadyForQuery
 //! reports (the driver reads it but does not say), which a Session returns
-//! after every statement.
+//! after every statement; a fingerprint of each row description (so a
+//! remembered statement plan can be checked against what the server now
+//! describes, `query/plan.rs`); and how many messages arrived and bytes
+//! left, so the query path can tell a request that never reached the
+//! server from one that may have run ([`FlightMark`]).
 //! The filter itself holds a header and a shortened error at most; a
 //! dropped message is read and discarded as it arrives.
 
@@ -43,7 +47,28 @@ pub(crate) struct MessageLimit {
     terminated: AtomicBool,
     /// The status byte of the last ReadyForQuery: `I`, `T` or `E`.
     transaction: AtomicU8,
+    /// Messages the server sent on this connection (headers seen).
+    replies: AtomicU64,
+    /// Bytes the driver wrote towards the server.
+    sent: AtomicU64,
+    /// Fingerprint of the first row description (RowDescription, or
+    /// [`NO_COLUMNS`] for NoData) since the last [`MessageLimit::flight_mark`];
+    /// `NONE` if none came yet. The first: the driver reads ahead, so later
+    /// replies (a pipelined reset's) may already have been seen.
+    description: AtomicU64,
 }
+
+/// Where a connection's traffic stood just before a request went out:
+/// afterwards, [`MessageLimit::unsent_since`] and
+/// [`MessageLimit::replies_since`] say how far the request got.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlightMark {
+    sent: u64,
+    replies: u64,
+}
+
+/// The description fingerprint of a statement that returns no rows (NoData).
+pub(crate) const NO_COLUMNS: u64 = 0;
 
 /// Where a connection's session stands after a request, as PostgreSQL
 /// reports it in ReadyForQuery.
@@ -67,7 +92,53 @@ impl MessageLimit {
             first_dropped: AtomicU64::new(NONE),
             terminated: AtomicBool::new(false),
             transaction: AtomicU8::new(b'I'),
+            replies: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            description: AtomicU64::new(NONE),
         })
+    }
+
+    /// Marks where traffic stands before a request is handed to the driver
+    /// (every earlier reply on the connection has been read), and starts
+    /// watching for the request's row description.
+    pub(crate) fn flight_mark(&self) -> FlightMark {
+        self.description.store(NONE, Ordering::Release);
+        FlightMark {
+            sent: self.sent.load(Ordering::Acquire),
+            replies: self.replies.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether not one byte went towards the server since `mark`.
+    pub(crate) fn unsent_since(&self, mark: FlightMark) -> bool {
+        self.sent.load(Ordering::Acquire) == mark.sent
+    }
+
+    /// How many messages the server sent since `mark`.
+    pub(crate) fn replies_since(&self, mark: FlightMark) -> u64 {
+        self.replies
+            .load(Ordering::Acquire)
+            .saturating_sub(mark.replies)
+    }
+
+    /// The fingerprint of the first row description (RowDescription or
+    /// NoData) the server sent since the last flight mark: equal for equal
+    /// descriptions.
+    pub(crate) fn description_since_mark(&self) -> Option<u64> {
+        match self.description.load(Ordering::Acquire) {
+            NONE => None,
+            fingerprint => Some(fingerprint),
+        }
+    }
+
+    /// Notes a row description's fingerprint, unless one came since the mark.
+    fn described(&self, fingerprint: u64) {
+        let _ = self.description.compare_exchange(
+            NONE,
+            fingerprint,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The transaction status of the last ReadyForQuery the server sent.
@@ -131,6 +202,11 @@ enum Phase {
         have: usize,
     },
     Pass(usize),
+    /// A RowDescription that passes while its fingerprint is taken.
+    PassDescription {
+        remaining: usize,
+        hash: u64,
+    },
     /// An authentication request on a plaintext connection: its code is
     /// read first (`header` and the code's bytes are held back meanwhile).
     AuthCode {
@@ -283,6 +359,19 @@ impl Filter {
                 self.passed(take);
                 take
             }
+            Phase::PassDescription { remaining, hash } => {
+                let take = (*remaining).min(input.len());
+                out.extend_from_slice(&input[..take]);
+                *hash = fingerprint(*hash, &input[..take]);
+                *remaining -= take;
+                if *remaining == 0 {
+                    // Never NO_COLUMNS nor NONE.
+                    let hash = (*hash).clamp(NO_COLUMNS + 1, NONE - 1);
+                    self.limit.described(hash);
+                    self.phase = header();
+                }
+                take
+            }
             Phase::Drop(remaining) => {
                 let take = (*remaining).min(input.len());
                 *remaining -= take;
@@ -365,6 +454,10 @@ impl Filter {
         ]) as usize;
         let body = length.saturating_sub(4);
         let oversized = length > self.limit.max;
+        self.limit.replies.fetch_add(1, Ordering::AcqRel);
+        if kind == b'n' {
+            self.limit.described(NO_COLUMNS);
+        }
         if kind == b'D' {
             let index = self.limit.rows_seen.fetch_add(1, Ordering::AcqRel);
             if oversized {
@@ -384,6 +477,13 @@ impl Filter {
                 code: Vec::with_capacity(4),
                 remaining: body,
             },
+            b'T' if !oversized && body > 0 => {
+                out.extend_from_slice(&header_bytes);
+                Phase::PassDescription {
+                    remaining: body,
+                    hash: FNV_OFFSET,
+                }
+            }
             b'Z' if body == 1 => {
                 out.extend_from_slice(&header_bytes);
                 Phase::ReadyStatus
@@ -418,6 +518,19 @@ impl Filter {
             self.limit.terminated.store(true, Ordering::Release);
         }
     }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// FNV-1a, continued over `bytes`: cheap, streaming, and plenty to tell
+/// two row descriptions of one statement apart.
+fn fingerprint(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
 }
 
 /// An ErrorResponse built from the kept start of one too large to pass:
@@ -565,7 +678,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.filter
+            .limit
+            .sent
+            .fetch_add(written as u64, Ordering::AcqRel);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

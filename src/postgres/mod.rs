@@ -6,6 +6,7 @@
 //! about pooling.
 
 mod limit;
+pub(crate) mod plans;
 pub(crate) mod reset;
 mod stream;
 mod tls;
@@ -17,9 +18,9 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{CancelToken, Client, NoTls};
 
 use crate::config::PoolConfig;
-pub(crate) use limit::MessageLimit;
 pub use limit::TransactionStatus;
 use limit::{Filter, Limited, LimitedTls};
+pub(crate) use limit::{FlightMark, MessageLimit};
 pub(crate) use stream::Closer;
 use stream::TrackedStream;
 use tls::Tls;

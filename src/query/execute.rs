@@ -2,22 +2,26 @@
 //! or once per parameter set inside a transaction), and give the
 //! connection back clean.
 //!
-//! The statement runs in its own task that owns the lease. The caller waits
-//! for that task only until its deadline; then it sends PostgreSQL a cancel
-//! request and returns at once, while the task collects the cancellation
-//! error and closes the connection (a cancelled connection is never reused:
-//! a late cancel must not hit the next borrower). If the caller goes away
-//! (client disconnect), the same cancel is sent from a drop guard.
+//! The statement runs inside the caller's own future (no task of its own):
+//! a repeated statement goes out in one flight (`plan.rs`), with the
+//! session reset right behind it. The caller waits only until its
+//! deadline; then it marks the lease cancelled, sends PostgreSQL a cancel
+//! request from a task of its own, and returns at once, dropping the
+//! statement's future: the marked connection is closed, never reused (a
+//! late cancel must not hit the next borrower). If the caller goes away
+//! (client disconnect), a drop guard does the same before the statement's
+//! future is dropped.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{pin_mut, TryStreamExt};
+use futures::{pin_mut, FutureExt, TryStreamExt};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{self, Refusal};
 use super::error::QueryError;
+use super::plan;
 use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
 use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
 
@@ -161,8 +165,7 @@ pub(super) async fn with_lease<T, F, Fut>(
 ) -> Result<T, QueryError>
 where
     F: Fn(Lease) -> Fut,
-    Fut: Future<Output = Attempt<T>> + Send + 'static,
-    T: Send + 'static,
+    Fut: Future<Output = Attempt<T>>,
 {
     let mut attempt = once(pool, deadline, &work).await;
     for _ in 0..STALE_RETRIES {
@@ -180,8 +183,7 @@ where
 async fn once<T, F, Fut>(pool: &ManagedPool, deadline: Option<Instant>, work: &F) -> Attempt<T>
 where
     F: Fn(Lease) -> Fut,
-    Fut: Future<Output = Attempt<T>> + Send + 'static,
-    T: Send + 'static,
+    Fut: Future<Output = Attempt<T>>,
 {
     let acquired = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, pool.acquire()).await {
@@ -199,26 +201,31 @@ where
         Err(err) => return Attempt::Done(Err(err.into())),
     };
     let canceller = lease.canceller();
-    let mut task = tokio::spawn(work(lease));
+    // Declared before the guard, so dropped after it: should the caller
+    // go away, the guard marks the lease cancelled before the statement's
+    // future (which owns the lease) gives the connection back.
+    let work = std::panic::AssertUnwindSafe(work(lease)).catch_unwind();
+    pin_mut!(work);
     let mut guard = CancelOnDrop(Some(canceller.clone()));
-    let joined = match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, &mut task).await,
-        None => Ok((&mut task).await),
+    let finished = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, &mut work).await,
+        None => Ok((&mut work).await),
     };
     guard.disarm();
-    match joined {
+    match finished {
         Ok(Ok(attempt)) => attempt,
-        Ok(Err(join_error)) => {
-            tracing::error!(error = %join_error, "statement task failed");
+        Ok(Err(_panic)) => {
+            tracing::error!(pool = %pool.name(), "a statement panicked");
             // Nobody knows how far it got.
             Attempt::Done(Err(QueryError::ConnectionLost {
-                error: "the statement task ended unexpectedly".into(),
+                error: "the statement ended unexpectedly".into(),
                 may_have_run: true,
             }))
         }
         Err(_elapsed) => {
-            // The cancel goes out from its own task: an unreachable server
-            // must not hold the caller past its deadline.
+            // Marked now, before the statement's future and its lease are
+            // dropped; the cancel goes out from its own task: an
+            // unreachable server must not hold the caller past its deadline.
             let may_have_run = canceller.cancel_in_background(CancelReason::Deadline);
             Attempt::Done(Err(QueryError::DeadlineExceeded { may_have_run }))
         }
@@ -327,17 +334,24 @@ impl Drop for CancelOnDrop {
 }
 
 async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<QueryResult> {
-    let prepared = match prepare(&lease, &statement.sql).await {
-        Ok(prepared) => prepared,
+    let ready = match plan::ready(&lease, &statement.sql, "params", &statement.params).await {
+        Ok(ready) => ready,
         Err(failure) => return failure.retype(),
     };
     let started = std::time::Instant::now();
-    let result = with_pipelined_reset(
-        &lease,
-        run_prepared(&lease, &statement, &prepared, RestOfResult::Cancel),
-    )
+    let result: Result<_, plan::FlightFailure> = with_pipelined_reset(&lease, async {
+        let sent = plan::send(&lease, &statement.sql, ready).await?;
+        Ok(read_result(&lease, &statement, sent, RestOfResult::Cancel).await?)
+    })
     .await;
     lease.statement_ran(started.elapsed());
+    let result = match result {
+        Ok(result) => Ok(result),
+        Err(failure) => match failure.into_attempt() {
+            Attempt::Done(result) => result,
+            stale @ Attempt::StaleConnection(_) => return stale,
+        },
+    };
     count_sql_error(&lease, &result);
     Attempt::Done(result)
 }
@@ -347,10 +361,10 @@ async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<Query
 /// ends with the connection still reusable, the reset's reply decides
 /// whether it goes back to the pool; otherwise the reset is not waited for
 /// (the connection is closed anyway).
-pub(super) async fn with_pipelined_reset<T>(
+pub(super) async fn with_pipelined_reset<T, E>(
     lease: &Lease,
-    work: impl Future<Output = Result<T, QueryError>>,
-) -> Result<T, QueryError> {
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     let reset = lease.reset_request();
     pin_mut!(work, reset);
     let mut reset_reply = None;
@@ -388,6 +402,9 @@ pub(super) struct Sent {
     pub(super) columns: Vec<Column>,
     pub(super) rows: tokio_postgres::RowStream,
     pub(super) mark: u64,
+    /// The server described the result otherwise than `columns` say: the
+    /// rows' own descriptions are the truth (`plan.rs`).
+    pub(super) columns_may_differ: bool,
 }
 
 /// Sends a prepared statement with its parameters, unless the caller gave
@@ -398,7 +415,12 @@ pub(super) async fn send(
     prepared: &tokio_postgres::Statement,
 ) -> Result<Sent, QueryError> {
     let params = encode_params("params", params, prepared.params())?;
-    let columns = describe_columns(prepared.columns())?;
+    let columns = describe_columns(
+        prepared
+            .columns()
+            .iter()
+            .map(|column| (column.name(), column.type_())),
+    )?;
     if !lease.begin_effect() {
         return Err(classify(
             lease,
@@ -418,6 +440,7 @@ pub(super) async fn send(
         columns,
         rows,
         mark,
+        columns_may_differ: false,
     })
 }
 
@@ -436,11 +459,23 @@ pub(super) async fn run_prepared(
     prepared: &tokio_postgres::Statement,
     rest: RestOfResult,
 ) -> Result<QueryResult, QueryError> {
+    let sent = send(lease, &statement.params, prepared).await?;
+    read_result(lease, statement, sent, rest).await
+}
+
+/// Reads a sent statement's result within the statement's limits.
+pub(super) async fn read_result(
+    lease: &Lease,
+    statement: &Statement,
+    sent: Sent,
+    rest: RestOfResult,
+) -> Result<QueryResult, QueryError> {
     let Sent {
-        columns,
+        mut columns,
         rows: stream,
         mark,
-    } = send(lease, &statement.params, prepared).await?;
+        columns_may_differ,
+    } = sent;
     pin_mut!(stream);
     let mut rows = Vec::new();
     let mut bytes = ResultBytes::default();
@@ -457,6 +492,10 @@ pub(super) async fn run_prepared(
             _ if gap.is_some_and(|before| before <= rows.len() as u64) => Err(Limit::Bytes),
             None => break,
             Some(_) if rows.len() == statement.max_rows as usize => Err(Limit::Rows),
+            Some(row) if columns_may_differ && rows.is_empty() => {
+                columns = row_columns(&row)?;
+                counted_values(&row, &columns, &mut bytes, statement.max_bytes)
+            }
             Some(row) => counted_values(&row, &columns, &mut bytes, statement.max_bytes),
         };
         match values {
@@ -503,12 +542,35 @@ pub(super) async fn run_prepared(
         }
     }
     let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    if columns_may_differ && rows.is_empty() {
+        // No row to say what the columns are now: ask (no effect).
+        let described = lease
+            .client()
+            .prepare(&statement.sql)
+            .await
+            .map_err(|err| driver_error(lease, &err))?;
+        columns = describe_columns(
+            described
+                .columns()
+                .iter()
+                .map(|column| (column.name(), column.type_())),
+        )?;
+    }
     Ok(QueryResult {
         columns,
         rows,
         rows_affected,
         truncated: false,
     })
+}
+
+/// The columns as a row describes them.
+fn row_columns(row: &tokio_postgres::Row) -> Result<Vec<Column>, QueryError> {
+    describe_columns(
+        row.columns()
+            .iter()
+            .map(|column| (column.name(), column.type_())),
+    )
 }
 
 async fn run_batch(
@@ -700,7 +762,7 @@ enum Limit {
 /// SQLSTATE 57014, what PostgreSQL reports for a statement cancelled by request.
 pub(super) const QUERY_CANCELED: &str = "57014";
 
-fn encode_params(
+pub(super) fn encode_params(
     field: &str,
     values: &[SqlValue],
     types: &[Type],
@@ -727,25 +789,26 @@ fn encode_params(
         .collect()
 }
 
-fn describe_columns(columns: &[tokio_postgres::Column]) -> Result<Vec<Column>, QueryError> {
+/// The result's columns, as (name, type) pairs, in domain terms; refused
+/// if poolplane cannot return one of them.
+pub(super) fn describe_columns<'a>(
+    columns: impl IntoIterator<Item = (&'a str, &'a Type)>,
+) -> Result<Vec<Column>, QueryError> {
     columns
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, column)| {
-            let ty = column.type_();
+        .map(|(i, (name, ty))| {
             if !is_supported(ty) {
                 return Err(QueryError::invalid(
-                    format!("sql (column {} `{}`)", i + 1, column.name()),
+                    format!("sql (column {} `{name}`)", i + 1),
                     format!(
-                        "column `{}` has type {}, which poolplane does not return; cast it in SQL, e.g. {}::text",
-                        column.name(),
+                        "column `{name}` has type {}, which poolplane does not return; cast it in SQL, e.g. {name}::text",
                         ty.name(),
-                        column.name()
                     ),
                 ));
             }
             Ok(Column {
-                name: column.name().to_string(),
+                name: name.to_string(),
                 type_name: ty.name().to_string(),
                 type_oid: ty.oid(),
             })

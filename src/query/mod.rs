@@ -8,6 +8,7 @@ mod classify;
 mod error;
 mod execute;
 mod numeric;
+mod plan;
 mod session;
 mod sessions;
 mod stream;

@@ -126,6 +126,7 @@ async fn stream_prepared(
         columns,
         rows,
         mark,
+        ..
     } = send(lease, &statement.params, prepared).await?;
     pin_mut!(rows);
     deliver(lease, parts, StreamPart::Columns(columns.clone())).await?;

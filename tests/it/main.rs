@@ -32,6 +32,7 @@ mod reload;
 mod serve_binary;
 mod session_hygiene;
 mod sessions;
+mod statement_plans;
 mod status_codes;
 mod streaming;
 mod tls;
