@@ -786,6 +786,54 @@ mod tests {
     }
 
     #[test]
+    fn the_first_description_after_a_mark_is_fingerprinted_however_it_is_split() {
+        let ours = message(b'T', b"\0\x01a\0 one column");
+        let reset = message(b'T', b"\0\x01b\0 the reset's report");
+        let input = [
+            message(b'1', b""),
+            ours.clone(),
+            message(b'D', b"row"),
+            message(b'Z', b"I"),
+            reset,
+        ]
+        .concat();
+        let mut seen = Vec::new();
+        for piece in [1, 2, 3, 7, 4096] {
+            let limit = MessageLimit::new(200);
+            let mark = limit.flight_mark();
+            assert_eq!(limit.description_since_mark(), None);
+            let mut filter = Filter::messages(Arc::clone(&limit));
+            assert_eq!(filtered(&mut filter, &input, piece), input, "piece {piece}");
+            seen.push(limit.description_since_mark().expect("described"));
+            assert_eq!(limit.replies_since(mark), 5);
+        }
+        assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "{seen:?}");
+
+        // Another description, another fingerprint; NoData has its own.
+        let limit = MessageLimit::new(200);
+        let mut filter = Filter::messages(Arc::clone(&limit));
+        limit.flight_mark();
+        filtered(&mut filter, &message(b'T', b"\0\x01a\0 two column"), 3);
+        assert_ne!(limit.description_since_mark(), Some(seen[0]));
+        limit.flight_mark();
+        filtered(&mut filter, &[message(b'n', b""), ours].concat(), 1);
+        assert_eq!(limit.description_since_mark(), Some(NO_COLUMNS));
+    }
+
+    #[tokio::test]
+    async fn bytes_written_are_counted_for_the_flight_mark() {
+        use tokio::io::AsyncWriteExt;
+        let limit = MessageLimit::new(200);
+        let (near, _far) = tokio::io::duplex(64);
+        let mut stream = Limited::new(near, Filter::messages(Arc::clone(&limit)));
+        let mark = limit.flight_mark();
+        assert!(limit.unsent_since(mark));
+        stream.write_all(b"Parse").await.expect("write");
+        assert!(!limit.unsent_since(mark));
+        assert!(limit.unsent_since(limit.flight_mark()));
+    }
+
+    #[test]
     fn the_last_ready_for_query_gives_the_transaction_status() {
         let limit = MessageLimit::new(200);
         let mut filter = Filter::messages(Arc::clone(&limit));
