@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod pool;
 mod postgres;
 pub mod query;
+mod text_cache;
 
 /// Generated protobuf types and gRPC stubs of `poolplane.v1`.
 pub mod proto {

@@ -281,7 +281,11 @@ impl Lease<PgConnector> {
         reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
     ) {
         let conn = self.conn();
-        let outcome = match reset::read_report(reply, conn.message_limit().transaction_status()) {
+        let outcome = match reset::read_report(
+            conn.reset_kind(),
+            reply,
+            conn.message_limit().transaction_status(),
+        ) {
             Ok(report) => {
                 if report != reset::ResetReport::Clean {
                     tracing::warn!(pool = %self.pool_name, ?report, "connection came back unclean; resetting it");

@@ -21,6 +21,7 @@ use super::pg::PgConnector;
 use super::stats::{AcquireOutcome, CloseReason, HistogramSnapshot, PoolStats, StatsSnapshot};
 use crate::config::{AlertThresholds, PoolConfig, PoolLimits};
 use crate::events::{EventBus, EventDetail};
+use crate::text_cache::{TextBounds, TextCache};
 
 /// How long a close waits for connections to end after their work stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -170,7 +171,18 @@ pub struct ManagedPool {
     /// False once the pool stops taking work: sessions end at their next
     /// quiet moment instead of holding a drain up.
     serving: tokio::sync::watch::Sender<bool>,
+    /// Statement texts the query path found fit to run on this pool (it
+    /// parses each with PostgreSQL's parser, a tenth of an Execute's CPU;
+    /// services send the same few hundred statements again and again).
+    admitted: TextCache<()>,
 }
+
+/// Bounds of a pool's [`ManagedPool::admitted`] texts: 1 MiB at most.
+const ADMITTED: TextBounds = TextBounds {
+    entries: 1024,
+    bytes: 1024 * 1024,
+    longest: 8 * 1024,
+};
 
 /// A session's place under `max_session_connections`; dropping it frees it.
 pub struct SessionPermit(Arc<AtomicU32>);
@@ -219,6 +231,7 @@ impl ManagedPool {
             warming: tokio::sync::Mutex::new(()),
             sessions: Arc::new(AtomicU32::new(0)),
             serving: tokio::sync::watch::Sender::new(true),
+            admitted: TextCache::new(ADMITTED),
         });
         pool.spawn_warm_up();
         let task = tokio::spawn(maintenance::run(Arc::downgrade(&pool)));
@@ -226,6 +239,16 @@ impl ManagedPool {
             *slot = Some(task);
         }
         pool
+    }
+
+    /// Whether the statement `sql` was already found fit to run here.
+    pub fn admitted(&self, sql: &str) -> bool {
+        self.admitted.get(sql).is_some()
+    }
+
+    /// Remembers that the statement `sql` is fit to run here.
+    pub fn admit(&self, sql: &str) {
+        self.admitted.insert(sql, ());
     }
 
     /// Applies an update: new limits live (see [`ManagedPool::update_limits`])

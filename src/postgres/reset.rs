@@ -1,42 +1,33 @@
 //! The session reset: what makes a connection that served one caller
 //! indistinguishable from a fresh one for the next.
 //!
-//! One simple-query message does all of it and reports what it found, so
-//! it can travel in the same flight as the caller's statement (no extra
-//! round trip; its cost is in docs/benchmarks.md):
+//! One simple-query message does all of it, so it can travel in the same
+//! flight as the caller's statement (no extra round trip; its cost is in
+//! docs/benchmarks.md). On most connections it is `DISCARD ALL`: the
+//! pool's role and settings (settings given at connect, like
+//! `statement_timeout`, are the defaults it returns to), cursors, prepared
+//! statements, notifications, advisory locks, cached plans, temporary
+//! objects and sequence state, in one statement PostgreSQL runs at about a
+//! third of the cost of the same steps one by one.
 //!
-//! - `SET SESSION AUTHORIZATION DEFAULT` and `RESET ALL`: the pool's role
-//!   and settings (settings given at connect, like `statement_timeout`, are
-//!   the defaults `RESET ALL` returns to);
-//! - `CLOSE ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP`,
-//!   `DISCARD SEQUENCES`: cursors, notifications, advisory locks, temporary
-//!   objects, sequence state;
-//! - then it reports whether the connection was inside a transaction block
-//!   (a fresh implicit transaction starts with this very message, so its
-//!   start time equals the statement's).
+//! Whether a transaction was left open is decided by the transaction
+//! status PostgreSQL sends with ReadyForQuery, which a caller cannot
+//! change; `DISCARD ALL` confirms it by failing inside a transaction block.
+//! Either way the transaction is rolled back and the reset run again.
 //!
-//! The transaction status PostgreSQL sends with the reply's ReadyForQuery
-//! decides first: a caller cannot change it. The SQL report only confirms
-//! it, and every name in it is schema-qualified, down to the operator (a
+//! Two kinds of connection need the steps one by one instead, ending with
+//! a report whose every name is schema-qualified, down to the operator (a
 //! role's own `search_path`, which `RESET ALL` restores, could otherwise
-//! put a caller's `=` in front of the catalog's).
-//!
-//! Prepared statements: on a connection whose driver holds no prepared
-//! statements of its own across calls, the reset deallocates all of them
-//! (`DEALLOCATE ALL`, cheap). tokio-postgres keeps its type lookups as
-//! prepared statements once it has looked up a type that is not built in;
-//! such a connection gets the other variant, which keeps them and reports
-//! SQL-level prepared statements instead (about 30 µs more server time),
-//! and the connection is closed if a function made any.
-//!
-//! In a database with dblink or postgres_fdw (checked when a connection
-//! opens), the reset also closes the connections those keep to other
-//! servers, in a `DO` block (about +0.3 ms per reset, docs/benchmarks.md:
-//! only those databases pay it).
-//!
-//! It is not `DISCARD ALL`, which cannot report an open transaction (it
-//! fails inside one, and so would a message holding it and the report),
-//! and which also throws away every cached plan.
+//! put a caller's `=` in front of the catalog's):
+//! - tokio-postgres keeps its type lookups as prepared statements once it
+//!   has looked up a type that is not built in: such a connection keeps
+//!   them (no `DEALLOCATE ALL`) and reports SQL-level prepared statements
+//!   instead, and is closed if a function made any;
+//! - in a database with dblink or postgres_fdw (checked when a connection
+//!   opens), the reset also closes the connections those keep to other
+//!   servers, in a `DO` block (about +0.3 ms per reset, docs/benchmarks.md:
+//!   only those databases pay it), and `DISCARD ALL` cannot share a
+//!   message with it (a message of several statements is one transaction).
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -58,7 +49,7 @@ impl ResetKind {
     /// The reset, one message.
     pub(crate) fn sql(self) -> &'static str {
         match (self.keep_driver_statements, self.close_remote_connections) {
-            (false, false) => RESET_DEALLOCATE_ALL,
+            (false, false) => RESET_DISCARD_ALL,
             (true, false) => RESET_KEEP_DRIVER_STATEMENTS,
             (false, true) => RESET_DEALLOCATE_ALL_REMOTE,
             (true, true) => RESET_KEEP_DRIVER_STATEMENTS_REMOTE,
@@ -66,7 +57,10 @@ impl ResetKind {
     }
 }
 
-/// What every reset does first (role, settings, cursors, notifications,
+/// Everything at once, in the one statement that does it.
+const RESET_DISCARD_ALL: &str = "DISCARD ALL";
+
+/// What every reset by steps does first (role, settings, cursors, notifications,
 /// advisory locks, temporary objects, sequences).
 macro_rules! session_state {
     () => {
@@ -118,8 +112,6 @@ macro_rules! report_statements {
     };
 }
 
-const RESET_DEALLOCATE_ALL: &str = concat!(session_state!(), "DEALLOCATE ALL; ", report!());
-
 const RESET_KEEP_DRIVER_STATEMENTS: &str =
     concat!(session_state!(), report!(), report_statements!());
 
@@ -162,6 +154,7 @@ pub(crate) struct ResetFailed(pub(crate) String);
 /// block (25P02) or an aborted reset; either way the transaction is rolled
 /// back and the reset tried once more.
 pub(crate) fn read_report(
+    kind: ResetKind,
     reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
     status: TransactionStatus,
 ) -> Result<ResetReport, ResetFailed> {
@@ -173,6 +166,16 @@ pub(crate) fn read_report(
         Err(err) if err.as_db_error().is_some() => return Ok(ResetReport::InTransaction),
         Err(err) => return Err(ResetFailed(error_chain(&err))),
     };
+    if kind.sql() == RESET_DISCARD_ALL {
+        // It ran, outside a transaction block (it fails inside one).
+        return match messages.as_slice() {
+            [SimpleQueryMessage::CommandComplete(_)] => Ok(ResetReport::Clean),
+            _ => Err(ResetFailed(format!(
+                "DISCARD ALL answered {} messages instead of one completion",
+                messages.len()
+            ))),
+        };
+    }
     let last_row = messages.iter().rev().find_map(|message| match message {
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
@@ -207,7 +210,7 @@ pub(crate) async fn finish(
                 .await
                 .map_err(|err| ResetFailed(error_chain(&err)))?;
             let reply = client.simple_query(kind.sql()).await;
-            match read_report(reply, limit.transaction_status())? {
+            match read_report(kind, reply, limit.transaction_status())? {
                 ResetReport::Clean => Ok(()),
                 other => Err(ResetFailed(format!(
                     "still not clean after ROLLBACK: {other:?}"
@@ -225,7 +228,7 @@ pub(crate) async fn reset(
     kind: ResetKind,
 ) -> Result<ResetReport, ResetFailed> {
     let reply = client.simple_query(kind.sql()).await;
-    let first = read_report(reply, limit.transaction_status())?;
+    let first = read_report(kind, reply, limit.transaction_status())?;
     finish(client, limit, kind, first.clone()).await?;
     Ok(first)
 }

@@ -63,7 +63,7 @@ pub async fn execute(
     statement: Statement,
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
-    admit(&statement.sql)?;
+    admit(pool, &statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, move |lease| {
@@ -79,7 +79,7 @@ pub async fn execute_batch(
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
-    admit(&sql)?;
+    admit(pool, &sql)?;
     for (i, set) in parameter_sets.iter().enumerate() {
         admit_params(&format!("parameter_sets[{i}].params"), set.len())?;
     }
@@ -96,11 +96,18 @@ const MAX_PARAMS: usize = 65_535;
 
 /// Refuses what must not run on a shared connection in autocommit, and
 /// what PostgreSQL or the driver would refuse before running anything (the
-/// caller's mistake, not a broken connection).
-pub(super) fn admit(sql: &str) -> Result<(), QueryError> {
+/// caller's mistake, not a broken connection). A text `pool` admitted
+/// before is not parsed again.
+pub(super) fn admit(pool: &ManagedPool, sql: &str) -> Result<(), QueryError> {
+    if pool.admitted(sql) {
+        return Ok(());
+    }
     admit_text(sql)?;
     match classify::check(sql) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            pool.admit(sql);
+            Ok(())
+        }
         Err(refusal) => Err(refused(refusal)),
     }
 }

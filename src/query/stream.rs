@@ -87,7 +87,7 @@ async fn run(
     deadline: Option<Instant>,
     parts: &PartSender,
 ) -> Result<(u64, bool), QueryError> {
-    admit(&statement.sql)?;
+    admit(pool, &statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, |lease| {
