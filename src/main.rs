@@ -40,8 +40,21 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
-    /// Measure the statistics cost per acquisition and /metrics with many pools.
-    Bench {
+    /// Benchmarks (`bench internal`: the measurements that need no server).
+    Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct BenchCommand {
+    #[command(subcommand)]
+    internal: BenchInternal,
+}
+
+#[derive(Subcommand)]
+enum BenchInternal {
+    /// Measure the statistics cost per acquisition and /metrics with many
+    /// pools, in this process (no server, no database).
+    Internal {
         /// Pools to configure for the scrape measurement.
         #[arg(long, default_value_t = 1000)]
         pools: usize,
@@ -51,24 +64,6 @@ enum Command {
         /// Acquisitions to time for the statistics cost.
         #[arg(long, default_value_t = 10_000_000)]
         iterations: u64,
-        /// Also measure Execute against this PostgreSQL (HOST:PORT) instead
-        /// of the statistics and scrape measurements.
-        #[arg(long)]
-        postgres: Option<String>,
-        /// With --postgres: the user, database, and the environment variable holding the password.
-        #[arg(long, default_value = "postgres")]
-        user: String,
-        #[arg(long, default_value = "postgres")]
-        database: String,
-        #[arg(long)]
-        password_env: Option<String>,
-        /// With --postgres: concurrent callers, pool size, seconds.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        #[arg(long, default_value_t = 8)]
-        max_connections: u32,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
     },
 }
 
@@ -76,31 +71,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Bench {
-            postgres: Some(target),
-            user,
-            database,
-            password_env,
-            clients,
-            max_connections,
-            seconds,
-            ..
-        } => bench_exit(bench_query(
-            target,
-            user,
-            database,
-            password_env,
-            clients,
-            max_connections,
-            seconds,
-        )),
-        Command::Bench {
-            pools,
-            scrapes,
-            iterations,
-            postgres: None,
-            ..
-        } => bench_exit(bench(pools, scrapes, iterations)),
+        Command::Bench(BenchCommand {
+            internal:
+                BenchInternal::Internal {
+                    pools,
+                    scrapes,
+                    iterations,
+                },
+        }) => bench_exit(bench_internal(pools, scrapes, iterations)),
         Command::Serve {
             config,
             grpc_listen,
@@ -142,13 +120,13 @@ fn bench_exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("poolplane bench: {err:#}");
+            eprintln!("poolplane bench internal: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn bench(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
+fn bench_internal(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -173,50 +151,6 @@ fn bench(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
             after as f64 / 1024.0
         );
     }
-    Ok(())
-}
-
-fn bench_query(
-    target: String,
-    user: String,
-    database: String,
-    password_env: Option<String>,
-    clients: usize,
-    max_connections: u32,
-    seconds: u64,
-) -> anyhow::Result<()> {
-    let (host, port) = target
-        .rsplit_once(':')
-        .context("--postgres takes HOST:PORT")?;
-    let config = poolplane::bench::QueryBenchConfig {
-        host: host.to_string(),
-        port: port.parse().context("--postgres port")?,
-        user,
-        database,
-        password_env,
-        clients,
-        max_connections,
-        duration: std::time::Duration::from_secs(seconds),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let r = runtime.block_on(poolplane::bench::run_query(config))?;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "direct SELECT 1, one connection: p50 {:.3} ms, p99 {:.3} ms",
-        ms(r.direct_p50),
-        ms(r.direct_p99)
-    );
-    println!(
-        "poolplane Execute, {clients} callers, pool of {max_connections}: {:.0} calls/s ({} calls, {} errors), p50 {:.3} ms, p99 {:.3} ms",
-        r.calls_per_second,
-        r.calls,
-        r.errors,
-        ms(r.p50),
-        ms(r.p99)
-    );
     Ok(())
 }
 
