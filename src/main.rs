@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once; the bench flags' size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC API until SIGINT or SIGTERM.
@@ -40,14 +42,18 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
-    /// Benchmarks (`bench internal`: the measurements that need no server).
+    /// Load-test a running poolplane over gRPC (`bench internal`: the
+    /// measurements that need no server).
     Bench(BenchCommand),
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchCommand {
     #[command(subcommand)]
-    internal: BenchInternal,
+    internal: Option<BenchInternal>,
+    #[command(flatten)]
+    load: poolplane::bench::LoadArgs,
 }
 
 #[derive(Subcommand)]
@@ -73,12 +79,17 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Bench(BenchCommand {
             internal:
-                BenchInternal::Internal {
+                Some(BenchInternal::Internal {
                     pools,
                     scrapes,
                     iterations,
-                },
+                }),
+            ..
         }) => bench_exit(bench_internal(pools, scrapes, iterations)),
+        Command::Bench(BenchCommand {
+            internal: None,
+            load,
+        }) => bench_load(load),
         Command::Serve {
             config,
             grpc_listen,
@@ -152,6 +163,51 @@ fn bench_internal(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// `poolplane bench`: exit 0, 1 if any leak was seen, 2 on bad options or
+/// an unreachable server (the calls' own errors are counted, not fatal).
+fn bench_load(args: poolplane::bench::LoadArgs) -> ExitCode {
+    let fail = |err: &dyn std::fmt::Display| {
+        eprintln!("poolplane bench: {err}");
+        ExitCode::from(2)
+    };
+    // The token is read here, where the environment is; it is never printed.
+    let token = match &args.token_env {
+        Some(name) => match std::env::var(name) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                return fail(&format!(
+                    "--token-env: the environment variable `{name}` is not set (or not UTF-8)"
+                ))
+            }
+        },
+        None => std::env::var("POOLPLANE_TOKEN").ok(),
+    };
+    let json = args.json.clone();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let options = match args.into_options(token.map(poolplane::config::Secret::new), progress) {
+        Ok(options) => options,
+        Err(err) => return fail(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("starting the async runtime: {err}")),
+    };
+    let report = match runtime.block_on(poolplane::bench::run_load(options)) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    print!("{}", report.summary());
+    if let Some(path) = json {
+        if let Err(err) = report.write_json(&path) {
+            return fail(&err);
+        }
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// Raises the open-file limit to what the system allows: every client and
@@ -278,5 +334,37 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_runs_a_load_and_bench_internal_the_measurements() {
+        let load = Cli::try_parse_from(["poolplane", "bench", "--clients", "3"]).expect("parses");
+        assert!(matches!(
+            load.command,
+            Command::Bench(BenchCommand { internal: None, ref load }) if load.clients == 3
+        ));
+        let internal = Cli::try_parse_from(["poolplane", "bench", "internal", "--pools", "7"])
+            .expect("parses");
+        assert!(matches!(
+            internal.command,
+            Command::Bench(BenchCommand {
+                internal: Some(BenchInternal::Internal { pools: 7, .. }),
+                ..
+            })
+        ));
+        // The old in-process mode is gone.
+        assert!(Cli::try_parse_from(["poolplane", "bench", "--postgres", "h:1"]).is_err());
     }
 }
