@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once; the bench flags' size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC API until SIGINT or SIGTERM.
@@ -40,8 +42,25 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
-    /// Measure the statistics cost per acquisition and /metrics with many pools.
-    Bench {
+    /// Load-test a running poolplane over gRPC (`bench internal`: the
+    /// measurements that need no server).
+    Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCommand {
+    #[command(subcommand)]
+    internal: Option<BenchInternal>,
+    #[command(flatten)]
+    load: poolplane::bench::LoadArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchInternal {
+    /// Measure the statistics cost per acquisition and /metrics with many
+    /// pools, in this process (no server, no database).
+    Internal {
         /// Pools to configure for the scrape measurement.
         #[arg(long, default_value_t = 1000)]
         pools: usize,
@@ -51,24 +70,6 @@ enum Command {
         /// Acquisitions to time for the statistics cost.
         #[arg(long, default_value_t = 10_000_000)]
         iterations: u64,
-        /// Also measure Execute against this PostgreSQL (HOST:PORT) instead
-        /// of the statistics and scrape measurements.
-        #[arg(long)]
-        postgres: Option<String>,
-        /// With --postgres: the user, database, and the environment variable holding the password.
-        #[arg(long, default_value = "postgres")]
-        user: String,
-        #[arg(long, default_value = "postgres")]
-        database: String,
-        #[arg(long)]
-        password_env: Option<String>,
-        /// With --postgres: concurrent callers, pool size, seconds.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        #[arg(long, default_value_t = 8)]
-        max_connections: u32,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
     },
 }
 
@@ -76,31 +77,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Bench {
-            postgres: Some(target),
-            user,
-            database,
-            password_env,
-            clients,
-            max_connections,
-            seconds,
+        Command::Bench(BenchCommand {
+            internal:
+                Some(BenchInternal::Internal {
+                    pools,
+                    scrapes,
+                    iterations,
+                }),
             ..
-        } => bench_exit(bench_query(
-            target,
-            user,
-            database,
-            password_env,
-            clients,
-            max_connections,
-            seconds,
-        )),
-        Command::Bench {
-            pools,
-            scrapes,
-            iterations,
-            postgres: None,
-            ..
-        } => bench_exit(bench(pools, scrapes, iterations)),
+        }) => bench_exit(bench_internal(pools, scrapes, iterations)),
+        Command::Bench(BenchCommand {
+            internal: None,
+            load,
+        }) => bench_load(load),
         Command::Serve {
             config,
             grpc_listen,
@@ -142,13 +131,13 @@ fn bench_exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("poolplane bench: {err:#}");
+            eprintln!("poolplane bench internal: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn bench(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
+fn bench_internal(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,48 +165,49 @@ fn bench(pools: usize, scrapes: usize, iterations: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_query(
-    target: String,
-    user: String,
-    database: String,
-    password_env: Option<String>,
-    clients: usize,
-    max_connections: u32,
-    seconds: u64,
-) -> anyhow::Result<()> {
-    let (host, port) = target
-        .rsplit_once(':')
-        .context("--postgres takes HOST:PORT")?;
-    let config = poolplane::bench::QueryBenchConfig {
-        host: host.to_string(),
-        port: port.parse().context("--postgres port")?,
-        user,
-        database,
-        password_env,
-        clients,
-        max_connections,
-        duration: std::time::Duration::from_secs(seconds),
+/// `poolplane bench`: exit 0, 1 if any leak was seen, 2 on bad options or
+/// an unreachable server (the calls' own errors are counted, not fatal).
+fn bench_load(args: poolplane::bench::LoadArgs) -> ExitCode {
+    let fail = |err: &dyn std::fmt::Display| {
+        eprintln!("poolplane bench: {err}");
+        ExitCode::from(2)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The token is read here, where the environment is; it is never printed.
+    let token = match &args.token_env {
+        Some(name) => match std::env::var(name) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                return fail(&format!(
+                    "--token-env: the environment variable `{name}` is not set (or not UTF-8)"
+                ))
+            }
+        },
+        None => std::env::var("POOLPLANE_TOKEN").ok(),
+    };
+    let json = args.json.clone();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let options = match args.into_options(token.map(poolplane::config::Secret::new), progress) {
+        Ok(options) => options,
+        Err(err) => return fail(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let r = runtime.block_on(poolplane::bench::run_query(config))?;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "direct SELECT 1, one connection: p50 {:.3} ms, p99 {:.3} ms",
-        ms(r.direct_p50),
-        ms(r.direct_p99)
-    );
-    println!(
-        "poolplane Execute, {clients} callers, pool of {max_connections}: {:.0} calls/s ({} calls, {} errors), p50 {:.3} ms, p99 {:.3} ms",
-        r.calls_per_second,
-        r.calls,
-        r.errors,
-        ms(r.p50),
-        ms(r.p99)
-    );
-    Ok(())
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("starting the async runtime: {err}")),
+    };
+    let report = match runtime.block_on(poolplane::bench::run_load(options)) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    print!("{}", report.summary());
+    if let Some(path) = json {
+        if let Err(err) = report.write_json(&path) {
+            return fail(&err);
+        }
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// Raises the open-file limit to what the system allows: every client and
@@ -344,5 +334,37 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_runs_a_load_and_bench_internal_the_measurements() {
+        let load = Cli::try_parse_from(["poolplane", "bench", "--clients", "3"]).expect("parses");
+        assert!(matches!(
+            load.command,
+            Command::Bench(BenchCommand { internal: None, ref load }) if load.clients == 3
+        ));
+        let internal = Cli::try_parse_from(["poolplane", "bench", "internal", "--pools", "7"])
+            .expect("parses");
+        assert!(matches!(
+            internal.command,
+            Command::Bench(BenchCommand {
+                internal: Some(BenchInternal::Internal { pools: 7, .. }),
+                ..
+            })
+        ));
+        // The old in-process mode is gone.
+        assert!(Cli::try_parse_from(["poolplane", "bench", "--postgres", "h:1"]).is_err());
     }
 }

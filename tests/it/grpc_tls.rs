@@ -15,12 +15,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::support::{config_yaml_with, eventually, PoolSpec, TestServer};
 
-struct Ca {
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().expect("CA key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -33,7 +33,7 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate `ca` signs for `names`: (certificate PEM, key PEM, DER).
-fn leaf(ca: &Ca, common_name: &str, names: &[&str]) -> (String, String, Vec<u8>) {
+pub(crate) fn leaf(ca: &Ca, common_name: &str, names: &[&str]) -> (String, String, Vec<u8>) {
     let key = KeyPair::generate().expect("key");
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -45,7 +45,7 @@ fn leaf(ca: &Ca, common_name: &str, names: &[&str]) -> (String, String, Vec<u8>)
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
 
-fn write(dir: &Path, name: &str, pem: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, pem: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, pem).expect("write");
     path.display().to_string()
@@ -99,7 +99,7 @@ async fn presented_certificate(port: u16, ca_pem: &str) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().expect("certificates")[0].to_vec()
 }
 
-fn tls_section(cert: &str, key: &str, client_ca: Option<&str>) -> String {
+pub(crate) fn tls_section(cert: &str, key: &str, client_ca: Option<&str>) -> String {
     let mut section = format!(
         "  server:\n    shutdown_timeout_ms: 5000\n    tls:\n      cert_file: {cert}\n      key_file: {key}\n"
     );

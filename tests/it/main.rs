@@ -8,6 +8,7 @@ mod accounting;
 mod admin_api;
 mod alerts;
 mod authorization;
+mod bench_tool;
 mod check_health;
 mod config_validation;
 mod created_pools;
