@@ -253,6 +253,30 @@ impl Lease<PgConnector> {
         self.conn().message_limit().description_since_mark()
     }
 
+    /// The number the next reply on this connection will have (see
+    /// `MessageLimit::next_reply`): exact once every earlier reply was read.
+    pub(crate) fn next_reply(&self) -> u64 {
+        self.conn().message_limit().next_reply()
+    }
+
+    /// How many rows of reply `number` came before one too large to take.
+    pub(crate) fn rows_before_drop_in(&self, number: u64) -> Option<u64> {
+        self.conn().message_limit().rows_before_drop_in(number)
+    }
+
+    /// The fingerprint of reply `number`'s row description, once it came.
+    pub(crate) fn description_of(&self, number: u64) -> Option<u64> {
+        self.conn().message_limit().description_of(number)
+    }
+
+    /// The transaction status reply `number` ended with (waits for it).
+    pub(crate) async fn status_of(
+        &self,
+        number: u64,
+    ) -> Option<crate::postgres::TransactionStatus> {
+        self.conn().message_limit().status_of(number).await
+    }
+
     /// Where the session stands after the last request whose reply was
     /// read to its end, as PostgreSQL reported it.
     pub fn transaction_status(&self) -> crate::postgres::TransactionStatus {

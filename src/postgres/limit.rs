@@ -51,11 +51,56 @@ pub(crate) struct MessageLimit {
     replies: AtomicU64,
     /// Bytes the driver wrote towards the server.
     sent: AtomicU64,
+    /// ReadyForQuery messages seen: the number of the next one to come.
+    readies: AtomicU64,
+    /// Rows seen since the last ReadyForQuery.
+    rows_since_ready: AtomicU64,
+    /// What each of the last [`REPLY_RING`] replies (a request's messages
+    /// up to its ReadyForQuery) brought, by its number modulo the ring's
+    /// size: for pipelined requests, whose replies the filter may see long
+    /// before the driver hands them to their readers.
+    replies_by_number: Box<[ReplySlot]>,
+    /// Woken at every ReadyForQuery, and when the stream ends.
+    ready: tokio::sync::Notify,
+    /// The server's side of the stream ended (end of file or an error):
+    /// no reply is coming any more.
+    stream_ended: AtomicBool,
     /// Fingerprint of the first row description (RowDescription, or
     /// [`NO_COLUMNS`] for NoData) since the last [`MessageLimit::flight_mark`];
     /// `NONE` if none came yet. The first: the driver reads ahead, so later
     /// replies (a pipelined reset's) may already have been seen.
     description: AtomicU64,
+}
+
+/// How many replies [`MessageLimit::reply`] remembers: more than a
+/// session keeps in flight.
+pub(crate) const REPLY_RING: usize = 256;
+
+/// What one reply brought.
+#[derive(Debug)]
+struct ReplySlot {
+    /// The transaction status of its ReadyForQuery (0 until it came).
+    status: AtomicU8,
+    /// Fingerprint of its first row description, `NONE` if none came.
+    description: AtomicU64,
+    /// Index of its first row dropped, `NONE` if none was.
+    first_dropped: AtomicU64,
+}
+
+impl ReplySlot {
+    fn new() -> ReplySlot {
+        ReplySlot {
+            status: AtomicU8::new(0),
+            description: AtomicU64::new(NONE),
+            first_dropped: AtomicU64::new(NONE),
+        }
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+        self.description.store(NONE, Ordering::Release);
+        self.first_dropped.store(NONE, Ordering::Release);
+    }
 }
 
 /// Where a connection's traffic stood just before a request went out:
@@ -84,6 +129,14 @@ pub enum TransactionStatus {
 
 const NONE: u64 = u64::MAX;
 
+fn status_from(byte: u8) -> TransactionStatus {
+    match byte {
+        b'T' => TransactionStatus::InTransaction,
+        b'E' => TransactionStatus::Failed,
+        _ => TransactionStatus::Idle,
+    }
+}
+
 impl MessageLimit {
     pub(crate) fn new(max: u64) -> Arc<MessageLimit> {
         Arc::new(MessageLimit {
@@ -95,7 +148,78 @@ impl MessageLimit {
             replies: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             description: AtomicU64::new(NONE),
+            readies: AtomicU64::new(0),
+            rows_since_ready: AtomicU64::new(0),
+            replies_by_number: (0..REPLY_RING).map(|_| ReplySlot::new()).collect(),
+            ready: tokio::sync::Notify::new(),
+            stream_ended: AtomicBool::new(false),
         })
+    }
+
+    /// The number the next reply will have: the replies of requests sent
+    /// from now on, one ReadyForQuery each, are numbered from here, once
+    /// every reply to the requests sent before has been read.
+    pub(crate) fn next_reply(&self) -> u64 {
+        self.readies.load(Ordering::Acquire)
+    }
+
+    fn slot(&self, number: u64) -> &ReplySlot {
+        &self.replies_by_number[(number % REPLY_RING as u64) as usize]
+    }
+
+    /// Whether reply `number` is still remembered (or yet to come).
+    fn remembered(&self, number: u64) -> bool {
+        self.next_reply().saturating_sub(number) < REPLY_RING as u64
+    }
+
+    /// The fingerprint of reply `number`'s row description, once it came.
+    pub(crate) fn description_of(&self, number: u64) -> Option<u64> {
+        if !self.remembered(number) {
+            return None;
+        }
+        match self.slot(number).description.load(Ordering::Acquire) {
+            NONE => None,
+            fingerprint => Some(fingerprint),
+        }
+    }
+
+    /// How many rows of reply `number` came before one too large to take,
+    /// if one was dropped (or the reply is no longer remembered: then 0).
+    pub(crate) fn rows_before_drop_in(&self, number: u64) -> Option<u64> {
+        if !self.remembered(number) {
+            return Some(0);
+        }
+        match self.slot(number).first_dropped.load(Ordering::Acquire) {
+            NONE => None,
+            index => Some(index),
+        }
+    }
+
+    /// The transaction status reply `number` ended with, waiting for its
+    /// ReadyForQuery if need be; `None` if it is no longer remembered or
+    /// will never come (the stream ended).
+    pub(crate) async fn status_of(&self, number: u64) -> Option<TransactionStatus> {
+        loop {
+            let woken = self.ready.notified();
+            if self.next_reply() > number {
+                if !self.remembered(number) {
+                    return None;
+                }
+                return Some(status_from(
+                    self.slot(number).status.load(Ordering::Acquire),
+                ));
+            }
+            if self.stream_ended.load(Ordering::Acquire) {
+                return None;
+            }
+            woken.await;
+        }
+    }
+
+    /// No more bytes will come from the server.
+    fn end_of_stream(&self) {
+        self.stream_ended.store(true, Ordering::Release);
+        self.ready.notify_waiters();
     }
 
     /// Marks where traffic stands before a request is handed to the driver
@@ -131,8 +255,26 @@ impl MessageLimit {
         }
     }
 
-    /// Notes a row description's fingerprint, unless one came since the mark.
+    /// A reply ended with this transaction status: the next one begins.
+    fn ready_for_query(&self, status: u8) {
+        self.transaction.store(status, Ordering::Release);
+        let number = self.next_reply();
+        self.slot(number).status.store(status, Ordering::Release);
+        self.slot(number + 1).clear();
+        self.rows_since_ready.store(0, Ordering::Release);
+        self.readies.store(number + 1, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+
+    /// Notes a row description's fingerprint, unless one came since the
+    /// mark (or in this reply).
     fn described(&self, fingerprint: u64) {
+        let _ = self.slot(self.next_reply()).description.compare_exchange(
+            NONE,
+            fingerprint,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         let _ = self.description.compare_exchange(
             NONE,
             fingerprint,
@@ -145,11 +287,7 @@ impl MessageLimit {
     /// Once a request's reply has been read to its end, it is that
     /// request's status (no later reply has begun).
     pub(crate) fn transaction_status(&self) -> TransactionStatus {
-        match self.transaction.load(Ordering::Acquire) {
-            b'T' => TransactionStatus::InTransaction,
-            b'E' => TransactionStatus::Failed,
-            _ => TransactionStatus::Idle,
-        }
+        status_from(self.transaction.load(Ordering::Acquire))
     }
 
     /// Whether the server reported ending this connection on request.
@@ -382,7 +520,7 @@ impl Filter {
             }
             Phase::ReadyStatus => {
                 out.push(input[0]);
-                self.limit.transaction.store(input[0], Ordering::Release);
+                self.limit.ready_for_query(input[0]);
                 self.phase = header();
                 1
             }
@@ -460,8 +598,13 @@ impl Filter {
         }
         if kind == b'D' {
             let index = self.limit.rows_seen.fetch_add(1, Ordering::AcqRel);
+            let in_reply = self.limit.rows_since_ready.fetch_add(1, Ordering::AcqRel);
             if oversized {
                 self.limit.first_dropped.fetch_min(index, Ordering::AcqRel);
+                self.limit
+                    .slot(self.limit.next_reply())
+                    .first_dropped
+                    .fetch_min(in_reply, Ordering::AcqRel);
             }
         }
         self.phase = match kind {
@@ -637,8 +780,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
                 // A body that passes: straight into the reader's buffer.
                 let want = passing.min(buf.remaining());
                 let mut direct = ReadBuf::new(buf.initialize_unfilled_to(want));
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut direct))?;
+                if let Err(err) = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut direct)) {
+                    this.filter.limit.end_of_stream();
+                    return Poll::Ready(Err(err));
+                }
                 let got = direct.filled().len();
+                if got == 0 {
+                    this.filter.limit.end_of_stream();
+                }
                 buf.advance(got);
                 this.filter.passed(got);
                 return Poll::Ready(Ok(()));
@@ -654,8 +803,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
                 this.scratch = vec![0; want].into_boxed_slice();
             }
             let mut read = ReadBuf::new(&mut this.scratch);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if let Err(err) = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read)) {
+                this.filter.limit.end_of_stream();
+                return Poll::Ready(Err(err));
+            }
             if read.filled().is_empty() {
+                this.filter.limit.end_of_stream();
                 return Poll::Ready(Ok(()));
             }
             this.filter.feed(read.filled(), &mut this.ready);

@@ -115,6 +115,22 @@ fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
     }
 }
 
+/// Whether a [`Refusal::NeedsSession`] kind is transaction control, which
+/// changes nothing about how names resolve.
+pub(crate) fn is_transaction_control(kind: &str) -> bool {
+    matches!(
+        kind,
+        "BEGIN"
+            | "START TRANSACTION"
+            | "COMMIT"
+            | "ROLLBACK"
+            | "SAVEPOINT"
+            | "RELEASE SAVEPOINT"
+            | "ROLLBACK TO SAVEPOINT"
+            | "transaction control"
+    )
+}
+
 /// `CURSOR_OPT_HOLD` in PostgreSQL's `parsenodes.h`.
 const CURSOR_OPT_HOLD: i32 = 0x0020;
 

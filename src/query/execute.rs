@@ -408,10 +408,29 @@ pub(super) fn count_sql_error<T>(lease: &Lease, result: &Result<T, QueryError>) 
 pub(super) struct Sent {
     pub(super) columns: Vec<Column>,
     pub(super) rows: tokio_postgres::RowStream,
-    pub(super) mark: u64,
+    pub(super) mark: ResultMark,
     /// The server described the result otherwise than `columns` say: the
     /// rows' own descriptions are the truth (`plan.rs`).
     pub(super) columns_may_differ: bool,
+}
+
+/// Where to look for rows too large to take in a result.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ResultMark {
+    /// The statement went out alone: rows seen since this mark
+    /// (`Lease::begin_result`).
+    Rows(u64),
+    /// The statement went out in a pipeline: its reply's number.
+    Reply(u64),
+}
+
+impl ResultMark {
+    pub(super) fn rows_before_drop(self, lease: &Lease) -> Option<u64> {
+        match self {
+            ResultMark::Rows(mark) => lease.rows_before_drop(mark),
+            ResultMark::Reply(number) => lease.rows_before_drop_in(number),
+        }
+    }
 }
 
 /// Sends a prepared statement with its parameters, unless the caller gave
@@ -446,7 +465,7 @@ pub(super) async fn send(
     Ok(Sent {
         columns,
         rows,
-        mark,
+        mark: ResultMark::Rows(mark),
         columns_may_differ: false,
     })
 }
@@ -491,7 +510,7 @@ pub(super) async fn read_result(
             .try_next()
             .await
             .map_err(|err| driver_error(lease, &err))?;
-        let gap = lease.rows_before_drop(mark);
+        let gap = mark.rows_before_drop(lease);
         // Polled after its end, a result stream reports a closed connection.
         let ended = next.is_none();
         let values = match next {

@@ -8,6 +8,7 @@ mod classify;
 mod error;
 mod execute;
 mod numeric;
+mod pipeline;
 mod plan;
 mod session;
 mod sessions;

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 
 use super::error::QueryError;
-use super::execute::{classify, describe_columns, encode_params, prepare, Attempt, Column, Sent};
+use super::execute::{
+    classify, describe_columns, encode_params, prepare, Attempt, Column, ResultMark, Sent,
+};
 use super::value::{EncodedParam, SqlValue};
 use crate::pool::Lease;
 use crate::postgres::plans::{Plan, PlanColumn};
@@ -184,7 +186,7 @@ pub(super) async fn send(lease: &Lease, sql: &str, ready: Ready) -> Result<Sent,
     Ok(Sent {
         columns,
         rows,
-        mark,
+        mark: ResultMark::Rows(mark),
         columns_may_differ: !described_as_planned,
     })
 }

@@ -2,11 +2,14 @@
 //! that transactions, `SET`, temporary tables and prepared statements work
 //! as on a connection of its own.
 //!
-//! A session runs in one task that owns its lease. Statements run one at
-//! a time in arrival order (a client may send many without waiting; they
-//! queue in the transport), each answered with its result or its error and
-//! the transaction status PostgreSQL reported after it. A SQL error does
-//! not end the session.
+//! A session runs in one task that owns its lease. Statements are sent to
+//! PostgreSQL as they arrive, without waiting for the answers before them
+//! (`pipeline.rs`: up to `MAX_IN_FLIGHT`), and PostgreSQL runs them one
+//! after another in arrival order; each is answered, in that order, with
+//! its result or its error and the transaction status PostgreSQL reported
+//! after it. A SQL error does not end the session. A statement seen for
+//! the first time in the session waits until the statements before it are
+//! answered, and is prepared first.
 //!
 //! However a session ends, its connection is rolled back and reset before
 //! anyone else gets it, or closed:
@@ -21,6 +24,7 @@
 //!   outside a transaction, and one still in a transaction when the drain
 //!   runs out of time is cancelled with the rest.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +38,7 @@ use super::execute::{
     admit_params, admit_text, count_sql_error, prepare, refused, run_prepared, Attempt,
     QueryResult, RestOfResult, Statement,
 };
+use super::pipeline::{self, InFlight, Landed, Numbering, SessionPlans, MAX_IN_FLIGHT};
 use super::sessions::{Holder, Registered, Sessions};
 use crate::pool::{CancelReason, Lease, ManagedPool, PoolError, SessionPermit, TransactionStatus};
 
@@ -133,13 +138,17 @@ pub async fn run_session(
     let idle_timeout = options
         .idle_timeout
         .map_or(limits.idle_timeout, |asked| asked.min(limits.idle_timeout));
+    // Every reply before this one has been read (the open waited for its own).
+    let numbering = Numbering::Next(lease.next_reply());
     let mut session = Running {
+        lease: Arc::new(lease),
+        plans: SessionPlans::default(),
+        numbering,
         max_end: limits.max_duration.map(|max| Instant::now() + max),
         idle_in_transaction_timeout: limits.idle_in_transaction_timeout,
         idle_timeout,
         deadline: context.deadline,
         server_stopping: context.server_stopping,
-        lease,
         permit,
         registered,
         pool,
@@ -254,7 +263,10 @@ enum Ending {
 }
 
 struct Running {
-    lease: Lease,
+    /// Shared with the statements in flight, which end before the session.
+    lease: Arc<Lease>,
+    plans: SessionPlans,
+    numbering: Numbering,
     permit: SessionPermit,
     registered: Registered,
     pool: Arc<ManagedPool>,
@@ -284,48 +296,360 @@ async fn server_stops(stopping: &mut watch::Receiver<bool>) {
 
 impl Running {
     async fn serve(&mut self, mut inputs: impl Stream<Item = SessionInput> + Unpin) -> Ending {
+        let mut flight: VecDeque<Queued> = VecDeque::new();
+        // Set when the caller closed its side: the flight lands first.
+        let mut closing: Option<Ending> = None;
+        // A statement that must wait for an empty flight (to be prepared).
+        let mut waiting: Option<Statement> = None;
         loop {
-            let status = self.lease.transaction_status();
-            let (quiet, quiet_end) = self.quiet_limit(status);
-            let outside_transaction = status == TransactionStatus::Idle;
-            let input = tokio::select! {
-                biased;
-                () = self.lease.cancelled() => return self.stopped_by_pool(),
-                () = self.registered.killed() => return self.ended(SessionEnd::Killed, status),
-                () = until(self.deadline) => return Ending::Error(QueryError::DeadlineExceeded { may_have_run: false }),
-                () = until(self.max_end) => return self.ended(SessionEnd::MaxDuration, status),
-                () = tokio::time::sleep(quiet) => return self.ended(quiet_end, status),
-                () = self.pool.stopped_serving(), if outside_transaction => {
-                    return Ending::Error(PoolError::Draining(self.pool.name()).into())
-                }
-                () = server_stops(&mut self.server_stopping), if outside_transaction => {
-                    return self.ended(SessionEnd::ServerStopping, status)
-                }
-                () = self.out.closed() => return Ending::Gone,
-                input = inputs.next() => input,
-            };
-            let answer = match input {
-                None | Some(SessionInput::Close) => return Ending::Closed,
-                Some(SessionInput::Broken(error)) => return Ending::Error(error),
-                Some(SessionInput::Invalid(error)) => (Err(error), status),
-                Some(SessionInput::Statement(statement)) => match self.run(statement, status).await
-                {
-                    Ok(answer) => answer,
-                    Err(ending) => return ending,
-                },
-            };
-            let (result, transaction) = answer;
-            let index = self.next_index;
-            self.next_index += 1;
-            let answer = SessionOutput::Answer {
-                index,
-                result,
-                transaction,
-            };
-            if let Err(ending) = self.deliver(Ok(answer)).await {
+            if let Some(ending) = self.answer_ready(&mut flight).await {
                 return ending;
             }
+            if flight.is_empty() {
+                if let Some(statement) = waiting.take() {
+                    if let Err(ending) = self.run_alone(statement, &mut flight).await {
+                        return ending;
+                    }
+                    continue;
+                }
+                if let Some(ending) = closing.take() {
+                    return ending;
+                }
+                let input = match self.next_input(&mut inputs).await {
+                    Ok(input) => input,
+                    Err(ending) => return ending,
+                };
+                self.accept(input, &mut flight, &mut closing, &mut waiting);
+                continue;
+            }
+            let status = self.lease.transaction_status();
+            let taking = closing.is_none() && waiting.is_none() && flight.len() < MAX_IN_FLIGHT;
+            let Some(Queued::Sent { landing, .. }) = flight.front_mut() else {
+                continue;
+            };
+            let lease = Arc::clone(&self.lease);
+            tokio::select! {
+                biased;
+                () = lease.cancelled() => return self.stopped_by_pool(),
+                () = self.registered.killed() => {
+                    self.cancel();
+                    return self.ended(SessionEnd::Killed, status);
+                }
+                () = until(self.deadline) => {
+                    let may_have_run = self.cancel();
+                    return Ending::Error(QueryError::DeadlineExceeded { may_have_run });
+                }
+                () = until(self.max_end) => {
+                    self.cancel();
+                    return self.ended(SessionEnd::MaxDuration, status);
+                }
+                () = self.out.closed() => {
+                    self.cancel();
+                    return Ending::Gone;
+                }
+                landed = landing => {
+                    let Some(Queued::Sent { started, .. }) = flight.pop_front() else {
+                        continue;
+                    };
+                    if let Err(ending) = self.land(landed, started).await {
+                        return ending;
+                    }
+                }
+                // A broken request stream ends the session once the
+                // statements before it are answered, as they would have been
+                // one at a time.
+                input = inputs.next(), if taking => {
+                    self.accept(input, &mut flight, &mut closing, &mut waiting);
+                }
+            }
         }
+    }
+
+    /// Waits, with nothing in flight, for the caller's next request, unless
+    /// the session must end first.
+    async fn next_input(
+        &mut self,
+        inputs: &mut (impl Stream<Item = SessionInput> + Unpin),
+    ) -> Result<Option<SessionInput>, Ending> {
+        let status = self.lease.transaction_status();
+        let (quiet, quiet_end) = self.quiet_limit(status);
+        let outside_transaction = status == TransactionStatus::Idle;
+        tokio::select! {
+            biased;
+            () = self.lease.cancelled() => Err(self.stopped_by_pool()),
+            () = self.registered.killed() => Err(self.ended(SessionEnd::Killed, status)),
+            () = until(self.deadline) => Err(Ending::Error(QueryError::DeadlineExceeded { may_have_run: false })),
+            () = until(self.max_end) => Err(self.ended(SessionEnd::MaxDuration, status)),
+            () = tokio::time::sleep(quiet) => Err(self.ended(quiet_end, status)),
+            () = self.pool.stopped_serving(), if outside_transaction => {
+                Err(Ending::Error(PoolError::Draining(self.pool.name()).into()))
+            }
+            () = server_stops(&mut self.server_stopping), if outside_transaction => {
+                Err(self.ended(SessionEnd::ServerStopping, status))
+            }
+            () = self.out.closed() => Err(Ending::Gone),
+            input = inputs.next() => Ok(input),
+        }
+    }
+
+    /// Takes one request: answered at once (refused, unreadable), sent
+    /// into the flight, or held until the flight is empty.
+    fn accept(
+        &mut self,
+        input: Option<SessionInput>,
+        flight: &mut VecDeque<Queued>,
+        closing: &mut Option<Ending>,
+        waiting: &mut Option<Statement>,
+    ) {
+        let statement = match input {
+            None | Some(SessionInput::Close) => {
+                *closing = Some(Ending::Closed);
+                return;
+            }
+            Some(SessionInput::Broken(error)) => {
+                *closing = Some(Ending::Error(error));
+                return;
+            }
+            Some(SessionInput::Invalid(error)) => {
+                let answered = self.answered(Err(error), flight);
+                flight.push_back(answered);
+                return;
+            }
+            Some(SessionInput::Statement(statement)) => statement,
+        };
+        if let Err(error) = self
+            .admit(&statement.sql)
+            .and_then(|()| admit_params("params", statement.params.len()))
+        {
+            let answered = self.answered(Err(error), flight);
+            flight.push_back(answered);
+            return;
+        }
+        let (ready, number) = match (self.plans.get(&statement.sql), self.numbering) {
+            (Some(plan), Numbering::Next(number)) => {
+                (pipeline::Ready::new(statement, plan), number)
+            }
+            (_, _) => {
+                *waiting = Some(statement);
+                return;
+            }
+        };
+        match ready {
+            Ok(ready) => {
+                let sent = self.send(ready, number);
+                flight.push_back(sent);
+            }
+            // What a remembered plan refuses, a fresh prepare decides.
+            Err(unready) => {
+                self.plans.forget(&unready.statement.sql);
+                *waiting = Some(unready.statement);
+            }
+        }
+    }
+
+    /// Whether the session may run `sql`; a statement that changes how
+    /// names resolve sets the session's plans aside.
+    fn admit(&mut self, sql: &str) -> Result<(), QueryError> {
+        if self.pool.admitted(sql) {
+            return Ok(());
+        }
+        admit_text(sql)?;
+        match classify::check(sql) {
+            Ok(()) => {
+                self.pool.admit(sql);
+                Ok(())
+            }
+            Err(classify::Refusal::NeedsSession(kind @ "PREPARE TRANSACTION")) => {
+                Err(QueryError::OutlivesSession { kind })
+            }
+            Err(classify::Refusal::NeedsSession(kind)) => {
+                if !classify::is_transaction_control(kind) {
+                    self.plans.forget_all();
+                }
+                Ok(())
+            }
+            Err(refusal) => Err(refused(refusal)),
+        }
+    }
+
+    /// An answer that needs nothing run, in its place after the flight.
+    fn answered(
+        &self,
+        result: Result<QueryResult, QueryError>,
+        flight: &VecDeque<Queued>,
+    ) -> Queued {
+        let after = flight.iter().rev().find_map(|queued| match queued {
+            Queued::Sent { number, .. } => Some(*number),
+            Queued::Answered { after, .. } => *after,
+        });
+        Queued::Answered { result, after }
+    }
+
+    /// Sends a statement into the flight (its first poll sends it); its
+    /// reply will be number `number`.
+    fn send(&mut self, ready: pipeline::Ready, number: u64) -> Queued {
+        self.numbering = Numbering::Next(number + 1);
+        self.registered.statement_starts(&ready.statement.sql);
+        self.lease.statement_starts();
+        let mut landing = pipeline::fly(Arc::clone(&self.lease), ready, number);
+        // The first poll puts the request on the connection, in order.
+        let waker = futures::task::noop_waker();
+        let polled = landing
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        let landing: InFlight = match polled {
+            std::task::Poll::Ready(landed) => Box::pin(std::future::ready(landed)),
+            std::task::Poll::Pending => landing,
+        };
+        Queued::Sent {
+            landing,
+            number,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Delivers the answers at the front that need nothing more.
+    async fn answer_ready(&mut self, flight: &mut VecDeque<Queued>) -> Option<Ending> {
+        while let Some(Queued::Answered { .. }) = flight.front() {
+            let Some(Queued::Answered { result, after }) = flight.pop_front() else {
+                break;
+            };
+            let transaction = match after {
+                Some(number) => self
+                    .lease
+                    .status_of(number)
+                    .await
+                    .unwrap_or_else(|| self.lease.transaction_status()),
+                None => self.lease.transaction_status(),
+            };
+            if let Err(ending) = self.answer(result, transaction).await {
+                return Some(ending);
+            }
+        }
+        None
+    }
+
+    /// A statement in flight came back: account for it and answer it.
+    async fn land(&mut self, landed: Landed, started: std::time::Instant) -> Result<(), Ending> {
+        let Landed {
+            result,
+            transaction,
+            described_otherwise,
+        } = landed;
+        self.lease.statement_ran(started.elapsed());
+        count_sql_error(&self.lease, &result);
+        self.connection_intact(result.as_ref().err())?;
+        if described_otherwise {
+            // The driver may have looked types up on the connection.
+            self.plans.forget_all();
+            self.numbering = Numbering::Unknown;
+        }
+        self.registered.statement_ends(transaction);
+        self.answer(result, transaction).await
+    }
+
+    /// Ends the session if its connection broke under a statement (whose
+    /// error, if any, is `error`).
+    fn connection_intact(&self, error: Option<&QueryError>) -> Result<(), Ending> {
+        if self.lease.reusable() {
+            return Ok(());
+        }
+        let error = match error {
+            Some(QueryError::ConnectionLost {
+                error,
+                may_have_run,
+            }) => QueryError::ConnectionLost {
+                error: error.clone(),
+                may_have_run: *may_have_run,
+            },
+            _ => QueryError::ConnectionLost {
+                error: "the connection broke".into(),
+                may_have_run: true,
+            },
+        };
+        Err(Ending::Error(error))
+    }
+
+    async fn answer(
+        &mut self,
+        result: Result<QueryResult, QueryError>,
+        transaction: TransactionStatus,
+    ) -> Result<(), Ending> {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.deliver(Ok(SessionOutput::Answer {
+            index,
+            result,
+            transaction,
+        }))
+        .await
+    }
+
+    /// Runs a statement with nothing in flight: prepares it first (one
+    /// round trip) and sends it as the flight's only statement; without
+    /// room for another plan, runs it the plain way.
+    async fn run_alone(
+        &mut self,
+        statement: Statement,
+        flight: &mut VecDeque<Queued>,
+    ) -> Result<(), Ending> {
+        if let Numbering::Unknown = self.numbering {
+            // Whatever went out unnumbered has been answered after this.
+            let _ = self.lease.client().simple_query("").await;
+            self.connection_intact(None)?;
+            self.numbering = Numbering::Next(self.lease.next_reply());
+        }
+        let statement = match (self.plans.get(&statement.sql), self.numbering) {
+            (Some(plan), Numbering::Next(number)) => match pipeline::Ready::new(statement, plan) {
+                Ok(ready) => {
+                    let sent = self.send(ready, number);
+                    flight.push_back(sent);
+                    return Ok(());
+                }
+                Err(unready) => unready.statement,
+            },
+            _ => statement,
+        };
+        if !self.plans.has_room() {
+            let status = self.lease.transaction_status();
+            let (result, transaction) = self.run(statement, status).await?;
+            self.numbering = Numbering::Unknown;
+            return self.answer(result, transaction).await;
+        }
+        let lease = Arc::clone(&self.lease);
+        let prepared = tokio::select! {
+            biased;
+            prepared = self.plans.prepare(&lease, &statement.sql) => prepared,
+            () = lease.cancelled() => return Err(self.stopped_by_pool()),
+            () = self.registered.killed() => {
+                self.cancel();
+                return Err(self.ended(SessionEnd::Killed, lease.transaction_status()));
+            }
+            () = until(self.deadline) => {
+                self.cancel();
+                return Err(Ending::Error(QueryError::DeadlineExceeded { may_have_run: false }));
+            }
+            () = self.out.closed() => {
+                self.cancel();
+                return Err(Ending::Gone);
+            }
+        };
+        self.connection_intact(prepared.as_ref().err())?;
+        let number = self.lease.next_reply();
+        self.numbering = Numbering::Next(number);
+        let queued = match prepared {
+            Ok(plan) => match pipeline::Ready::new(statement, plan) {
+                Ok(ready) => self.send(ready, number),
+                Err(unready) => self.answered(Err(unready.error), flight),
+            },
+            Err(error) => {
+                let failed = Err(error);
+                count_sql_error(&self.lease, &failed);
+                self.answered(failed, flight)
+            }
+        };
+        flight.push_back(queued);
+        Ok(())
     }
 
     /// How long the session may stay quiet now, and what ends it then.
@@ -438,6 +762,9 @@ impl Running {
     /// Rolls back and resets the connection now (or gives it up), then
     /// tells the caller how the session ended.
     async fn finish(self, ending: Ending) {
+        // Closing the session's statements goes out before the reset, so
+        // their replies are read before the connection goes back.
+        drop(self.plans);
         let rolled_back = self.lease.transaction_status() != TransactionStatus::Idle;
         if self.lease.reusable() {
             if self.lease.driver_keeps_statements() {
@@ -461,18 +788,26 @@ impl Running {
     }
 }
 
-/// Runs one statement on the session's connection. Transaction control and
-/// session state are allowed; client COPY and several statements in one
-/// request are not.
+/// A statement's place in the order of answers.
+enum Queued {
+    /// Sent; lands with its result. `number` is its reply's.
+    Sent {
+        landing: InFlight,
+        number: u64,
+        started: std::time::Instant,
+    },
+    /// Answered without running; the transaction status to report is the
+    /// one after reply `after` (the last statement sent before it), or
+    /// the connection's now.
+    Answered {
+        result: Result<QueryResult, QueryError>,
+        after: Option<u64>,
+    },
+}
+
+/// Runs one admitted statement on the session's connection, the plain
+/// way (prepare, then run), when the session keeps no more plans.
 async fn run_statement(lease: &Lease, statement: &Statement) -> Result<QueryResult, QueryError> {
-    admit_text(&statement.sql)?;
-    match classify::check(&statement.sql) {
-        Err(classify::Refusal::NeedsSession(kind @ "PREPARE TRANSACTION")) => {
-            return Err(QueryError::OutlivesSession { kind })
-        }
-        Ok(()) | Err(classify::Refusal::NeedsSession(_)) => {}
-        Err(refusal) => return Err(refused(refusal)),
-    }
     admit_params("params", statement.params.len())?;
     let prepared = match prepare(lease, &statement.sql).await {
         Ok(prepared) => prepared,

@@ -145,8 +145,8 @@ async fn stream_prepared(
             }
         };
         let next = next.transpose().map_err(|err| driver_error(lease, &err))?;
-        if lease
-            .rows_before_drop(mark)
+        if mark
+            .rows_before_drop(lease)
             .is_some_and(|before| before <= sent)
         {
             // A row too large to take was left out before this point: as

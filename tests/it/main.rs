@@ -32,6 +32,7 @@ mod query_types;
 mod reload;
 mod serve_binary;
 mod session_hygiene;
+mod session_pipeline;
 mod sessions;
 mod statement_plans;
 mod status_codes;

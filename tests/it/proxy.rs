@@ -4,6 +4,8 @@
 //! then back to normal.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +27,8 @@ pub enum Mode {
 pub struct Proxy {
     pub port: u16,
     mode: watch::Sender<Mode>,
+    /// Bytes forwarded towards the target so far.
+    upstream: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,12 +38,24 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let (mode, watcher) = watch::channel(Mode::Forward);
         let target = SocketAddr::from(([127, 0, 0, 1], target_port));
+        let upstream = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&upstream);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, target, watcher.clone()));
+                tokio::spawn(relay(client, target, watcher.clone(), Arc::clone(&counter)));
             }
         });
-        Proxy { port, mode, task }
+        Proxy {
+            port,
+            mode,
+            upstream,
+            task,
+        }
+    }
+
+    /// Bytes forwarded towards the target so far, over all connections.
+    pub fn bytes_upstream(&self) -> u64 {
+        self.upstream.load(Ordering::Acquire)
     }
 
     pub fn set(&self, mode: Mode) {
@@ -53,7 +69,12 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn relay(
+    client: TcpStream,
+    target: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    upstream: Arc<AtomicU64>,
+) {
     // A blackholed proxy accepts but does not even connect onwards.
     if mode.wait_for(|m| *m != Mode::Blackhole).await.is_err() || *mode.borrow() == Mode::Cut {
         return;
@@ -64,8 +85,8 @@ async fn relay(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::join!(
-        pump(client_read, server_write, mode.clone()),
-        pump(server_read, client_write, mode)
+        pump(client_read, server_write, mode.clone(), Some(upstream)),
+        pump(server_read, client_write, mode, None)
     );
 }
 
@@ -73,6 +94,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    counter: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -93,6 +115,9 @@ async fn pump(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        if let Some(counter) = &counter {
+            counter.fetch_add(n as u64, Ordering::AcqRel);
         }
     }
     let _ = to.shutdown().await;

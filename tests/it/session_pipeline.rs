@@ -1,0 +1,209 @@
+//! Session pipelining: statements go to PostgreSQL as they arrive, without
+//! waiting for the answers before them, and each answer still says what
+//! that statement did and the transaction status right after it.
+
+use std::time::Duration;
+
+use poolplane::proto::{statement_result, StatementResult, TransactionStatus};
+
+use crate::proxy::Proxy;
+use crate::sessions::{first_int, open_request, status_of, Session};
+use crate::support::{cluster, config_yaml, eventually, v, PoolSpec, TestServer};
+
+fn sqlstate(answer: &StatementResult) -> Option<&str> {
+    match &answer.outcome {
+        Some(statement_result::Outcome::Error(error)) => Some(error.sqlstate.as_str()),
+        _ => None,
+    }
+}
+
+fn column_type(answer: &StatementResult) -> String {
+    match &answer.outcome {
+        Some(statement_result::Outcome::Result(result)) => result.columns[0].type_name.clone(),
+        other => panic!("no result: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_go_out_before_the_answers_before_them() {
+    let proxy = Proxy::start(cluster().port).await;
+    let pool = "pipe_ahead";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)
+        .port(proxy.port)
+        .with("max_session_connections: 1")]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    // Both texts seen once: their plans are the session's.
+    let lock = "SELECT pg_advisory_lock($1::int8)::text";
+    session.send(lock, vec![v::int(4242)]).await;
+    session.answer().await.expect("lock once");
+    session
+        .send(
+            "SELECT pg_advisory_unlock($1::int8)::text",
+            vec![v::int(4242)],
+        )
+        .await;
+    session.answer().await.expect("unlock");
+    session.send("SELECT $1::int8", vec![v::int(0)]).await;
+    session.answer().await.expect("warm");
+
+    // The first statement waits for a lock the test holds; the twenty
+    // behind it are sent all the same.
+    let admin = cluster().admin().await;
+    admin
+        .execute("SELECT pg_advisory_lock(4343)", &[])
+        .await
+        .expect("hold the lock");
+    let before = proxy.bytes_upstream();
+    session.send(lock, vec![v::int(4343)]).await;
+    for i in 1..=20 {
+        session.send("SELECT $1::int8", vec![v::int(i)]).await;
+    }
+    // Each flight carries at least its SQL text (15 bytes) and framing.
+    eventually(
+        "all 21 flights reach the server",
+        Duration::from_secs(10),
+        || async { proxy.bytes_upstream() - before >= 21 * 40 },
+    )
+    .await;
+    admin
+        .execute("SELECT pg_advisory_unlock(4343)", &[])
+        .await
+        .expect("release");
+    let first = session.answer().await.expect("the lock");
+    assert_eq!(sqlstate(&first), None, "{first:?}");
+    for i in 1..=20 {
+        let answer = session.answer().await.expect("answer");
+        assert_eq!(first_int(&answer), i);
+    }
+    session.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pipelined_answer_carries_the_status_after_its_statement() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS pipe_status; CREATE TABLE pipe_status (n int8)")
+        .await
+        .expect("table");
+    let pool = "pipe_status";
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 1).with("max_session_connections: 1")
+    ]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    let insert = "INSERT INTO pipe_status VALUES ($1::int8)";
+    // Plans for every text, so nothing below waits for a prepare.
+    for sql in ["BEGIN", "SELECT 1 / $1::int8", "COMMIT"] {
+        let params = if sql.contains("$1") {
+            vec![v::int(1)]
+        } else {
+            vec![]
+        };
+        session.send(sql, params).await;
+        session.answer().await.expect("warm");
+    }
+    session.send(insert, vec![v::int(0)]).await;
+    session.answer().await.expect("warm insert");
+
+    // Sent at once; a division by zero fails the transaction halfway, a
+    // refused COPY is answered in its place.
+    session.send("BEGIN", vec![]).await;
+    session.send(insert, vec![v::int(1)]).await;
+    session.send("SELECT 1 / $1::int8", vec![v::int(0)]).await;
+    session.send("COPY pipe_status FROM STDIN", vec![]).await;
+    session.send(insert, vec![v::int(2)]).await;
+    session.send("COMMIT", vec![]).await;
+    session.send(insert, vec![v::int(3)]).await;
+    let expected = [
+        (None, TransactionStatus::InTransaction),
+        (None, TransactionStatus::InTransaction),
+        (Some("22012"), TransactionStatus::Failed),
+        // Refused by poolplane itself: no SQLSTATE.
+        (Some(""), TransactionStatus::Failed),
+        (Some("25P02"), TransactionStatus::Failed),
+        (None, TransactionStatus::Idle),
+        (None, TransactionStatus::Idle),
+    ];
+    for (i, (state, status)) in expected.into_iter().enumerate() {
+        let answer = session.answer().await.expect("answer");
+        let code = sqlstate(&answer).map(str::to_string);
+        assert_eq!(
+            (code.as_deref(), status_of(&answer)),
+            (state, status),
+            "answer {i}: {answer:?}"
+        );
+    }
+    session.close().await;
+    // The failed transaction left nothing; the statements around it ran.
+    let rows: Vec<i64> = admin
+        .query("SELECT n FROM pipe_status ORDER BY n", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(rows, vec![0, 3]);
+    admin
+        .batch_execute("DROP TABLE pipe_status")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_search_path_changes_what_a_pipelined_text_means() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS pipe_a CASCADE; DROP SCHEMA IF EXISTS pipe_b CASCADE; \
+             CREATE SCHEMA pipe_a; CREATE SCHEMA pipe_b; \
+             CREATE TABLE pipe_a.t (x int4); INSERT INTO pipe_a.t VALUES (1); \
+             CREATE TABLE pipe_b.t (x text); INSERT INTO pipe_b.t VALUES ('b')",
+        )
+        .await
+        .expect("schemas");
+    let pool = "pipe_path";
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 1).with("max_session_connections: 1")
+    ]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    session.ok("SET search_path = pipe_a").await;
+    assert_eq!(column_type(&session.run("SELECT x FROM t").await), "int4");
+    assert_eq!(column_type(&session.run("SELECT x FROM t").await), "int4");
+    // All at once: the SET comes before the SELECT behind it.
+    session.send("SET search_path = pipe_b", vec![]).await;
+    session.send("SELECT x FROM t", vec![]).await;
+    session.answer().await.expect("set");
+    assert_eq!(column_type(&session.answer().await.expect("b")), "text");
+    // A temporary table shadows it, within the same flight too.
+    session
+        .send(
+            "CREATE TEMP TABLE t (x int8) ON COMMIT PRESERVE ROWS",
+            vec![],
+        )
+        .await;
+    session.send("SELECT x FROM t", vec![]).await;
+    session.answer().await.expect("temp");
+    assert_eq!(
+        column_type(&session.answer().await.expect("temp t")),
+        "int8"
+    );
+    session.close().await;
+    admin
+        .batch_execute("DROP SCHEMA pipe_a CASCADE; DROP SCHEMA pipe_b CASCADE")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
