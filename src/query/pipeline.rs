@@ -34,7 +34,7 @@ use super::execute::{
 };
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
-use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANNED_SQL, MAX_PLANS};
+use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS};
 
 /// Most statements in flight on one session.
 pub(super) const MAX_IN_FLIGHT: usize = 64;
@@ -57,7 +57,8 @@ impl SessionPlans {
         self.statements.len() < MAX_PLANS
     }
 
-    /// Prepares `sql` (the flight must be empty) and keeps its plan.
+    /// Prepares `sql` (the flight must be empty) and keeps its plan; the
+    /// caller keeps texts longer than `MAX_PLANNED_SQL` out.
     pub(super) async fn prepare(
         &mut self,
         lease: &Lease,
@@ -89,9 +90,7 @@ impl SessionPlans {
                 .collect(),
             description,
         });
-        if sql.len() <= MAX_PLANNED_SQL {
-            self.plans.insert(sql.into(), Arc::clone(&plan));
-        }
+        self.plans.insert(sql.into(), Arc::clone(&plan));
         self.statements.push(statement);
         Ok(plan)
     }

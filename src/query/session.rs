@@ -41,6 +41,7 @@ use super::execute::{
 use super::pipeline::{self, InFlight, Landed, Numbering, SessionPlans, MAX_IN_FLIGHT};
 use super::sessions::{Holder, Registered, Sessions};
 use crate::pool::{CancelReason, Lease, ManagedPool, PoolError, SessionPermit, TransactionStatus};
+use crate::postgres::plans::MAX_PLANNED_SQL;
 
 /// How a session's transactions run, set once at open for all of them
 /// (`SET SESSION CHARACTERISTICS`); a statement may still change it.
@@ -587,7 +588,8 @@ impl Running {
 
     /// Runs a statement with nothing in flight: prepares it first (one
     /// round trip) and sends it as the flight's only statement; without
-    /// room for another plan, runs it the plain way.
+    /// room for another plan, or for a text too long to keep, runs it the
+    /// plain way.
     async fn run_alone(
         &mut self,
         statement: Statement,
@@ -610,7 +612,7 @@ impl Running {
             },
             _ => statement,
         };
-        if !self.plans.has_room() {
+        if !self.plans.has_room() || statement.sql.len() > MAX_PLANNED_SQL {
             let status = self.lease.transaction_status();
             let (result, transaction) = self.run(statement, status).await?;
             self.numbering = Numbering::Unknown;

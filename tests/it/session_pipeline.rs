@@ -207,3 +207,39 @@ async fn a_changed_search_path_changes_what_a_pipelined_text_means() {
         .expect("clean up");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_plan_bound_still_answers_in_order() {
+    let pool = "pipe_bound";
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 1).with("max_session_connections: 1")
+    ]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    // 300 distinct texts (a session keeps 256 plans; the rest run the
+    // plain way), inside a transaction, with a repeated text between them
+    // that is sent without waiting.
+    session.send("BEGIN", vec![]).await;
+    for i in 0..300 {
+        session.send(&format!("SELECT {i}::int8"), vec![]).await;
+        session.send("SELECT $1::int8", vec![v::int(-i)]).await;
+    }
+    session.send("COMMIT", vec![]).await;
+    let begin = session.answer().await.expect("begin");
+    assert_eq!(status_of(&begin), TransactionStatus::InTransaction);
+    for i in 0..300 {
+        let distinct = session.answer().await.expect("distinct");
+        assert_eq!(first_int(&distinct), i);
+        assert_eq!(status_of(&distinct), TransactionStatus::InTransaction);
+        let repeated = session.answer().await.expect("repeated");
+        assert_eq!(first_int(&repeated), -i);
+        assert_eq!(status_of(&repeated), TransactionStatus::InTransaction);
+    }
+    let commit = session.answer().await.expect("commit");
+    assert_eq!(status_of(&commit), TransactionStatus::Idle);
+    session.close().await;
+    server.stop().await;
+}
