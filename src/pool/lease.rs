@@ -283,6 +283,14 @@ impl Lease<PgConnector> {
         self.conn().message_limit().transaction_status()
     }
 
+    /// The driver may have looked types up without our seeing which (a
+    /// result described otherwise than planned): from now on the
+    /// connection is reset as one whose driver keeps statements, and a
+    /// session's connection is closed when it ends.
+    pub(crate) fn driver_may_keep_statements(&self) {
+        self.conn().assume_driver_statements();
+    }
+
     /// Whether the driver keeps prepared statements of its own on this
     /// connection (which a caller's `DEALLOCATE` could have removed).
     pub fn driver_keeps_statements(&self) -> bool {

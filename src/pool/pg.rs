@@ -96,6 +96,12 @@ impl PgConn {
         &self.plans
     }
 
+    /// The driver may have looked types up unseen (a result described
+    /// otherwise than planned): treat it as keeping statements of its own.
+    pub(crate) fn assume_driver_statements(&self) {
+        self.driver_statements.store(true, Ordering::Release);
+    }
+
     /// The limit on what one message may bring (`postgres::limit`).
     pub(crate) fn message_limit(&self) -> &MessageLimit {
         &self.limit

@@ -541,7 +541,9 @@ impl Running {
         count_sql_error(&self.lease, &result);
         self.connection_intact(result.as_ref().err())?;
         if described_otherwise {
-            // The driver may have looked types up on the connection.
+            // The driver may have looked types up on the connection, as
+            // prepared statements of its own a `DISCARD ALL` would remove.
+            self.lease.driver_may_keep_statements();
             self.plans.forget_all();
             self.numbering = Numbering::Unknown;
         }
@@ -618,10 +620,20 @@ impl Running {
             self.numbering = Numbering::Unknown;
             return self.answer(result, transaction).await;
         }
+        // The prepare's reply is the next; the statement's follows it and
+        // whatever the driver looked up meanwhile (awaited within).
+        let prepare_number = self.lease.next_reply();
         let lease = Arc::clone(&self.lease);
+        let plans = &mut self.plans;
+        let prepare = async {
+            let prepared = plans.prepare(&lease, &statement.sql).await;
+            // The driver answers a prepare before its ReadyForQuery.
+            lease.status_of(prepare_number).await;
+            prepared
+        };
         let prepared = tokio::select! {
             biased;
-            prepared = self.plans.prepare(&lease, &statement.sql) => prepared,
+            prepared = prepare => prepared,
             () = lease.cancelled() => return Err(self.stopped_by_pool()),
             () = self.registered.killed() => {
                 self.cancel();
@@ -639,15 +651,20 @@ impl Running {
         self.connection_intact(prepared.as_ref().err())?;
         let number = self.lease.next_reply();
         self.numbering = Numbering::Next(number);
+        // An answer without a run reports the status after the prepare.
+        let unrun = |result| Queued::Answered {
+            result,
+            after: Some(prepare_number),
+        };
         let queued = match prepared {
             Ok(plan) => match pipeline::Ready::new(statement, plan) {
                 Ok(ready) => self.send(ready, number),
-                Err(unready) => self.answered(Err(unready.error), flight),
+                Err(unready) => unrun(Err(unready.error)),
             },
             Err(error) => {
                 let failed = Err(error);
                 count_sql_error(&self.lease, &failed);
-                self.answered(failed, flight)
+                unrun(failed)
             }
         };
         flight.push_back(queued);

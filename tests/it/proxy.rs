@@ -22,6 +22,9 @@ pub enum Mode {
     /// Close every relayed connection now, both ways (a network that drops
     /// them), and any new one at once.
     Cut,
+    /// Deliver what the target sends one byte at a time, this far apart,
+    /// so every message boundary falls between two reads.
+    TrickleReplies(Duration),
 }
 
 pub struct Proxy {
@@ -113,7 +116,13 @@ async fn pump(
         if let Mode::Latency(delay) = current {
             tokio::time::sleep(delay).await;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let written = match current {
+            Mode::TrickleReplies(delay) if counter.is_none() => {
+                trickle(&mut to, &buf[..n], delay).await
+            }
+            _ => to.write_all(&buf[..n]).await.is_ok(),
+        };
+        if !written {
             break;
         }
         if let Some(counter) = &counter {
@@ -121,4 +130,15 @@ async fn pump(
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Writes `bytes` one at a time, `delay` apart.
+async fn trickle(to: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8], delay: Duration) -> bool {
+    for byte in bytes {
+        if to.write_all(std::slice::from_ref(byte)).await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+    }
+    true
 }

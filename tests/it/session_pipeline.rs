@@ -243,3 +243,114 @@ async fn a_session_past_its_plan_bound_still_answers_in_order() {
     session.close().await;
     server.stop().await;
 }
+
+/// Found by a red team: around statements prepared for the first time
+/// (failing or not), an answer could carry the status of the reply
+/// before or after its own, pipelined or one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_stay_right_around_first_prepares_and_their_failures() {
+    // Replies trickle in a byte at a time, so the driver hands a prepare's
+    // answer (or error) over before its ReadyForQuery has arrived.
+    let proxy = Proxy::start(cluster().port).await;
+    let pool = "pipe_prepares";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)
+        .port(proxy.port)
+        .with("max_session_connections: 1")]))
+    .await;
+    let mut client = server.query().await;
+    use TransactionStatus::{Failed, Idle, InTransaction};
+    let script: [(&str, Vec<poolplane::proto::Value>, TransactionStatus); 9] = [
+        ("BEGIN", vec![], InTransaction),
+        ("SELEC oops", vec![], Failed),
+        ("SELECT 1", vec![], Failed),
+        ("ROLLBACK", vec![], Idle),
+        ("BEGIN", vec![], InTransaction),
+        ("SELECT 1 / 0", vec![], Failed),
+        ("SELECT $1::int4", vec![v::int(5)], Failed),
+        ("ROLLBACK", vec![], Idle),
+        ("SELECT 1", vec![], Idle),
+    ];
+    for round in 0..2 {
+        let pipelined = round % 2 == 0;
+        proxy.set(crate::proxy::Mode::Forward);
+        let mut session = Session::open(&mut client, open_request(pool))
+            .await
+            .expect("open");
+        proxy.set(crate::proxy::Mode::TrickleReplies(Duration::from_micros(
+            200,
+        )));
+        let mut statuses = Vec::new();
+        if pipelined {
+            for (sql, params, _) in &script {
+                session.send(sql, params.clone()).await;
+            }
+            for _ in &script {
+                statuses.push(status_of(&session.answer().await.expect("answer")));
+            }
+        } else {
+            for (sql, params, _) in &script {
+                session.send(sql, params.clone()).await;
+                statuses.push(status_of(&session.answer().await.expect("answer")));
+            }
+        }
+        let expected: Vec<_> = script.iter().map(|(_, _, status)| *status).collect();
+        assert_eq!(statuses, expected, "round {round}, pipelined {pipelined}");
+        proxy.set(crate::proxy::Mode::Forward);
+        session.close().await;
+    }
+    server.stop().await;
+}
+
+/// Found by a red team: a session's statement whose result was described
+/// otherwise than planned made the driver look up a type as prepared
+/// statements of its own, which the reset then removed: every later
+/// caller of that connection touching a non-built-in type got 26000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_looked_up_under_an_outdated_plan_breaks_nothing_for_the_next_caller() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS pipe_enum; DROP TYPE IF EXISTS pipe_mood; \
+             DROP TYPE IF EXISTS pipe_other; \
+             CREATE TYPE pipe_mood AS ENUM ('a', 'b'); CREATE TYPE pipe_other AS ENUM ('x'); \
+             CREATE TABLE pipe_enum (c text); INSERT INTO pipe_enum VALUES ('a')",
+        )
+        .await
+        .expect("types");
+    let pool = "pipe_enum";
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 1).with("max_session_connections: 1")
+    ]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    assert_eq!(
+        column_type(&session.run("SELECT c FROM pipe_enum").await),
+        "text"
+    );
+    session
+        .ok("ALTER TABLE pipe_enum ALTER c TYPE pipe_mood USING c::pipe_mood")
+        .await;
+    // Sent with the text plan; the server describes an enum now.
+    let changed = session.run("SELECT c FROM pipe_enum").await;
+    assert!(
+        sqlstate(&changed).is_some(),
+        "an enum is not returned: {changed:?}"
+    );
+    session.close().await;
+    // The next caller, on whatever connection, gets poolplane's own answer
+    // for a type it does not return, not the driver's missing statement.
+    let status = client
+        .execute(crate::support::exec(pool, "SELECT 'x'::pipe_other", vec![]))
+        .await
+        .expect_err("an enum is not returned");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("cast it"), "{status:?}");
+    admin
+        .batch_execute("DROP TABLE pipe_enum; DROP TYPE pipe_mood; DROP TYPE pipe_other")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
