@@ -155,6 +155,14 @@ pub(crate) fn query_status(err: QueryError) -> Status {
         QueryError::ConnectionLost { may_have_run, .. } => {
             may_have_run_status(Code::Unavailable, message, may_have_run)
         }
+        QueryError::ResultUnreturnable { field, .. } => with(
+            Code::InvalidArgument,
+            message,
+            &[
+                ("poolplane-field", field),
+                ("poolplane-may-have-run", "true".to_string()),
+            ],
+        ),
         QueryError::SessionEnded { end, rolled_back } => {
             let code = match end {
                 SessionEnd::ServerStopping => Code::Unavailable,

@@ -43,6 +43,11 @@ pub enum QueryError {
     /// have taken effect; a client retrying must allow for that.
     #[error("connection to PostgreSQL lost: {error}")]
     ConnectionLost { error: String, may_have_run: bool },
+    /// The statement ran, but its result has a column poolplane does not
+    /// return: the table changed after the statement's plan was
+    /// remembered, so the check before running could not see it.
+    #[error("the statement ran, but its result cannot be returned: {field}: {message}")]
+    ResultUnreturnable { field: String, message: String },
     /// A session ended other than by its caller's `close`.
     #[error("the session ended: {}; {}", end.describe(), if *rolled_back { "its open transaction was rolled back" } else { "no transaction was open" })]
     SessionEnded { end: SessionEnd, rolled_back: bool },

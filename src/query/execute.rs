@@ -519,7 +519,7 @@ pub(super) async fn read_result(
             None => break,
             Some(_) if rows.len() == statement.max_rows as usize => Err(Limit::Rows),
             Some(row) if columns_may_differ && rows.is_empty() => {
-                columns = row_columns(&row)?;
+                columns = row_columns(&row).map_err(ran_anyway)?;
                 counted_values(&row, &columns, &mut bytes, statement.max_bytes)
             }
             Some(row) => counted_values(&row, &columns, &mut bytes, statement.max_bytes),
@@ -580,7 +580,8 @@ pub(super) async fn read_result(
                 .columns()
                 .iter()
                 .map(|column| (column.name(), column.type_())),
-        )?;
+        )
+        .map_err(ran_anyway)?;
     }
     Ok(QueryResult {
         columns,
@@ -588,6 +589,16 @@ pub(super) async fn read_result(
         rows_affected,
         truncated: false,
     })
+}
+
+/// A result refused after its statement ran (its plan was outdated).
+fn ran_anyway(error: QueryError) -> QueryError {
+    match error {
+        QueryError::InvalidArgument { field, message } => {
+            QueryError::ResultUnreturnable { field, message }
+        }
+        other => other,
+    }
 }
 
 /// The columns as a row describes them.

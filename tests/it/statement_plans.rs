@@ -325,3 +325,64 @@ async fn a_flight_that_reached_the_server_is_never_retried() {
         .expect("clean up");
     server.stop().await;
 }
+
+/// Found by a red team: under an outdated plan, a statement whose result
+/// now has a type poolplane does not return ran (and committed) but was
+/// answered as a bad request, inviting a retry that would run it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_unreturnable_only_after_it_ran_says_it_may_have_run() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS pp_plan_ev; DROP TYPE IF EXISTS pp_plan_mood; \
+             CREATE TYPE pp_plan_mood AS ENUM ('a', 'b'); CREATE TABLE pp_plan_ev (id int8, c text)",
+        )
+        .await
+        .expect("table");
+    let pool = "plans_ran";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)])).await;
+    let mut client = server.query().await;
+    let insert = "INSERT INTO pp_plan_ev VALUES ($1, 'a') RETURNING c";
+    client
+        .execute(exec(pool, insert, vec![v::int(1)]))
+        .await
+        .expect("the plan is remembered");
+    admin
+        .batch_execute("ALTER TABLE pp_plan_ev ALTER c TYPE pp_plan_mood USING c::pp_plan_mood")
+        .await
+        .expect("alter");
+    let ran = client
+        .execute(exec(pool, insert, vec![v::int(2)]))
+        .await
+        .expect_err("an enum is not returned");
+    assert_eq!(ran.code(), tonic::Code::InvalidArgument, "{ran:?}");
+    assert_eq!(
+        meta(&ran, "poolplane-may-have-run").as_deref(),
+        Some("true"),
+        "{ran:?}"
+    );
+    // Prepared afresh, the same call is refused before it runs.
+    let refused = client
+        .execute(exec(pool, insert, vec![v::int(3)]))
+        .await
+        .expect_err("refused before running");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(
+        meta(&refused, "poolplane-may-have-run"),
+        None,
+        "{refused:?}"
+    );
+    let ids: Vec<i64> = admin
+        .query("SELECT id FROM pp_plan_ev ORDER BY id", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2]);
+    admin
+        .batch_execute("DROP TABLE pp_plan_ev; DROP TYPE pp_plan_mood")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
