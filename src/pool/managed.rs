@@ -174,7 +174,10 @@ pub struct ManagedPool {
     /// Statement texts the query path found fit to run on this pool (it
     /// parses each with PostgreSQL's parser, a tenth of an Execute's CPU;
     /// services send the same few hundred statements again and again).
-    admitted: TextCache<()>,
+    admitted: TextCache<bool>,
+    /// Bumped after a statement that changes the catalog ran here:
+    /// statement plans made before are prepared afresh.
+    catalog_generation: AtomicU64,
 }
 
 /// Bounds of a pool's [`ManagedPool::admitted`] texts: 1 MiB at most.
@@ -232,6 +235,7 @@ impl ManagedPool {
             sessions: Arc::new(AtomicU32::new(0)),
             serving: tokio::sync::watch::Sender::new(true),
             admitted: TextCache::new(ADMITTED),
+            catalog_generation: AtomicU64::new(0),
         });
         pool.spawn_warm_up();
         let task = tokio::spawn(maintenance::run(Arc::downgrade(&pool)));
@@ -241,14 +245,27 @@ impl ManagedPool {
         pool
     }
 
-    /// Whether the statement `sql` was already found fit to run here.
-    pub fn admitted(&self, sql: &str) -> bool {
-        self.admitted.get(sql).is_some()
+    /// Whether the statement `sql` was already found fit to run here:
+    /// `Some(changes_catalog)` if it was.
+    pub fn admitted(&self, sql: &str) -> Option<bool> {
+        self.admitted.get(sql)
     }
 
-    /// Remembers that the statement `sql` is fit to run here.
-    pub fn admit(&self, sql: &str) {
-        self.admitted.insert(sql, ());
+    /// Remembers that the statement `sql` is fit to run here, and whether
+    /// it changes the catalog.
+    pub fn admit(&self, sql: &str, changes_catalog: bool) {
+        self.admitted.insert(sql, changes_catalog);
+    }
+
+    /// The catalog generation statement plans are made in.
+    pub fn catalog_generation(&self) -> u64 {
+        self.catalog_generation.load(Ordering::Acquire)
+    }
+
+    /// A statement that changes the catalog ran (or is about to): plans
+    /// made before are no longer used.
+    pub fn catalog_changed(&self) {
+        self.catalog_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Applies an update: new limits live (see [`ManagedPool::update_limits`])

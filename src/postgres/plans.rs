@@ -39,6 +39,23 @@ pub(crate) struct Plan {
     pub(crate) columns: Vec<PlanColumn>,
     /// `MessageLimit::description_since_mark` after the prepare that made it.
     pub(crate) description: u64,
+    /// The pool's catalog generation when it was made (see
+    /// `ManagedPool::catalog_generation`), and when.
+    pub(crate) generation: u64,
+    pub(crate) born: std::time::Instant,
+}
+
+/// How long a plan is trusted: PostgreSQL sends nothing when another
+/// client changes a table, and a plan's parameter types, like a prepared
+/// statement's, stay as they were inferred; after this long it is
+/// prepared afresh, which bounds how long such a change can go unseen.
+pub(crate) const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Plan {
+    /// Whether the plan may still be used in a pool at catalog `generation`.
+    pub(crate) fn current(&self, generation: u64) -> bool {
+        self.generation == generation && self.born.elapsed() < PLAN_MAX_AGE
+    }
 }
 
 #[derive(Debug)]

@@ -115,6 +115,50 @@ fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
     }
 }
 
+/// Whether `sql` may change what another statement's text means: its
+/// parameter types or columns (DDL, or a `DO` block, which may run any).
+/// Remembered plans are set aside after one. Text the parser cannot read
+/// changes nothing (PostgreSQL will refuse it too).
+pub(crate) fn changes_catalog(sql: &str) -> bool {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return false;
+    };
+    parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_ref()?.node.as_ref())
+        .any(|node| {
+            matches!(
+                node.to_ref(),
+                NodeRef::CreateStmt(_)
+                    | NodeRef::CreateTableAsStmt(_)
+                    | NodeRef::AlterTableStmt(_)
+                    | NodeRef::DropStmt(_)
+                    | NodeRef::RenameStmt(_)
+                    | NodeRef::ViewStmt(_)
+                    | NodeRef::CreateEnumStmt(_)
+                    | NodeRef::AlterEnumStmt(_)
+                    | NodeRef::CreateDomainStmt(_)
+                    | NodeRef::AlterDomainStmt(_)
+                    | NodeRef::CompositeTypeStmt(_)
+                    | NodeRef::CreateRangeStmt(_)
+                    | NodeRef::DefineStmt(_)
+                    | NodeRef::CreateFunctionStmt(_)
+                    | NodeRef::AlterFunctionStmt(_)
+                    | NodeRef::AlterObjectSchemaStmt(_)
+                    | NodeRef::AlterTypeStmt(_)
+                    | NodeRef::CreateCastStmt(_)
+                    | NodeRef::CreateExtensionStmt(_)
+                    | NodeRef::AlterExtensionStmt(_)
+                    | NodeRef::AlterExtensionContentsStmt(_)
+                    | NodeRef::CreateSchemaStmt(_)
+                    | NodeRef::RuleStmt(_)
+                    | NodeRef::DoStmt(_)
+            )
+        })
+}
+
 /// Whether a [`Refusal::NeedsSession`] kind is transaction control, which
 /// changes nothing about how names resolve.
 pub(crate) fn is_transaction_control(kind: &str) -> bool {

@@ -63,12 +63,17 @@ pub async fn execute(
     statement: Statement,
     deadline: Option<Instant>,
 ) -> Result<QueryResult, QueryError> {
-    admit(pool, &statement.sql)?;
+    let changes_catalog = admit(pool, &statement.sql)?;
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
-    with_lease(pool, deadline, move |lease| {
-        run_statement(lease, Arc::clone(&statement))
-    })
+    let generation = pool.catalog_generation();
+    around_catalog_change(
+        pool,
+        changes_catalog,
+        with_lease(pool, deadline, move |lease| {
+            run_statement(lease, Arc::clone(&statement), generation)
+        }),
+    )
     .await
 }
 
@@ -79,15 +84,19 @@ pub async fn execute_batch(
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
 ) -> Result<BatchResult, QueryError> {
-    admit(pool, &sql)?;
+    let changes_catalog = admit(pool, &sql)?;
     for (i, set) in parameter_sets.iter().enumerate() {
         admit_params(&format!("parameter_sets[{i}].params"), set.len())?;
     }
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
-    with_lease(pool, deadline, move |lease| {
-        run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
-    })
+    around_catalog_change(
+        pool,
+        changes_catalog,
+        with_lease(pool, deadline, move |lease| {
+            run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
+        }),
+    )
     .await
 }
 
@@ -97,19 +106,38 @@ const MAX_PARAMS: usize = 65_535;
 /// Refuses what must not run on a shared connection in autocommit, and
 /// what PostgreSQL or the driver would refuse before running anything (the
 /// caller's mistake, not a broken connection). A text `pool` admitted
-/// before is not parsed again.
-pub(super) fn admit(pool: &ManagedPool, sql: &str) -> Result<(), QueryError> {
-    if pool.admitted(sql) {
-        return Ok(());
+/// before is not parsed again. `Ok(true)`: it changes the catalog.
+pub(super) fn admit(pool: &ManagedPool, sql: &str) -> Result<bool, QueryError> {
+    if let Some(changes_catalog) = pool.admitted(sql) {
+        return Ok(changes_catalog);
     }
     admit_text(sql)?;
     match classify::check(sql) {
         Ok(()) => {
-            pool.admit(sql);
-            Ok(())
+            let changes_catalog = classify::changes_catalog(sql);
+            pool.admit(sql, changes_catalog);
+            Ok(changes_catalog)
         }
         Err(refusal) => Err(refused(refusal)),
     }
+}
+
+/// Runs `call`; if the statement changes the catalog, the pool's plans
+/// are set aside before and after it (before: nothing prepared meanwhile
+/// is trusted; after: nothing prepared before it ran).
+pub(super) async fn around_catalog_change<T>(
+    pool: &ManagedPool,
+    changes_catalog: bool,
+    call: impl Future<Output = T>,
+) -> T {
+    if changes_catalog {
+        pool.catalog_changed();
+    }
+    let result = call.await;
+    if changes_catalog {
+        pool.catalog_changed();
+    }
+    result
 }
 
 /// The error for a statement `classify` refused.
@@ -340,8 +368,20 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_statement(lease: Lease, statement: Arc<Statement>) -> Attempt<QueryResult> {
-    let ready = match plan::ready(&lease, &statement.sql, "params", &statement.params).await {
+async fn run_statement(
+    lease: Lease,
+    statement: Arc<Statement>,
+    generation: u64,
+) -> Attempt<QueryResult> {
+    let ready = match plan::ready(
+        &lease,
+        &statement.sql,
+        "params",
+        &statement.params,
+        generation,
+    )
+    .await
+    {
         Ok(ready) => ready,
         Err(failure) => return failure.retype(),
     };

@@ -34,7 +34,7 @@ use super::execute::{
 };
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
-use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS};
+use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, PLAN_MAX_AGE};
 
 /// Most statements in flight on one session.
 pub(super) const MAX_IN_FLIGHT: usize = 64;
@@ -49,7 +49,10 @@ pub(super) struct SessionPlans {
 
 impl SessionPlans {
     pub(super) fn get(&self, sql: &str) -> Option<Arc<Plan>> {
-        self.plans.get(sql).cloned()
+        self.plans
+            .get(sql)
+            .filter(|plan| plan.born.elapsed() < PLAN_MAX_AGE)
+            .cloned()
     }
 
     /// Whether another statement may be prepared and kept.
@@ -89,6 +92,8 @@ impl SessionPlans {
                 })
                 .collect(),
             description,
+            generation: 0,
+            born: std::time::Instant::now(),
         });
         self.plans.insert(sql.into(), Arc::clone(&plan));
         self.statements.push(statement);

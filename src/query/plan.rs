@@ -71,8 +71,9 @@ pub(super) async fn ready(
     sql: &str,
     field: &str,
     values: &[SqlValue],
+    generation: u64,
 ) -> Result<Ready, Attempt<()>> {
-    if let Some(plan) = lease.plan(sql) {
+    if let Some(plan) = lease.plan(sql).filter(|plan| plan.current(generation)) {
         match encoded(field, values, plan) {
             Ok(ready) => return Ok(ready),
             // What a remembered plan refuses, the catalog as it is now
@@ -80,7 +81,7 @@ pub(super) async fn ready(
             Err(_) => lease.forget_plan(sql),
         }
     }
-    let plan = fresh(lease, sql).await?;
+    let plan = fresh(lease, sql, generation).await?;
     encoded(field, values, plan).map_err(|error| Attempt::Done(Err(error)))
 }
 
@@ -96,7 +97,7 @@ fn encoded(field: &str, values: &[SqlValue], plan: Arc<Plan>) -> Result<Ready, Q
 
 /// Prepares `sql` (one round trip with no effect), remembers its plan if
 /// its results can be returned, and closes the named statement.
-async fn fresh(lease: &Lease, sql: &str) -> Result<Arc<Plan>, Attempt<()>> {
+async fn fresh(lease: &Lease, sql: &str, generation: u64) -> Result<Arc<Plan>, Attempt<()>> {
     lease.flight_mark();
     let statement = prepare(lease, sql).await?;
     let Some(description) = lease.description_since_mark() else {
@@ -117,6 +118,8 @@ async fn fresh(lease: &Lease, sql: &str) -> Result<Arc<Plan>, Attempt<()>> {
             })
             .collect(),
         description,
+        generation,
+        born: std::time::Instant::now(),
     });
     if plan_columns(&plan.columns).is_ok() {
         lease.remember_plan(sql, Arc::clone(&plan));

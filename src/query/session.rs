@@ -145,6 +145,7 @@ pub async fn run_session(
         lease: Arc::new(lease),
         plans: SessionPlans::default(),
         numbering,
+        changed_catalog: false,
         max_end: limits.max_duration.map(|max| Instant::now() + max),
         idle_in_transaction_timeout: limits.idle_in_transaction_timeout,
         idle_timeout,
@@ -268,6 +269,8 @@ struct Running {
     lease: Arc<Lease>,
     plans: SessionPlans,
     numbering: Numbering,
+    /// A statement that changes the catalog was sent.
+    changed_catalog: bool,
     permit: SessionPermit,
     registered: Registered,
     pool: Arc<ManagedPool>,
@@ -449,16 +452,31 @@ impl Running {
     }
 
     /// Whether the session may run `sql`; a statement that changes how
-    /// names resolve sets the session's plans aside.
+    /// names resolve sets the session's plans aside, and one that changes
+    /// the catalog the pool's too (now, and when the session ends: its
+    /// transaction commits by then).
     fn admit(&mut self, sql: &str) -> Result<(), QueryError> {
-        if self.pool.admitted(sql) {
-            return Ok(());
+        let changes_catalog = match self.pool.admitted(sql) {
+            Some(changes_catalog) => changes_catalog,
+            None => self.classify(sql)?,
+        };
+        if changes_catalog {
+            self.plans.forget_all();
+            self.pool.catalog_changed();
+            self.changed_catalog = true;
         }
+        Ok(())
+    }
+
+    /// Classifies a text not admitted before: `Ok(true)` if it changes
+    /// the catalog.
+    fn classify(&mut self, sql: &str) -> Result<bool, QueryError> {
         admit_text(sql)?;
         match classify::check(sql) {
             Ok(()) => {
-                self.pool.admit(sql);
-                Ok(())
+                let changes_catalog = classify::changes_catalog(sql);
+                self.pool.admit(sql, changes_catalog);
+                Ok(changes_catalog)
             }
             Err(classify::Refusal::NeedsSession(kind @ "PREPARE TRANSACTION")) => {
                 Err(QueryError::OutlivesSession { kind })
@@ -467,7 +485,7 @@ impl Running {
                 if !classify::is_transaction_control(kind) {
                     self.plans.forget_all();
                 }
-                Ok(())
+                Ok(classify::changes_catalog(sql))
             }
             Err(refusal) => Err(refused(refusal)),
         }
@@ -784,6 +802,9 @@ impl Running {
         // Closing the session's statements goes out before the reset, so
         // their replies are read before the connection goes back.
         drop(self.plans);
+        if self.changed_catalog {
+            self.pool.catalog_changed();
+        }
         let rolled_back = self.lease.transaction_status() != TransactionStatus::Idle;
         if self.lease.reusable() {
             if self.lease.driver_keeps_statements() {

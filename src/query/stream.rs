@@ -87,7 +87,11 @@ async fn run(
     deadline: Option<Instant>,
     parts: &PartSender,
 ) -> Result<(u64, bool), QueryError> {
-    admit(pool, &statement.sql)?;
+    let changes_catalog = admit(pool, &statement.sql)?;
+    if changes_catalog {
+        // A catalog change streams no rows worth the wait: plans go now.
+        pool.catalog_changed();
+    }
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     with_lease(pool, deadline, |lease| {

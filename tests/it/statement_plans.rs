@@ -386,3 +386,63 @@ async fn a_result_unreturnable_only_after_it_ran_says_it_may_have_run() {
         .expect("clean up");
     server.stop().await;
 }
+
+/// Found by a red team: after `ALTER ... TYPE`, a remembered plan's old
+/// parameter type let PostgreSQL cast a value a fresh prepare refuses (a
+/// float into an int column, rounded). A catalog change made through the
+/// pool sets every connection's plans aside at once; one made elsewhere
+/// is seen within `PLAN_MAX_AGE` (not waited for here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_through_the_pool_sets_its_plans_aside() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS pp_plan_acct; CREATE TABLE pp_plan_acct (id int8, bal float8)",
+        )
+        .await
+        .expect("table");
+    let pool = "plans_catalog";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 2)])).await;
+    let mut client = server.query().await;
+    let insert = "INSERT INTO pp_plan_acct VALUES ($1, $2)";
+    // Enough calls, two at a time, that both connections remember the plan.
+    for round in 0..5 {
+        let (mut first, mut second) = (client.clone(), client.clone());
+        let (a, b) = tokio::join!(
+            first.execute(exec(pool, insert, vec![v::int(round), v::float(1.5)])),
+            second.execute(exec(pool, insert, vec![v::int(round), v::float(1.5)])),
+        );
+        a.expect("insert");
+        b.expect("insert");
+    }
+    client
+        .execute(exec(
+            pool,
+            "ALTER TABLE pp_plan_acct ALTER bal TYPE int4",
+            vec![],
+        ))
+        .await
+        .expect("alter through the pool");
+    for i in 0..4 {
+        let refused = client
+            .execute(exec(pool, insert, vec![v::int(100 + i), v::float(2.5)]))
+            .await
+            .expect_err("a float for an int column is refused, as a fresh prepare does");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            meta(&refused, "poolplane-field").as_deref(),
+            Some("params[1]")
+        );
+    }
+    let stored: i64 = admin
+        .query_one("SELECT count(*) FROM pp_plan_acct WHERE id >= 100", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 0);
+    admin
+        .batch_execute("DROP TABLE pp_plan_acct")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
