@@ -1,6 +1,7 @@
 //! A bounded map keyed by statement text, least recently used first out:
-//! at most a number of entries holding at most a number of bytes of text;
-//! a text longer than its limit is not kept. Used for what poolplane learns
+//! at most a number of entries weighing at most a number of bytes (an
+//! entry weighs its text, and what its value holds if that can be large);
+//! an entry heavier than its limit is not kept. Used for what poolplane learns
 //! once per statement text (a connection's plans, a pool's classified
 //! statements), so that memory stays within configured bounds whatever
 //! callers send.
@@ -14,9 +15,9 @@ use lru::LruCache;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TextBounds {
     pub(crate) entries: usize,
-    /// Text kept in all, in bytes.
+    /// What all entries weigh together, in bytes.
     pub(crate) bytes: usize,
-    /// The longest text kept, in bytes.
+    /// The heaviest entry kept, in bytes.
     pub(crate) longest: usize,
 }
 
@@ -26,7 +27,8 @@ pub(crate) struct TextCache<V> {
 }
 
 struct Inner<V> {
-    entries: LruCache<Box<str>, V>,
+    /// Each value with its entry's weight.
+    entries: LruCache<Box<str>, (V, usize)>,
     bytes: usize,
 }
 
@@ -44,23 +46,33 @@ impl<V: Clone> TextCache<V> {
 
     /// The value kept for `text`, if any (it becomes the most recent).
     pub(crate) fn get(&self, text: &str) -> Option<V> {
-        self.lock().entries.get(text).cloned()
+        self.lock()
+            .entries
+            .get(text)
+            .map(|(value, _)| value.clone())
     }
 
-    /// Keeps `value` for `text`, dropping the least recently used entries
-    /// beyond the bounds; a text over the longest kept is not kept.
+    /// Keeps `value` for `text` (weighing the text alone).
     pub(crate) fn insert(&self, text: &str, value: V) {
-        if text.len() > self.bounds.longest {
+        self.insert_weighing(text, value, 0);
+    }
+
+    /// Keeps `value` for `text`, the entry weighing the text and `extra`
+    /// bytes, dropping the least recently used entries beyond the bounds;
+    /// an entry over the heaviest kept is not kept.
+    pub(crate) fn insert_weighing(&self, text: &str, value: V, extra: usize) {
+        let weight = text.len().saturating_add(extra);
+        if weight > self.bounds.longest {
             return;
         }
         let mut inner = self.lock();
-        if let Some((old, _)) = inner.entries.push(text.into(), value) {
-            inner.bytes -= old.len();
+        if let Some((_, (_, old))) = inner.entries.push(text.into(), (value, weight)) {
+            inner.bytes -= old;
         }
-        inner.bytes += text.len();
+        inner.bytes += weight;
         while inner.bytes > self.bounds.bytes {
             match inner.entries.pop_lru() {
-                Some((old, _)) => inner.bytes -= old.len(),
+                Some((_, (_, old))) => inner.bytes -= old,
                 None => break,
             }
         }
@@ -69,8 +81,8 @@ impl<V: Clone> TextCache<V> {
     /// Forgets what was kept for `text`.
     pub(crate) fn forget(&self, text: &str) {
         let mut inner = self.lock();
-        if let Some((old, _)) = inner.entries.pop_entry(text) {
-            inner.bytes -= old.len();
+        if let Some((_, (_, old))) = inner.entries.pop_entry(text) {
+            inner.bytes -= old;
         }
     }
 
@@ -130,6 +142,21 @@ mod tests {
         assert_eq!(cache.size().0, 4);
         assert_eq!(cache.get("SELECT 0"), Some(0));
         assert_eq!(cache.get("SELECT 1"), None);
+    }
+
+    #[test]
+    fn a_heavy_value_counts_and_one_too_heavy_is_not_kept() {
+        let cache = TextCache::new(BOUNDS);
+        cache.insert_weighing("a", 1, 20);
+        assert_eq!(cache.size(), (1, 21));
+        cache.insert_weighing("b", 2, 32);
+        assert_eq!(cache.get("b"), None, "33 bytes is over the heaviest kept");
+        cache.insert_weighing("c", 3, 29);
+        assert_eq!(cache.size(), (2, 51));
+        // 51 + 21 > 64: the least recently used goes.
+        cache.insert_weighing("d", 4, 20);
+        assert_eq!(cache.get("a"), None);
+        assert_eq!(cache.size(), (2, 51));
     }
 
     #[test]

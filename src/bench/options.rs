@@ -11,6 +11,13 @@ use super::BenchError;
 use crate::config::Secret;
 use crate::proto;
 
+/// Most concurrent clients: beyond this a load generator measures itself.
+const MAX_CLIENTS: usize = 10_000;
+/// Most statements in flight per session client.
+const MAX_PIPELINE: u32 = 4_096;
+/// Most calls per second an open loop schedules.
+const MAX_RATE: f64 = 10_000_000.0;
+
 /// The statement a check runs instead of the workload under `--dirty-every`:
 /// true when the connection carries anything a dirty caller left behind
 /// (the setting, an advisory lock, a temporary relation of its own).
@@ -279,8 +286,19 @@ impl LoadArgs {
         if self.pipeline == Some(0) {
             return Err(bad("--pipeline takes 1 or more"));
         }
-        if self.clients == 0 {
-            return Err(bad("--clients takes 1 or more"));
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            return Err(bad(format!(
+                "--clients takes 1 to {MAX_CLIENTS} (each client is a task with its own buffers)"
+            )));
+        }
+        if self.pipeline.is_some_and(|depth| depth > MAX_PIPELINE) {
+            return Err(bad(format!("--pipeline takes 1 to {MAX_PIPELINE}")));
+        }
+        if let Some(path) = self.json.as_ref().filter(|path| path.exists()) {
+            return Err(bad(format!(
+                "--json {}: the file exists; remove it or name another (poolplane bench never overwrites a file)",
+                path.display()
+            )));
         }
         if self.connections == 0 {
             return Err(bad("--connections takes 1 or more"));
@@ -292,9 +310,9 @@ impl LoadArgs {
             (None, None) => Stop::After(Duration::from_secs(10)),
         };
         if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
                 return Err(bad(format!(
-                    "--rate takes calls per second, more than 0 (got {rate})"
+                    "--rate takes calls per second, more than 0 and at most {MAX_RATE} (got {rate})"
                 )));
             }
         }
@@ -461,6 +479,16 @@ mod tests {
         assert!(refused(&["--mode", "session", "--pipeline", "0"]).contains("--pipeline"));
         assert!(refused(&["--mode", "session", "--workload", "getpool"]).contains("getpool"));
         assert!(refused(&["--rate", "0"]).contains("--rate"));
+        // Found by a red team: these grew without bound or never ended.
+        assert!(refused(&["--clients", "100000000"]).contains("--clients"));
+        assert!(refused(&["--rate", "1e308"]).contains("--rate"));
+        assert!(refused(&["--mode", "session", "--pipeline", "1000000"]).contains("--pipeline"));
+        let existing = std::env::temp_dir().join(format!("pp-bench-exists-{}", std::process::id()));
+        std::fs::write(&existing, "keep me").expect("write");
+        let path = existing.display().to_string();
+        assert!(refused(&["--json", &path]).contains("exists"));
+        assert_eq!(std::fs::read_to_string(&existing).expect("read"), "keep me");
+        std::fs::remove_file(&existing).expect("remove");
         assert!(refused(&["--duration", "0"]).contains("--duration"));
         assert!(refused(&["--warmup", "1e300"]).contains("--warmup"));
         assert!(refused(&["--timeout", "NaN"]).contains("--timeout"));

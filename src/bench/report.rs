@@ -195,7 +195,13 @@ impl Report {
         };
         let mut text = serde_json::to_string_pretty(self).map_err(|e| output(e.to_string()))?;
         text.push('\n');
-        std::fs::write(path, text).map_err(|e| output(e.to_string()))
+        // Never over an existing file (it may be anything).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| output(e.to_string()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| output(e.to_string()))
     }
 
     /// The summary printed on stdout.

@@ -10,8 +10,11 @@
 //! the server sends with every run (`MessageLimit::description_since_mark`), and
 //! forgotten when they differ or when a run fails (see `query/plan.rs`).
 //!
-//! Bounded per connection: at most [`MAX_PLANS`] plans holding at most
-//! [`MAX_PLAN_BYTES`] of statement text; a longer statement is not kept.
+//! Bounded per connection: at most [`MAX_PLANS`] plans weighing at most
+//! [`MAX_PLAN_BYTES`] together (a plan weighs its text and its column
+//! names and types, [`Plan::weight`]); a statement longer than
+//! [`MAX_PLANNED_SQL`], or a plan heavier than [`MAX_PLAN_WEIGHT`], is not
+//! kept.
 
 use std::sync::Arc;
 
@@ -24,8 +27,12 @@ use crate::text_cache::{TextBounds, TextCache};
 /// statements at most).
 pub(crate) const MAX_PLANS: usize = 256;
 
-/// Statement text kept per connection, in bytes.
-pub(crate) const MAX_PLAN_BYTES: usize = 256 * 1024;
+/// What a connection's plans may weigh together, in bytes.
+pub(crate) const MAX_PLAN_BYTES: usize = 512 * 1024;
+
+/// The heaviest plan kept (a result of hundreds of long-named columns is
+/// prepared each time instead).
+pub(crate) const MAX_PLAN_WEIGHT: usize = 32 * 1024;
 
 /// A statement longer than this is prepared each time (generated SQL of
 /// this size is rarely repeated, and would crowd out the rest).
@@ -51,7 +58,20 @@ pub(crate) struct Plan {
 /// prepared afresh, which bounds how long such a change can go unseen.
 pub(crate) const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What one column or parameter costs beside its name, roughly.
+const PER_TYPE: usize = 48;
+
 impl Plan {
+    /// What the plan holds beside its text, in bytes.
+    pub(crate) fn weight(&self) -> usize {
+        let columns: usize = self
+            .columns
+            .iter()
+            .map(|column| column.name.len() + PER_TYPE)
+            .sum();
+        columns + self.params.len() * PER_TYPE
+    }
+
     /// Whether the plan may still be used in a pool at catalog `generation`.
     pub(crate) fn current(&self, generation: u64) -> bool {
         self.generation == generation && self.born.elapsed() < PLAN_MAX_AGE
@@ -72,7 +92,7 @@ impl Default for Plans {
         Plans(TextCache::new(TextBounds {
             entries: MAX_PLANS,
             bytes: MAX_PLAN_BYTES,
-            longest: MAX_PLANNED_SQL,
+            longest: MAX_PLAN_WEIGHT,
         }))
     }
 }
@@ -85,7 +105,11 @@ impl Plans {
 
     /// Remembers `plan` for `sql`, within the bounds.
     pub(crate) fn insert(&self, sql: &str, plan: Arc<Plan>) {
-        self.0.insert(sql, plan);
+        if sql.len() > MAX_PLANNED_SQL {
+            return;
+        }
+        let weight = plan.weight();
+        self.0.insert_weighing(sql, plan, weight);
     }
 
     /// Forgets the plan of `sql` (it no longer matches the catalog).

@@ -34,7 +34,7 @@ use super::execute::{
 };
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
-use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, PLAN_MAX_AGE};
+use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, MAX_PLAN_BYTES, PLAN_MAX_AGE};
 
 /// Most statements in flight on one session.
 pub(super) const MAX_IN_FLIGHT: usize = 64;
@@ -45,6 +45,8 @@ pub(super) struct SessionPlans {
     plans: HashMap<Box<str>, Arc<Plan>>,
     /// Every statement prepared in this session, open until it ends.
     statements: Vec<tokio_postgres::Statement>,
+    /// What every plan prepared in this session weighs together.
+    weight: usize,
 }
 
 impl SessionPlans {
@@ -57,7 +59,7 @@ impl SessionPlans {
 
     /// Whether another statement may be prepared and kept.
     pub(super) fn has_room(&self) -> bool {
-        self.statements.len() < MAX_PLANS
+        self.statements.len() < MAX_PLANS && self.weight < MAX_PLAN_BYTES
     }
 
     /// Prepares `sql` (the flight must be empty) and keeps its plan; the
@@ -95,6 +97,7 @@ impl SessionPlans {
             generation: 0,
             born: std::time::Instant::now(),
         });
+        self.weight += sql.len() + plan.weight();
         self.plans.insert(sql.into(), Arc::clone(&plan));
         self.statements.push(statement);
         Ok(plan)
