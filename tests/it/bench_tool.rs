@@ -432,7 +432,7 @@ async fn tls_with_a_client_certificate_and_a_bearer_token() {
 async fn bad_options_and_an_unreachable_server_exit_2_with_a_message() {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     for (args, says) in [
-        (&["--clients", "0"][..], "--clients takes 1 or more"),
+        (&["--clients", "0"][..], "--clients takes 1 to 10000"),
         (
             &["--workload", "nope"][..],
             "choose select1, sleep:<ms>, sql",
