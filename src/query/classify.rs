@@ -287,6 +287,33 @@ fn in_temporary_schema(name: &[pg_query::protobuf::Node]) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn catalog_changes_are_told_from_statements_that_only_use_it() {
+        for sql in [
+            "ALTER TABLE t ALTER c TYPE int8",
+            "create or replace view v as select 1",
+            "DROP TABLE t CASCADE",
+            "ALTER TYPE mood ADD VALUE 'c'",
+            "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE t ADD COLUMN d int'; END $$",
+            "ALTER TABLE t RENAME COLUMN a TO b",
+            "CREATE TABLE t2 AS SELECT 1",
+        ] {
+            assert!(changes_catalog(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM t WHERE a = $1",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 2",
+            "DELETE FROM t",
+            "BEGIN",
+            "SET search_path = x",
+            "SELEC oops",
+        ] {
+            assert!(!changes_catalog(sql), "{sql}");
+        }
+    }
+
     fn refused_kind(sql: &str) -> Option<&'static str> {
         match check(sql) {
             Err(Refusal::NeedsSession(kind)) => Some(kind),
