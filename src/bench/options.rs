@@ -15,8 +15,12 @@ use crate::proto;
 const MAX_CLIENTS: usize = 10_000;
 /// Most statements in flight per session client.
 const MAX_PIPELINE: u32 = 4_096;
-/// Most calls per second an open loop schedules.
-const MAX_RATE: f64 = 10_000_000.0;
+/// Most calls per second an open loop schedules (the schedule hands out
+/// one ticket at a time; far beyond what one machine sends, it falls behind
+/// without sending anything).
+const MAX_RATE: f64 = 20_000.0;
+/// Most calls a run may be asked for.
+const MAX_REQUESTS: u64 = 1_000_000_000;
 
 /// The statement a check runs instead of the workload under `--dirty-every`:
 /// true when the connection carries anything a dirty caller left behind
@@ -305,6 +309,9 @@ impl LoadArgs {
         }
         let stop = match (self.duration, self.requests) {
             (_, Some(0)) => return Err(bad("--requests takes 1 or more")),
+            (_, Some(n)) if n > MAX_REQUESTS => {
+                return Err(bad(format!("--requests takes 1 to {MAX_REQUESTS}")))
+            }
             (_, Some(n)) => Stop::Requests(n),
             (Some(secs), None) => Stop::After(seconds("--duration", secs, false)?),
             (None, None) => Stop::After(Duration::from_secs(10)),
@@ -482,6 +489,8 @@ mod tests {
         // Found by a red team: these grew without bound or never ended.
         assert!(refused(&["--clients", "100000000"]).contains("--clients"));
         assert!(refused(&["--rate", "1e308"]).contains("--rate"));
+        assert!(refused(&["--rate", "100000"]).contains("--rate"));
+        assert!(refused(&["--requests", "18446744073709551615"]).contains("--requests"));
         assert!(refused(&["--mode", "session", "--pipeline", "1000000"]).contains("--pipeline"));
         let existing = std::env::temp_dir().join(format!("pp-bench-exists-{}", std::process::id()));
         std::fs::write(&existing, "keep me").expect("write");

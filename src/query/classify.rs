@@ -116,7 +116,8 @@ fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
 }
 
 /// Whether `sql` may change what another statement's text means: its
-/// parameter types or columns (DDL, or a `DO` block, which may run any).
+/// parameter types or columns (DDL, or a `DO` block or `CALL`, which may
+/// run any; a function called from a query may too, unseen).
 /// Remembered plans are set aside after one. Text the parser cannot read
 /// changes nothing (PostgreSQL will refuse it too).
 pub(crate) fn changes_catalog(sql: &str) -> bool {
@@ -155,6 +156,7 @@ pub(crate) fn changes_catalog(sql: &str) -> bool {
                     | NodeRef::CreateSchemaStmt(_)
                     | NodeRef::RuleStmt(_)
                     | NodeRef::DoStmt(_)
+                    | NodeRef::CallStmt(_)
             )
         })
 }
@@ -298,6 +300,7 @@ mod tests {
             "DO $$ BEGIN EXECUTE 'ALTER TABLE t ADD COLUMN d int'; END $$",
             "ALTER TABLE t RENAME COLUMN a TO b",
             "CREATE TABLE t2 AS SELECT 1",
+            "CALL p_alter()",
         ] {
             assert!(changes_catalog(sql), "{sql}");
         }

@@ -34,7 +34,7 @@ use super::execute::{
 };
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
-use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, MAX_PLAN_BYTES, PLAN_MAX_AGE};
+use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, MAX_PLAN_BYTES};
 
 /// Most statements in flight on one session.
 pub(super) const MAX_IN_FLIGHT: usize = 64;
@@ -50,10 +50,13 @@ pub(super) struct SessionPlans {
 }
 
 impl SessionPlans {
-    pub(super) fn get(&self, sql: &str) -> Option<Arc<Plan>> {
+    /// The plan of `sql`, if it is current in the pool's catalog
+    /// `generation` (a catalog change through any of the pool's callers
+    /// sets the session's plans aside too).
+    pub(super) fn get(&self, sql: &str, generation: u64) -> Option<Arc<Plan>> {
         self.plans
             .get(sql)
-            .filter(|plan| plan.born.elapsed() < PLAN_MAX_AGE)
+            .filter(|plan| plan.current(generation))
             .cloned()
     }
 
@@ -68,6 +71,7 @@ impl SessionPlans {
         &mut self,
         lease: &Lease,
         sql: &str,
+        generation: u64,
     ) -> Result<Arc<Plan>, QueryError> {
         lease.flight_mark();
         let statement = lease
@@ -94,7 +98,7 @@ impl SessionPlans {
                 })
                 .collect(),
             description,
-            generation: 0,
+            generation,
             born: std::time::Instant::now(),
         });
         self.weight += sql.len() + plan.weight();

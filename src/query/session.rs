@@ -355,7 +355,8 @@ impl Running {
                     let Some(Queued::Sent { started, .. }) = flight.pop_front() else {
                         continue;
                     };
-                    if let Err(ending) = self.land(landed, started).await {
+                    let last = !flight.iter().any(|queued| matches!(queued, Queued::Sent { .. }));
+                    if let Err(ending) = self.land(landed, started, last).await {
                         return ending;
                     }
                 }
@@ -429,7 +430,11 @@ impl Running {
             flight.push_back(answered);
             return;
         }
-        let (ready, number) = match (self.plans.get(&statement.sql), self.numbering) {
+        let (ready, number) = match (
+            self.plans
+                .get(&statement.sql, self.pool.catalog_generation()),
+            self.numbering,
+        ) {
             (Some(plan), Numbering::Next(number)) => {
                 (pipeline::Ready::new(statement, plan), number)
             }
@@ -549,7 +554,13 @@ impl Running {
     }
 
     /// A statement in flight came back: account for it and answer it.
-    async fn land(&mut self, landed: Landed, started: std::time::Instant) -> Result<(), Ending> {
+    /// `last`: nothing else is in flight (the session is idle from now).
+    async fn land(
+        &mut self,
+        landed: Landed,
+        started: std::time::Instant,
+        last: bool,
+    ) -> Result<(), Ending> {
         let Landed {
             result,
             transaction,
@@ -565,7 +576,9 @@ impl Running {
             self.plans.forget_all();
             self.numbering = Numbering::Unknown;
         }
-        self.registered.statement_ends(transaction);
+        if last {
+            self.registered.statement_ends(transaction);
+        }
         self.answer(result, transaction).await
     }
 
@@ -621,7 +634,11 @@ impl Running {
             self.connection_intact(None)?;
             self.numbering = Numbering::Next(self.lease.next_reply());
         }
-        let statement = match (self.plans.get(&statement.sql), self.numbering) {
+        let statement = match (
+            self.plans
+                .get(&statement.sql, self.pool.catalog_generation()),
+            self.numbering,
+        ) {
             (Some(plan), Numbering::Next(number)) => match pipeline::Ready::new(statement, plan) {
                 Ok(ready) => {
                     let sent = self.send(ready, number);
@@ -642,9 +659,10 @@ impl Running {
         // whatever the driver looked up meanwhile (awaited within).
         let prepare_number = self.lease.next_reply();
         let lease = Arc::clone(&self.lease);
+        let generation = self.pool.catalog_generation();
         let plans = &mut self.plans;
         let prepare = async {
-            let prepared = plans.prepare(&lease, &statement.sql).await;
+            let prepared = plans.prepare(&lease, &statement.sql, generation).await;
             // The driver answers a prepare before its ReadyForQuery.
             lease.status_of(prepare_number).await;
             prepared

@@ -354,3 +354,54 @@ async fn a_type_looked_up_under_an_outdated_plan_breaks_nothing_for_the_next_cal
         .expect("clean up");
     server.stop().await;
 }
+
+/// Found by a red team: a catalog change made through the pool reached
+/// every connection's plans but not those of sessions already open, which
+/// went on casting values a fresh prepare refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_through_the_pool_reaches_open_sessions() {
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS pipe_cast; CREATE TABLE pipe_cast (c numeric)")
+        .await
+        .expect("table");
+    let pool = "pipe_cast";
+    let server = TestServer::start(&config_yaml(&[
+        PoolSpec::new(pool, 2).with("max_session_connections: 1")
+    ]))
+    .await;
+    let mut client = server.query().await;
+    let mut session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    let insert = "INSERT INTO pipe_cast VALUES ($1) RETURNING c::text";
+    session.send(insert, vec![v::numeric("1.5")]).await;
+    let first = session.answer().await.expect("first");
+    assert_eq!(sqlstate(&first), None, "{first:?}");
+    client
+        .execute(crate::support::exec(
+            pool,
+            "ALTER TABLE pipe_cast ALTER c TYPE int USING c::int",
+            vec![],
+        ))
+        .await
+        .expect("alter through the pool");
+    session.send(insert, vec![v::numeric("2.5")]).await;
+    let refused = session.answer().await.expect("answered");
+    assert!(
+        sqlstate(&refused).is_some(),
+        "a numeric for an int is refused: {refused:?}"
+    );
+    session.close().await;
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM pipe_cast", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+    admin
+        .batch_execute("DROP TABLE pipe_cast")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
