@@ -132,9 +132,20 @@ fn without_constants(sql: &str) -> String {
         T::CComment,
     ]
     .map(|token| token as i32);
+    // Numbered after the statement's own parameters, so `$1` stays its.
+    let own_parameters = tokens
+        .iter()
+        .filter(|token| token.token == T::Param as i32)
+        .filter_map(|token| {
+            let start = usize::try_from(token.start).ok()?;
+            let end = usize::try_from(token.end).ok()?;
+            sql.get(start + 1..end)?.parse::<u32>().ok()
+        })
+        .max()
+        .unwrap_or(0);
     let mut shown = String::with_capacity(sql.len());
     let mut at = 0;
-    let mut placeholders = 0;
+    let mut placeholders = own_parameters;
     for token in tokens.iter().filter(|token| hidden.contains(&token.token)) {
         let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end))
         else {
@@ -423,6 +434,12 @@ mod tests {
             "ALTER ROLE … (text not shown)"
         );
         assert_eq!(shown_statement("BEGIN"), "BEGIN");
+        // Found by a red team: a replaced constant took the number of the
+        // statement's own `$1`.
+        assert_eq!(
+            shown_statement("SELECT pg_sleep(0.05), $1::int"),
+            "SELECT pg_sleep($2), $1::int"
+        );
     }
 
     #[tokio::test]
