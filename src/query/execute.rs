@@ -709,18 +709,24 @@ async fn run_batch_prepared(
 enum BatchFailure {
     /// PostgreSQL refused a set (its index) or the transaction control.
     Postgres(Option<usize>, tokio_postgres::Error),
-    /// The lease was cancelled between sets or before COMMIT: the rest is
-    /// not sent and the transaction is rolled back (or dies with the
+    /// The lease was cancelled between windows or before COMMIT: the rest
+    /// is not sent and the transaction is rolled back (or dies with the
     /// connection, which is not reused).
     Stopped,
 }
 
-/// The transaction itself. Between sets, and before COMMIT, it checks that
-/// the caller still wants it: a cancel request alone cannot stop a batch
-/// whose backend sits idle in its transaction between two sets, and COMMIT
-/// must never follow a caller's DEADLINE_EXCEEDED. On error the transaction
-/// is rolled back before the connection can be reused; a connection whose
-/// rollback fails is closed instead.
+/// Parameter sets sent ahead of their answers in one batch: PostgreSQL
+/// runs them one after another as they arrive, so a batch costs a round
+/// trip per window rather than per set; the window bounds what waits.
+const BATCH_WINDOW: usize = 256;
+
+/// The transaction itself. The sets go out a window at a time without
+/// waiting for each answer (each has its own Sync, so a failed set fails
+/// the ones behind it with 25P02 and the first error is the one reported).
+/// Between windows, and before COMMIT, it checks that the caller still
+/// wants it: COMMIT must never follow a caller's DEADLINE_EXCEEDED. On
+/// error the transaction is rolled back before the connection can be
+/// reused; a connection whose rollback fails is closed instead.
 async fn run_in_transaction(
     lease: &Lease,
     prepared: &tokio_postgres::Statement,
@@ -735,19 +741,25 @@ async fn run_in_transaction(
         .await
         .map_err(|err| BatchFailure::Postgres(None, err))?;
     let mut rows_affected = Vec::with_capacity(encoded.len());
-    for (i, params) in encoded.iter().enumerate() {
+    for window in encoded.chunks(BATCH_WINDOW) {
         if lease.cancel_reason().is_some() {
             rollback().await;
             return Err(BatchFailure::Stopped);
         }
-        match client
-            .execute_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
-            .await
-        {
-            Ok(count) => rows_affected.push(count),
-            Err(err) => {
-                rollback().await;
-                return Err(BatchFailure::Postgres(Some(i), err));
+        // `join_all` polls in order, and each first poll sends its set.
+        let answers =
+            futures::future::join_all(window.iter().map(|params| {
+                client.execute_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
+            }))
+            .await;
+        for answer in answers {
+            match answer {
+                Ok(count) => rows_affected.push(count),
+                Err(err) => {
+                    let index = rows_affected.len();
+                    rollback().await;
+                    return Err(BatchFailure::Postgres(Some(index), err));
+                }
             }
         }
     }

@@ -446,3 +446,89 @@ async fn a_catalog_change_through_the_pool_sets_its_plans_aside() {
         .expect("clean up");
     server.stop().await;
 }
+
+/// ExecuteBatch sends its parameter sets without waiting for each answer:
+/// while the first set waits for a lock, the others reach the server; a
+/// failing set is the one reported, and nothing of the batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sends_its_sets_ahead_and_reports_the_first_failure() {
+    use poolplane::proto::{ExecuteBatchRequest, ParameterSet};
+    let admin = cluster().admin().await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS pp_batch_ahead; CREATE TABLE pp_batch_ahead (n int8 PRIMARY KEY)",
+        )
+        .await
+        .expect("table");
+    let proxy = Proxy::start(cluster().port).await;
+    let pool = "batch_ahead";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1).port(proxy.port)])).await;
+    let client = server.query().await;
+    // Every set waits for a shared lock the test holds exclusively first.
+    let sql = "INSERT INTO pp_batch_ahead SELECT $1::int8 FROM pg_advisory_lock_shared(5151)";
+    let batch = |values: Vec<i64>| ExecuteBatchRequest {
+        pool: pool.into(),
+        sql: sql.into(),
+        parameter_sets: values
+            .into_iter()
+            .map(|n| ParameterSet {
+                params: vec![v::int(n)],
+            })
+            .collect(),
+    };
+    client
+        .clone()
+        .execute_batch(batch(vec![0]))
+        .await
+        .expect("warm");
+    admin
+        .execute("SELECT pg_advisory_lock(5151)", &[])
+        .await
+        .expect("hold");
+    let before = proxy.bytes_upstream();
+    let call = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.execute_batch(batch((1..=50).collect())).await })
+    };
+    // Each Bind/Execute/Sync carries at least 30 bytes.
+    eventually(
+        "all 50 sets reach the server",
+        Duration::from_secs(10),
+        || async { proxy.bytes_upstream() - before >= 50 * 30 },
+    )
+    .await;
+    admin
+        .execute("SELECT pg_advisory_unlock(5151)", &[])
+        .await
+        .expect("release");
+    let done = call.await.expect("join").expect("batch").into_inner();
+    assert_eq!(done.rows_affected, vec![1; 50]);
+
+    // Set 3 collides with a row from above: it is the one reported, and
+    // the sets around it leave nothing.
+    let failed = client
+        .clone()
+        .execute_batch(batch(vec![100, 101, 102, 7, 103, 104]))
+        .await
+        .expect_err("a duplicate key");
+    assert_eq!(
+        meta(&failed, "poolplane-sqlstate").as_deref(),
+        Some("23505")
+    );
+    assert_eq!(
+        meta(&failed, "poolplane-batch-index").as_deref(),
+        Some("3"),
+        "{failed:?}"
+    );
+    let kept: i64 = admin
+        .query_one("SELECT count(*) FROM pp_batch_ahead WHERE n >= 100", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(kept, 0);
+    admin
+        .batch_execute("DROP TABLE pp_batch_ahead")
+        .await
+        .expect("clean up");
+    server.stop().await;
+}
