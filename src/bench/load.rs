@@ -287,20 +287,6 @@ pub(crate) fn is_leak(response: &proto::ExecuteResponse) -> bool {
         .is_some_and(|value| value.kind == Some(proto::value::Kind::BoolValue(true)))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, BenchError> {
     std::fs::read(path).map_err(|e| BenchError::Options(format!("{flag} {}: {e}", path.display())))
 }
@@ -321,9 +307,9 @@ async fn connect(options: &LoadOptions) -> Result<Vec<Channel>, BenchError> {
                 read_pem("--key-file", key)?,
             ));
         }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| BenchError::Options(format!("TLS: {}", error_chain(&e))))?;
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            BenchError::Options(format!("TLS: {}", crate::postgres::error_chain(&e)))
+        })?;
     }
     let mut channels = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
@@ -332,7 +318,7 @@ async fn connect(options: &LoadOptions) -> Result<Vec<Channel>, BenchError> {
             .await
             .map_err(|e| BenchError::Unreachable {
                 addr: options.addr.clone(),
-                error: error_chain(&e),
+                error: crate::postgres::error_chain(&e),
             })?;
         channels.push(channel);
     }

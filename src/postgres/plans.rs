@@ -62,6 +62,29 @@ pub(crate) const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_s
 const PER_TYPE: usize = 48;
 
 impl Plan {
+    /// The plan of a statement just prepared, whose row description had
+    /// the fingerprint `description`, made in catalog `generation`.
+    pub(crate) fn of(
+        statement: &tokio_postgres::Statement,
+        description: u64,
+        generation: u64,
+    ) -> Plan {
+        Plan {
+            params: statement.params().to_vec(),
+            columns: statement
+                .columns()
+                .iter()
+                .map(|column| PlanColumn {
+                    name: column.name().to_string(),
+                    ty: column.type_().clone(),
+                })
+                .collect(),
+            description,
+            generation,
+            born: std::time::Instant::now(),
+        }
+    }
+
     /// What the plan holds beside its text, in bytes.
     pub(crate) fn weight(&self) -> usize {
         let columns: usize = self

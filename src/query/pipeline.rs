@@ -34,7 +34,7 @@ use super::execute::{
 };
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
-use crate::postgres::plans::{Plan, PlanColumn, MAX_PLANS, MAX_PLAN_BYTES};
+use crate::postgres::plans::{Plan, MAX_PLANS, MAX_PLAN_BYTES};
 
 /// Most statements in flight on one session.
 pub(super) const MAX_IN_FLIGHT: usize = 64;
@@ -87,20 +87,7 @@ impl SessionPlans {
                     error: "the server did not describe the statement".into(),
                     may_have_run: false,
                 })?;
-        let plan = Arc::new(Plan {
-            params: statement.params().to_vec(),
-            columns: statement
-                .columns()
-                .iter()
-                .map(|column| PlanColumn {
-                    name: column.name().to_string(),
-                    ty: column.type_().clone(),
-                })
-                .collect(),
-            description,
-            generation,
-            born: std::time::Instant::now(),
-        });
+        let plan = Arc::new(Plan::of(&statement, description, generation));
         self.weight += sql.len() + plan.weight();
         self.plans.insert(sql.into(), Arc::clone(&plan));
         self.statements.push(statement);

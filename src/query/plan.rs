@@ -107,20 +107,7 @@ async fn fresh(lease: &Lease, sql: &str, generation: u64) -> Result<Arc<Plan>, A
             may_have_run: false,
         })));
     };
-    let plan = Arc::new(Plan {
-        params: statement.params().to_vec(),
-        columns: statement
-            .columns()
-            .iter()
-            .map(|column| PlanColumn {
-                name: column.name().to_string(),
-                ty: column.type_().clone(),
-            })
-            .collect(),
-        description,
-        generation,
-        born: std::time::Instant::now(),
-    });
+    let plan = Arc::new(Plan::of(&statement, description, generation));
     if plan_columns(&plan.columns).is_ok() {
         lease.remember_plan(sql, Arc::clone(&plan));
     }
