@@ -100,7 +100,18 @@ async fn paused_calls_wait_and_run_in_arrival_order_after_the_resume() {
 async fn a_paused_caller_gets_deadline_exceeded_at_its_deadline_and_the_queue_is_bounded() {
     let mut spec = PoolSpec::new("pause_deadline", 2);
     spec.connection_timeout_ms = 300;
+    // Both connections open before the pause, so what the resume serves
+    // waits for no login (which alone can take 300 ms on a loaded machine
+    // in a debug build).
+    spec.min = 2;
     let server = TestServer::start(&config_yaml(&[spec])).await;
+    eventually("both connections open", Duration::from_secs(10), || async {
+        crate::support::pool_statistics(&server, "pause_deadline")
+            .await
+            .idle
+            == 2
+    })
+    .await;
     let mut admin = server.admin().await;
     admin
         .pause_pool(PausePoolRequest {
