@@ -4,11 +4,32 @@
 
 use std::time::Duration;
 
+use poolplane::proto::query_client::QueryClient;
 use poolplane::proto::{statement_result, StatementResult, TransactionStatus};
+use tonic::transport::Channel;
 
 use crate::proxy::Proxy;
 use crate::sessions::{first_int, open_request, status_of, Session};
 use crate::support::{cluster, config_yaml, eventually, v, PoolSpec, TestServer};
+
+/// A server with one pool `pool` of `max` connections (through `port` if
+/// given) that one session may hold, and a session open on it.
+async fn one_session(
+    pool: &str,
+    max: u32,
+    port: Option<u16>,
+) -> (TestServer, QueryClient<Channel>, Session) {
+    let mut spec = PoolSpec::new(pool, max).with("max_session_connections: 1");
+    if let Some(port) = port {
+        spec = spec.port(port);
+    }
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let mut client = server.query().await;
+    let session = Session::open(&mut client, open_request(pool))
+        .await
+        .expect("open");
+    (server, client, session)
+}
 
 fn sqlstate(answer: &StatementResult) -> Option<&str> {
     match &answer.outcome {
@@ -28,14 +49,7 @@ fn column_type(answer: &StatementResult) -> String {
 async fn statements_go_out_before_the_answers_before_them() {
     let proxy = Proxy::start(cluster().port).await;
     let pool = "pipe_ahead";
-    let server = TestServer::start(&config_yaml(&[PoolSpec::new(pool, 1)
-        .port(proxy.port)
-        .with("max_session_connections: 1")]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, _client, mut session) = one_session(pool, 1, Some(proxy.port)).await;
     // Both texts seen once: their plans are the session's.
     let lock = "SELECT pg_advisory_lock($1::int8)::text";
     session.send(lock, vec![v::int(4242)]).await;
@@ -91,14 +105,7 @@ async fn each_pipelined_answer_carries_the_status_after_its_statement() {
         .await
         .expect("table");
     let pool = "pipe_status";
-    let server = TestServer::start(&config_yaml(&[
-        PoolSpec::new(pool, 1).with("max_session_connections: 1")
-    ]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, _client, mut session) = one_session(pool, 1, None).await;
     let insert = "INSERT INTO pipe_status VALUES ($1::int8)";
     // Plans for every text, so nothing below waits for a prepare.
     for sql in ["BEGIN", "SELECT 1 / $1::int8", "COMMIT"] {
@@ -171,14 +178,7 @@ async fn a_changed_search_path_changes_what_a_pipelined_text_means() {
         .await
         .expect("schemas");
     let pool = "pipe_path";
-    let server = TestServer::start(&config_yaml(&[
-        PoolSpec::new(pool, 1).with("max_session_connections: 1")
-    ]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, _client, mut session) = one_session(pool, 1, None).await;
     session.ok("SET search_path = pipe_a").await;
     assert_eq!(column_type(&session.run("SELECT x FROM t").await), "int4");
     assert_eq!(column_type(&session.run("SELECT x FROM t").await), "int4");
@@ -211,14 +211,7 @@ async fn a_changed_search_path_changes_what_a_pipelined_text_means() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_past_its_plan_bound_still_answers_in_order() {
     let pool = "pipe_bound";
-    let server = TestServer::start(&config_yaml(&[
-        PoolSpec::new(pool, 1).with("max_session_connections: 1")
-    ]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, _client, mut session) = one_session(pool, 1, None).await;
     // 300 distinct texts (a session keeps 256 plans; the rest run the
     // plain way), inside a transaction, with a repeated text between them
     // that is sent without waiting.
@@ -318,21 +311,16 @@ async fn a_type_looked_up_under_an_outdated_plan_breaks_nothing_for_the_next_cal
         .await
         .expect("types");
     let pool = "pipe_enum";
-    let server = TestServer::start(&config_yaml(&[
-        PoolSpec::new(pool, 1).with("max_session_connections: 1")
-    ]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, mut client, mut session) = one_session(pool, 1, None).await;
     assert_eq!(
         column_type(&session.run("SELECT c FROM pipe_enum").await),
         "text"
     );
-    session
-        .ok("ALTER TABLE pipe_enum ALTER c TYPE pipe_mood USING c::pipe_mood")
-        .await;
+    // Changed outside poolplane: the session's plan is not set aside.
+    admin
+        .batch_execute("ALTER TABLE pipe_enum ALTER c TYPE pipe_mood USING c::pipe_mood")
+        .await
+        .expect("alter");
     // Sent with the text plan; the server describes an enum now.
     let changed = session.run("SELECT c FROM pipe_enum").await;
     assert!(
@@ -366,14 +354,7 @@ async fn a_catalog_change_through_the_pool_reaches_open_sessions() {
         .await
         .expect("table");
     let pool = "pipe_cast";
-    let server = TestServer::start(&config_yaml(&[
-        PoolSpec::new(pool, 2).with("max_session_connections: 1")
-    ]))
-    .await;
-    let mut client = server.query().await;
-    let mut session = Session::open(&mut client, open_request(pool))
-        .await
-        .expect("open");
+    let (server, mut client, mut session) = one_session(pool, 2, None).await;
     let insert = "INSERT INTO pipe_cast VALUES ($1) RETURNING c::text";
     session.send(insert, vec![v::numeric("1.5")]).await;
     let first = session.answer().await.expect("first");
@@ -403,5 +384,48 @@ async fn a_catalog_change_through_the_pool_reaches_open_sessions() {
         .batch_execute("DROP TABLE pipe_cast")
         .await
         .expect("clean up");
+    server.stop().await;
+}
+
+/// Found by a red team: a session with statements still in flight showed
+/// as idle in ListSessions once the first of them was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_statements_in_flight_is_listed_active() {
+    let pool = "pipe_listed";
+    let (server, _client, mut session) = one_session(pool, 1, None).await;
+    let lock = "SELECT pg_advisory_lock($1::int8)::text";
+    session.send(lock, vec![v::int(6161)]).await;
+    session.answer().await.expect("lock once");
+    session
+        .send(
+            "SELECT pg_advisory_unlock($1::int8)::text",
+            vec![v::int(6161)],
+        )
+        .await;
+    session.answer().await.expect("unlock");
+    let admin = cluster().admin().await;
+    admin
+        .execute("SELECT pg_advisory_lock(6262)", &[])
+        .await
+        .expect("hold");
+    // The first is answered at once; the second waits for the lock.
+    session
+        .send("SELECT pg_advisory_unlock($1::int8)::text", vec![v::int(1)])
+        .await;
+    session.send(lock, vec![v::int(6262)]).await;
+    session.answer().await.expect("first answered");
+    let listed = crate::sessions::list(&server, pool).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].state,
+        poolplane::proto::SessionState::Active as i32,
+        "{listed:?}"
+    );
+    admin
+        .execute("SELECT pg_advisory_unlock(6262)", &[])
+        .await
+        .expect("release");
+    session.answer().await.expect("second answered");
+    session.close().await;
     server.stop().await;
 }

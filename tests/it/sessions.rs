@@ -675,7 +675,7 @@ async fn sessions_are_limited_per_pool_and_execute_still_runs() {
     server.stop().await;
 }
 
-async fn list(server: &TestServer, pool: &str) -> Vec<poolplane::proto::SessionInfo> {
+pub async fn list(server: &TestServer, pool: &str) -> Vec<poolplane::proto::SessionInfo> {
     server
         .admin()
         .await
