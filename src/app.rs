@@ -444,7 +444,7 @@ impl App {
                 let config = pool.config();
                 PoolObservation {
                     name: config.name.clone(),
-                    stats: pool.info().stats,
+                    stats: pool.lifetime_stats(),
                     max: config.limits.max_connections,
                     thresholds: config.alerts,
                     health: self.health(&config.name).state,

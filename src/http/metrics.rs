@@ -217,7 +217,7 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
             continue;
         };
         let info = pool.info();
-        let stats = &info.stats;
+        let stats = &pool.lifetime_stats();
         let limits = info.config.limits;
         let p = name.as_str();
         let by_state = &info.connections;

@@ -1311,7 +1311,7 @@ mod tests {
         assert!(!again.fresh, "the idle connection is reused");
         assert_eq!(control.opened(), 1);
         give_back(&core, again).await;
-        assert_eq!(stats.snapshot(ConnCounts::default()).connections_created, 1);
+        assert_eq!(stats.lifetime(ConnCounts::default()).connections_created, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1451,7 +1451,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         settle().await;
         assert_eq!((core.counts().idle, core.counts().open()), (1, 1));
-        assert_eq!(stats.snapshot(ConnCounts::default()).connections_created, 1);
+        assert_eq!(stats.lifetime(ConnCounts::default()).connections_created, 1);
         let borrowed = borrow(&core).await;
         assert!(
             !borrowed.fresh,
@@ -1492,7 +1492,7 @@ mod tests {
         tokio::time::sleep(SECOND * 2).await;
         settle().await;
         assert_eq!(core.counts().open(), 0);
-        let closed = stats.snapshot(ConnCounts::default());
+        let closed = stats.lifetime(ConnCounts::default());
         assert_eq!(closed.closed_by_reason[CloseReason::Discarded as usize], 1);
     }
 
@@ -1600,7 +1600,7 @@ mod tests {
             "idle above min reaped: only the busy one is left"
         );
         let idle_closed =
-            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Idle as usize];
+            stats.lifetime(ConnCounts::default()).closed_by_reason[CloseReason::Idle as usize];
         assert_eq!(idle_closed, 2);
 
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -1615,7 +1615,7 @@ mod tests {
             "past its lifetime, closed when it came back"
         );
         let lifetime =
-            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Lifetime as usize];
+            stats.lifetime(ConnCounts::default()).closed_by_reason[CloseReason::Lifetime as usize];
         assert_eq!(lifetime, 1);
     }
 
@@ -1632,7 +1632,7 @@ mod tests {
             .map_err(|_| ())
             .expect("a new connection replaces the dead one");
         assert!(replaced.fresh);
-        assert_eq!(stats.snapshot(ConnCounts::default()).broken_connections, 1);
+        assert_eq!(stats.lifetime(ConnCounts::default()).broken_connections, 1);
         give_back(&core, replaced).await;
     }
 
@@ -1670,9 +1670,9 @@ mod tests {
         control.break_all();
         settle().await;
         assert_eq!(core.counts().open(), 0);
-        assert_eq!(stats.snapshot(ConnCounts::default()).broken_connections, 1);
+        assert_eq!(stats.lifetime(ConnCounts::default()).broken_connections, 1);
         assert_eq!(
-            stats.snapshot(ConnCounts::default()).closed_by_reason[CloseReason::Broken as usize],
+            stats.lifetime(ConnCounts::default()).closed_by_reason[CloseReason::Broken as usize],
             1
         );
     }

@@ -87,6 +87,7 @@ pub struct PoolInfo {
     pub paused: bool,
     /// Server connections by state, read from the core in one pass.
     pub connections: ConnCounts,
+    /// Since the last `ResetStatistics` (what `GetPool` reports).
     pub stats: StatsSnapshot,
     pub last_error: Option<String>,
     pub created_at: SystemTime,
@@ -392,7 +393,7 @@ impl ManagedPool {
             state: self.state(),
             paused: self.core.paused(),
             connections,
-            stats: self.stats.snapshot(connections),
+            stats: self.stats.since_reset(connections),
             last_error: self.last_error(),
             created_at: self.created_at,
         }
@@ -414,6 +415,14 @@ impl ManagedPool {
         }
     }
 
+    /// The counters over the pool's life, never reset (Prometheus and the
+    /// monitor compute rates from them), with the gauges as now.
+    pub fn lifetime_stats(&self) -> StatsSnapshot {
+        self.stats.lifetime(self.core.counts())
+    }
+
+    /// Restarts what [`ManagedPool::info`] reports; exported counters and
+    /// histograms keep counting.
     pub fn reset_statistics(&self) {
         self.stats.reset();
         self.core.reset_peak();
@@ -617,7 +626,7 @@ impl ManagedPool {
         {
             task.abort();
         }
-        let closed_before = self.stats.snapshot(Default::default()).connections_closed;
+        let closed_before = self.stats.lifetime(Default::default()).connections_closed;
         let finished = !force && self.core.wait_no_leases(drain_timeout).await;
         let mut cancelled = 0;
         if !finished {
@@ -626,7 +635,7 @@ impl ManagedPool {
         }
         self.core.wait_open_at_most(0, CLOSE_GRACE).await;
         self.closed.store(true, Ordering::Release);
-        let closed_after = self.stats.snapshot(Default::default()).connections_closed;
+        let closed_after = self.stats.lifetime(Default::default()).connections_closed;
         DrainReport {
             cancelled,
             connections_closed: closed_after.saturating_sub(closed_before),

@@ -10,6 +10,11 @@
 //!
 //! Histograms are fixed-bucket atomics, read at scrape time; recording one
 //! value is a short scan and two relaxed atomic adds.
+//!
+//! Counters only go up, for the life of the pool: Prometheus' `rate()`
+//! depends on it. `ResetStatistics` does not touch them; it records a
+//! baseline, and [`PoolStats::since_reset`] (what `GetPool` reports)
+//! subtracts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -146,13 +151,6 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    fn reset(&self) {
-        for count in &self.counts {
-            count.store(0, Ordering::Relaxed);
-        }
-        self.sum_us.store(0, Ordering::Relaxed);
-    }
-
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(BUCKET_BOUNDS_US.len());
@@ -188,7 +186,9 @@ pub(crate) struct PoolStats {
     pub(crate) hold: Histogram,
     pub(crate) setup: Histogram,
     pub(crate) statement: Histogram,
-    reset_at: Mutex<SystemTime>,
+    /// The lifetime counters at the last reset (all zero before one), with
+    /// the time of that reset.
+    baseline: Mutex<StatsSnapshot>,
     started: Instant,
 }
 
@@ -214,6 +214,8 @@ pub struct StatsSnapshot {
     pub acquire_wait_total: Duration,
     pub max_acquire_wait: Duration,
     pub average_connection_setup: Duration,
+    /// Sum of every connection's setup time.
+    pub connection_setup_total: Duration,
     pub peak_connections: u64,
     pub uptime: Duration,
     pub reset_at: SystemTime,
@@ -240,6 +242,7 @@ impl StatsSnapshot {
             acquire_wait_total: Duration::ZERO,
             max_acquire_wait: Duration::ZERO,
             average_connection_setup: Duration::ZERO,
+            connection_setup_total: Duration::ZERO,
             peak_connections: 0,
             uptime: Duration::ZERO,
             reset_at: SystemTime::UNIX_EPOCH,
@@ -253,6 +256,52 @@ impl StatsSnapshot {
             + self.acquire_errors
             + self.acquire_rejected
             + self.acquire_cancelled
+    }
+
+    /// What happened since `baseline` (an earlier lifetime snapshot):
+    /// counters and averages over the difference; gauges, the maximum wait
+    /// and the uptime as they are now.
+    fn since(&self, baseline: &StatsSnapshot) -> StatsSnapshot {
+        let delta = |now: u64, then: u64| now.saturating_sub(then);
+        let closed_by_reason: [u64; 5] = std::array::from_fn(|reason| {
+            delta(
+                self.closed_by_reason[reason],
+                baseline.closed_by_reason[reason],
+            )
+        });
+        let acquire_wait_total = self
+            .acquire_wait_total
+            .saturating_sub(baseline.acquire_wait_total);
+        let connection_setup_total = self
+            .connection_setup_total
+            .saturating_sub(baseline.connection_setup_total);
+        let mut since = StatsSnapshot {
+            acquisitions_succeeded: delta(
+                self.acquisitions_succeeded,
+                baseline.acquisitions_succeeded,
+            ),
+            acquire_timeouts: delta(self.acquire_timeouts, baseline.acquire_timeouts),
+            acquire_errors: delta(self.acquire_errors, baseline.acquire_errors),
+            acquire_rejected: delta(self.acquire_rejected, baseline.acquire_rejected),
+            acquire_cancelled: delta(self.acquire_cancelled, baseline.acquire_cancelled),
+            connections_created: delta(self.connections_created, baseline.connections_created),
+            connections_closed: closed_by_reason.iter().sum(),
+            closed_by_reason,
+            broken_connections: delta(self.broken_connections, baseline.broken_connections),
+            acquire_wait_total,
+            connection_setup_total,
+            reset_at: baseline.reset_at,
+            ..self.clone()
+        };
+        since.average_acquire_wait = average(
+            acquire_wait_total.as_secs_f64(),
+            since.acquisition_attempts(),
+        );
+        since.average_connection_setup = average(
+            connection_setup_total.as_secs_f64(),
+            since.connections_created,
+        );
+        since
     }
 }
 
@@ -301,7 +350,10 @@ impl PoolStats {
             hold: Histogram::default(),
             setup: Histogram::default(),
             statement: Histogram::default(),
-            reset_at: Mutex::new(SystemTime::now()),
+            baseline: Mutex::new(StatsSnapshot {
+                reset_at: SystemTime::now(),
+                ..StatsSnapshot::zero()
+            }),
             started: Instant::now(),
         }
     }
@@ -355,27 +407,33 @@ impl PoolStats {
             .collect()
     }
 
-    /// Zeroes counters, averages and histograms; gauges are facts about
-    /// now and stay (the core restarts its peak).
+    /// Starts what [`PoolStats::since_reset`] reports over from now: the
+    /// lifetime counters become the baseline, and the maximum wait starts
+    /// again. No counter goes down.
     pub(crate) fn reset(&self) {
-        let counters = self.outcomes.iter().chain(&self.closed).chain([
-            &self.created,
-            &self.broken,
-            &self.wait_max_us,
-        ]);
-        for counter in counters {
-            counter.store(0, Ordering::Relaxed);
-        }
-        for histogram in [&self.acquire_wait, &self.hold, &self.setup, &self.statement] {
-            histogram.reset();
-        }
-        if let Ok(mut reset_at) = self.reset_at.lock() {
-            *reset_at = SystemTime::now();
+        let now = self.lifetime(ConnCounts::default());
+        self.wait_max_us.store(0, Ordering::Relaxed);
+        if let Ok(mut baseline) = self.baseline.lock() {
+            *baseline = StatsSnapshot {
+                reset_at: SystemTime::now(),
+                ..now
+            };
         }
     }
 
-    /// The counters, with the connection gauges `counts` read from the core.
-    pub(crate) fn snapshot(&self, counts: ConnCounts) -> StatsSnapshot {
+    /// What happened since the last reset (or since start): what `GetPool`
+    /// reports.
+    pub(crate) fn since_reset(&self, counts: ConnCounts) -> StatsSnapshot {
+        let now = self.lifetime(counts);
+        match self.baseline.lock() {
+            Ok(baseline) => now.since(&baseline),
+            Err(_) => now,
+        }
+    }
+
+    /// The counters over the pool's life (never reset), with the connection
+    /// gauges `counts` read from the core: what Prometheus and the monitor read.
+    pub(crate) fn lifetime(&self, counts: ConnCounts) -> StatsSnapshot {
         let outcome = |o: AcquireOutcome| self.outcomes[o.index()].load(Ordering::Relaxed);
         let closed_by_reason =
             CloseReason::ALL.map(|r| self.closed[r.index()].load(Ordering::Relaxed));
@@ -399,12 +457,13 @@ impl PoolStats {
             acquire_wait_total: Duration::from_secs_f64(wait.sum_seconds),
             max_acquire_wait: Duration::from_micros(self.wait_max_us.load(Ordering::Relaxed)),
             average_connection_setup: average(setup.sum_seconds, setup.count),
+            connection_setup_total: Duration::from_secs_f64(setup.sum_seconds),
             peak_connections: counts.peak,
             uptime: self.started.elapsed(),
             reset_at: self
-                .reset_at
+                .baseline
                 .lock()
-                .map(|at| *at)
+                .map(|baseline| baseline.reset_at)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         }
     }
@@ -427,7 +486,7 @@ impl StatsBench {
             stats.released(spread);
         }
         let elapsed = started.elapsed();
-        std::hint::black_box(stats.snapshot(ConnCounts::default()));
+        std::hint::black_box(stats.lifetime(ConnCounts::default()));
         elapsed.as_nanos() as f64 / iterations.max(1) as f64
     }
 }
@@ -452,9 +511,9 @@ mod tests {
     fn a_dropped_attempt_is_cancelled_and_no_longer_pending() {
         let stats = PoolStats::new();
         let attempt = stats.begin_acquire();
-        assert_eq!(stats.snapshot(ConnCounts::default()).pending, 1);
+        assert_eq!(stats.lifetime(ConnCounts::default()).pending, 1);
         drop(attempt);
-        let snap = stats.snapshot(ConnCounts::default());
+        let snap = stats.lifetime(ConnCounts::default());
         assert_eq!((snap.pending, snap.acquire_cancelled), (0, 1));
         assert_eq!(stats.acquire_wait.snapshot().count, 1);
     }
@@ -465,14 +524,14 @@ mod tests {
         for outcome in AcquireOutcome::ALL {
             stats.begin_acquire().finish(outcome);
         }
-        let snap = stats.snapshot(ConnCounts::default());
+        let snap = stats.lifetime(ConnCounts::default());
         assert_eq!(snap.acquisition_attempts(), 5);
         assert_eq!(snap.acquisitions_succeeded, 1);
         assert_eq!(stats.acquire_wait.snapshot().count, 5);
     }
 
     #[test]
-    fn reset_zeroes_counters_and_gauges_come_from_the_core() {
+    fn a_reset_restarts_what_is_reported_and_no_counter_goes_down() {
         let stats = PoolStats::new();
         for setup in [4, 2] {
             stats.connection_opened(Duration::from_millis(setup));
@@ -480,6 +539,7 @@ mod tests {
         stats.connection_closed(CloseReason::Idle);
         stats.begin_acquire().finish(AcquireOutcome::Success);
         stats.reset();
+        stats.connection_opened(Duration::from_millis(10));
         let counts = ConnCounts {
             idle: 1,
             leased: 1,
@@ -487,13 +547,21 @@ mod tests {
             peak: 3,
             ..ConnCounts::default()
         };
-        let snap = stats.snapshot(counts);
-        assert_eq!((snap.total, snap.active, snap.idle), (3, 1, 1));
-        assert_eq!(snap.peak_connections, 3);
-        assert_eq!(snap.connections_created, 0);
-        assert_eq!(snap.connections_closed, 0);
-        assert_eq!(snap.acquisitions_succeeded, 0);
-        assert_eq!(stats.setup.snapshot().count, 0);
+        let since = stats.since_reset(counts);
+        assert_eq!((since.total, since.active, since.idle), (3, 1, 1));
+        assert_eq!(since.peak_connections, 3);
+        assert_eq!(since.connections_created, 1);
+        assert_eq!(since.connections_closed, 0);
+        assert_eq!(since.acquisitions_succeeded, 0);
+        assert_eq!(since.average_acquire_wait, Duration::ZERO);
+        assert_eq!(since.average_connection_setup, Duration::from_millis(10));
+
+        let lifetime = stats.lifetime(counts);
+        assert_eq!(lifetime.connections_created, 3);
+        assert_eq!(lifetime.connections_closed, 1);
+        assert_eq!(lifetime.acquisitions_succeeded, 1);
+        assert_eq!(stats.setup.snapshot().count, 3, "histograms keep counting");
+        assert_eq!(lifetime.reset_at, since.reset_at);
     }
 
     #[test]
@@ -536,7 +604,7 @@ mod tests {
         let stats = PoolStats::new();
         stats.connection_closed(CloseReason::Lifetime);
         stats.connection_closed(CloseReason::Broken);
-        let snap = stats.snapshot(ConnCounts::default());
+        let snap = stats.lifetime(ConnCounts::default());
         assert_eq!(snap.connections_closed, 2);
         assert_eq!(snap.closed_by_reason, [0, 1, 1, 0, 0]);
     }

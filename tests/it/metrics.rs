@@ -316,3 +316,93 @@ async fn a_metrics_token_keeps_metrics_from_strangers() {
     assert!(body.contains("pool=\"metered\""), "{body}");
     server.stop().await;
 }
+
+/// Every counter and histogram series of a scrape, by its full series text
+/// (name and labels).
+fn monotonic_series(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut monotonic_families = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            if kind == "counter" || kind == "histogram" {
+                monotonic_families.push(name.to_string());
+            }
+        }
+    }
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            let family = monotonic_families.iter().any(|family| {
+                name == family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family))
+            });
+            Some((series.to_string(), value.parse().ok()?)).filter(|_| family)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_statistics_restarts_get_pool_and_no_exported_counter_goes_down() {
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new("counted", 2)])).await;
+    let mut client = server.query().await;
+    for _ in 0..5 {
+        client
+            .execute(exec("counted", "SELECT 1", vec![]))
+            .await
+            .expect("select");
+    }
+    let _ = client
+        .execute(exec("counted", "SELECT 1/0", vec![]))
+        .await
+        .expect_err("sql error");
+    let before = monotonic_series(&scrape(&server).await);
+    let p = ("pool", "counted");
+    let succeeded = [p, ("outcome", "success")];
+    assert_eq!(
+        metric(
+            &scrape(&server).await,
+            "poolplane_pool_acquisitions_total",
+            &succeeded
+        ),
+        Some(6.0)
+    );
+    assert!(
+        before.len() > 20,
+        "counters and histograms found: {}",
+        before.len()
+    );
+
+    server
+        .admin()
+        .await
+        .reset_statistics(poolplane::proto::ResetStatisticsRequest {
+            pool: "counted".into(),
+        })
+        .await
+        .expect("reset");
+    let reported = crate::support::pool_statistics(&server, "counted").await;
+    assert_eq!(reported.acquisitions_succeeded, 0, "GetPool starts again");
+    assert_eq!(reported.connections_created, 0);
+
+    let text = scrape(&server).await;
+    let after = monotonic_series(&text);
+    let went_down: Vec<_> = before
+        .iter()
+        .filter(|(series, value)| after.get(*series).is_none_or(|now| now < *value))
+        .collect();
+    assert!(
+        went_down.is_empty(),
+        "counters that went down or vanished: {went_down:?}"
+    );
+    assert_eq!(
+        metric(&text, "poolplane_pool_acquisitions_total", &succeeded),
+        Some(6.0)
+    );
+    server.stop().await;
+}
