@@ -8,6 +8,8 @@
 //! The library never binds ports, reads the environment (beyond the secret
 //! sources a configuration names) or installs signal handlers: `main.rs`
 //! does, so tests start the whole server in-process on port 0 via [`run`].
+//! (Once `main.rs` turns traces on, the OpenTelemetry SDK itself honours
+//! its standard `OTEL_*` tuning variables: batch sizes, sampler, headers.)
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
@@ -26,6 +28,7 @@ pub mod monitor;
 pub mod pool;
 mod postgres;
 pub mod query;
+pub mod telemetry;
 mod text_cache;
 
 /// Generated protobuf types and gRPC stubs of `poolplane.v1`.

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use poolplane::config::Config;
+use poolplane::config::{Config, LogFormat};
+use poolplane::telemetry::{OtlpSettings, Telemetry, TelemetrySettings};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -36,6 +37,10 @@ enum Command {
         /// Override connection_pool.server.http_listen (/metrics).
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Override connection_pool.server.log_format: one line of text per
+        /// event, or one JSON object with the fields of its spans.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
     },
     /// Validate a configuration file: prints OK or every error.
     CheckConfig {
@@ -94,10 +99,14 @@ fn main() -> ExitCode {
             config,
             grpc_listen,
             http_listen,
+            log_format,
         } => {
-            init_logging();
-            raise_file_limit();
-            match serve(&config, grpc_listen, http_listen) {
+            let flags = ServeFlags {
+                grpc_listen,
+                http_listen,
+                log_format: log_format.as_deref().and_then(LogFormat::parse),
+            };
+            match serve(&config, flags) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -231,7 +240,16 @@ fn raise_file_limit() {
     }
 }
 
-fn init_logging() {
+/// `serve`'s overrides of the configuration file.
+struct ServeFlags {
+    grpc_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+}
+
+/// Installs logging (and traces, when `OTEL_*` asks); inside the runtime,
+/// where the trace exporter's client lives.
+fn init_telemetry(format: LogFormat) -> anyhow::Result<Telemetry> {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // tokio-postgres logs every NOTICE a statement raises at info, verbatim:
     // callers' text (RAISE NOTICE) must not reach the log unless asked for
@@ -245,50 +263,127 @@ fn init_logging() {
     // Colours only for a person at a terminal, never in a log file or pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .init();
+    let otlp = otlp_from_environment()?;
+    let exporting = otlp.as_ref().map(|otlp| otlp.endpoint.clone());
+    let telemetry = poolplane::telemetry::init(TelemetrySettings {
+        log_format: format,
+        filter,
+        ansi,
+        otlp,
+    })?;
+    match exporting {
+        Some(endpoint) => tracing::info!(%endpoint, "exporting traces over OTLP/gRPC"),
+        None => tracing::debug!("traces off (no OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    }
+    Ok(telemetry)
 }
 
-fn serve(
-    path: &std::path::Path,
-    grpc_listen: Option<SocketAddr>,
-    http_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+/// Traces are exported when the standard OpenTelemetry variables ask for
+/// it: an OTLP endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`) or `OTEL_TRACES_EXPORTER=otlp`; never
+/// with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+fn otlp_from_environment() -> anyhow::Result<Option<OtlpSettings>> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
+    if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let exporter = var("OTEL_TRACES_EXPORTER");
+    match exporter.as_deref() {
+        None | Some("otlp") => {}
+        Some("none") => return Ok(None),
+        Some(other) => anyhow::bail!(
+            "OTEL_TRACES_EXPORTER={other}: poolplane exports traces with otlp (or none)"
+        ),
+    }
+    let endpoint =
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let endpoint = match (endpoint, exporter) {
+        (Some(endpoint), _) => endpoint,
+        (None, Some(_)) => "http://localhost:4317".to_string(),
+        (None, None) => return Ok(None),
+    };
+    let protocol =
+        var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    if let Some(protocol) = protocol.filter(|protocol| protocol != "grpc") {
+        anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: poolplane exports OTLP over grpc only"
+        );
+    }
+    let timeout_ms = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+    {
+        None => 10_000,
+        Some(ms) => ms
+            .parse::<u64>()
+            .with_context(|| format!("OTEL_EXPORTER_OTLP_TIMEOUT={ms}: milliseconds expected"))?,
+    };
+    Ok(Some(OtlpSettings {
+        endpoint,
+        service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "poolplane".to_string()),
+        timeout: std::time::Duration::from_millis(timeout_ms),
+    }))
+}
+
+fn serve(path: &std::path::Path, flags: ServeFlags) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let grpc_addr = grpc_listen.unwrap_or(config.server.grpc_listen);
-        if let Some(why) = config.server.exposure(grpc_addr) {
-            anyhow::bail!("refusing to serve: {why}");
-        }
-        if !grpc_addr.ip().is_loopback() && config.server.auth.is_on() && config.server.tls.is_none() {
-            tracing::warn!(%grpc_addr, "callers' credentials cross the network in cleartext: configure server.tls (or a mesh that encrypts)");
-        }
-        if config.server.allow_insecure && !grpc_addr.ip().is_loopback() && !config.server.auth.is_on() {
-            tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
-        }
-        let http_addr = http_listen.unwrap_or(config.server.http_listen);
-        if !http_addr.ip().is_loopback() && config.server.metrics_token.is_none() {
-            tracing::warn!(%http_addr, "/metrics is served without a token on a non-loopback address: anyone who reaches it sees every pool's name and numbers (server.metrics_token_env)");
-        }
-        let grpc = tokio::net::TcpListener::bind(grpc_addr)
-            .await
-            .with_context(|| format!("binding the gRPC listener on {grpc_addr}"))?;
-        let http = tokio::net::TcpListener::bind(http_addr)
-            .await
-            .with_context(|| format!("binding the HTTP listener on {http_addr}"))?;
-        tracing::info!(%grpc_addr, "gRPC listening");
-        tracing::info!(%http_addr, "HTTP listening (/metrics)");
-        let app = poolplane::App::start(&config);
-        app.set_config_file(path.to_path_buf());
-        reload_on_hangup(std::sync::Arc::clone(&app));
-        poolplane::serve(app, poolplane::Listeners { grpc, http }, shutdown_signal()).await
-    })
+    let telemetry = {
+        let _inside = runtime.enter();
+        init_telemetry(flags.log_format.unwrap_or(config.server.log_format))?
+    };
+    raise_file_limit();
+    let served = runtime.block_on(serve_config(path, config, flags));
+    // Exports the spans still queued (the exporter needs the runtime).
+    runtime
+        .block_on(async { tokio::task::spawn_blocking(move || telemetry.shutdown()).await })
+        .ok();
+    served
+}
+
+async fn serve_config(
+    path: &std::path::Path,
+    config: Config,
+    flags: ServeFlags,
+) -> anyhow::Result<()> {
+    let ServeFlags {
+        grpc_listen,
+        http_listen,
+        ..
+    } = flags;
+    let grpc_addr = grpc_listen.unwrap_or(config.server.grpc_listen);
+    if let Some(why) = config.server.exposure(grpc_addr) {
+        anyhow::bail!("refusing to serve: {why}");
+    }
+    if !grpc_addr.ip().is_loopback() && config.server.auth.is_on() && config.server.tls.is_none() {
+        tracing::warn!(%grpc_addr, "callers' credentials cross the network in cleartext: configure server.tls (or a mesh that encrypts)");
+    }
+    if config.server.allow_insecure && !grpc_addr.ip().is_loopback() && !config.server.auth.is_on()
+    {
+        tracing::warn!(%grpc_addr, "serving the API without authentication on a non-loopback address (server.allow_insecure)");
+    }
+    let http_addr = http_listen.unwrap_or(config.server.http_listen);
+    if !http_addr.ip().is_loopback() && config.server.metrics_token.is_none() {
+        tracing::warn!(%http_addr, "/metrics is served without a token on a non-loopback address: anyone who reaches it sees every pool's name and numbers (server.metrics_token_env)");
+    }
+    let grpc = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC listener on {grpc_addr}"))?;
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {http_addr}"))?;
+    tracing::info!(%grpc_addr, "gRPC listening");
+    tracing::info!(%http_addr, "HTTP listening (/metrics)");
+    let app = poolplane::App::start(&config);
+    app.set_config_file(path.to_path_buf());
+    reload_on_hangup(std::sync::Arc::clone(&app));
+    poolplane::serve(app, poolplane::Listeners { grpc, http }, shutdown_signal()).await
 }
 
 /// SIGHUP reloads the configuration file (and no longer ends the process).

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::Streaming;
+use tracing::Instrument;
 
 use super::auth::{authorize, authorize_identity, identity};
 use super::convert::{
@@ -118,6 +119,7 @@ impl QueryService {
             max_rows: self.row_limit(statement.max_rows)?,
             max_bytes: self.app.server().max_result_bytes,
             allow_truncation: statement.allow_truncation,
+            trace_text: self.app.server().trace_sql_text,
         })
     }
 
@@ -196,13 +198,9 @@ impl Query for QueryService {
         let inputs = read_ahead(incoming, move |request| service.session_input(request));
         // The session runs on its own; dropping the response (the caller
         // went away) closes the channel, which ends it.
-        tokio::spawn(q::run_session(
-            pool,
-            options,
-            Box::pin(inputs),
-            out,
-            context,
-        ));
+        tokio::spawn(
+            q::run_session(pool, options, Box::pin(inputs), out, context).in_current_span(),
+        );
         let responses = ReceiverStream::new(answers)
             .map(|answer| answer.map(session_output_to_proto).map_err(query_status));
         Ok(Response::new(Box::pin(responses)))
@@ -222,6 +220,7 @@ impl Query for QueryService {
             max_rows: self.row_limit(r.max_rows)?,
             max_bytes: self.app.server().max_result_bytes,
             allow_truncation: r.allow_truncation,
+            trace_text: self.app.server().trace_sql_text,
         };
         let result = q::execute(&pool, statement, deadline)
             .await
@@ -243,7 +242,8 @@ impl Query for QueryService {
             .enumerate()
             .map(|(i, set)| values_from_proto(&format!("parameter_sets[{i}].params"), set.params))
             .collect::<Result<Vec<_>, _>>()?;
-        let result = q::execute_batch(&pool, r.sql, parameter_sets, deadline)
+        let trace_text = self.app.server().trace_sql_text;
+        let result = q::execute_batch(&pool, r.sql, parameter_sets, deadline, trace_text)
             .await
             .map_err(query_status)?;
         let total_rows_affected = result.rows_affected.iter().sum();
@@ -267,11 +267,15 @@ impl Query for QueryService {
             max_rows: (r.max_rows != 0).then_some(r.max_rows),
             max_row_bytes: self.app.server().max_result_bytes,
             allow_truncation: r.allow_truncation,
+            trace_text: self.app.server().trace_sql_text,
         };
         let (parts, received) = tokio::sync::mpsc::channel(q::STREAM_BUFFER);
         // The statement runs on its own; dropping the response (the caller
         // went away) closes the channel, which stops and cancels it.
-        tokio::spawn(async move { q::execute_stream(&pool, statement, deadline, parts).await });
+        tokio::spawn(
+            async move { q::execute_stream(&pool, statement, deadline, parts).await }
+                .in_current_span(),
+        );
         let responses = ReceiverStream::new(received)
             .map(|part| part.map(stream_part_to_proto).map_err(query_status));
         Ok(Response::new(Box::pin(responses)))

@@ -239,6 +239,29 @@ pub enum DatabaseAuth {
     OAuth2 { token_file: String },
 }
 
+/// Most bytes of SQL text a statement span carries (`trace_sql_text`).
+pub const TRACED_SQL_TEXT_BYTES: usize = 1_024;
+
+/// `server.log_format`: one line of text per event, or one JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub const NAMES: [&'static str; 2] = ["text", "json"];
+
+    pub fn parse(name: &str) -> Option<LogFormat> {
+        match name {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
 /// `connection_pool.server`: listeners and server-wide limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -280,6 +303,12 @@ pub struct ServerConfig {
     pub max_connections: u32,
     /// Serve gRPC reflection (for grpcurl and similar tools).
     pub reflection: bool,
+    /// How log lines are written (`--log-format` overrides it).
+    pub log_format: LogFormat,
+    /// Put the statement's SQL text (cut to [`TRACED_SQL_TEXT_BYTES`]) on
+    /// its trace span. Off: the text may hold literals a trace store
+    /// should not keep. Parameter values are never traced.
+    pub trace_sql_text: bool,
     /// How long a new gRPC connection may take to start speaking
     /// (plaintext) or to finish its TLS handshake.
     pub handshake_timeout: Duration,

@@ -167,6 +167,8 @@ pub(crate) struct RawServer {
     pub(crate) max_connections: Option<i64>,
     pub(crate) handshake_timeout_ms: Option<i64>,
     pub(crate) metrics_token_file: Option<String>,
+    pub(crate) log_format: Option<String>,
+    pub(crate) trace_sql_text: Option<bool>,
 }
 
 /// `server.tls`: TLS on the gRPC listener.

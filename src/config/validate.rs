@@ -17,8 +17,8 @@ use super::secret::{self, PasswordSource, Secret};
 use super::tls::{self, ServerTls, TlsFiles};
 use super::{
     AlertThresholds, AllowedTargets, Config, ConfigError, Credential, DatabaseAuth, HealthConfig,
-    MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig, SecurityConfig,
-    ServerConfig, SessionLimits, SslMode,
+    LogFormat, MonitoringConfig, PoolConfig, PoolDefaults, PoolLimits, RecoveryConfig,
+    SecurityConfig, ServerConfig, SessionLimits, SslMode,
 };
 use crate::auth::{
     self, Authenticator, CertificateEntry, Identity, JwtVerifier, PoolScope, Role, TokenEntry,
@@ -1359,6 +1359,8 @@ impl Checker {
                 .and_then(|tls| self.server_tls(&key(&path, "tls"), tls)),
             metrics_token: self.metrics_token(&path, raw),
             reflection: raw.reflection.unwrap_or(true),
+            log_format: self.log_format(&path, raw.log_format.as_deref()),
+            trace_sql_text: raw.trace_sql_text.unwrap_or(false),
             max_connections: self.count(
                 &path,
                 "max_connections",
@@ -1572,6 +1574,22 @@ impl Checker {
             name_claim: raw.name_claim.clone().unwrap_or_else(|| "sub".into()),
             role_claim: raw.role_claim.clone().unwrap_or_else(|| "role".into()),
             pools_claim: raw.pools_claim.clone().unwrap_or_else(|| "pools".into()),
+        })
+    }
+
+    fn log_format(&mut self, path: &str, name: Option<&str>) -> LogFormat {
+        let Some(name) = name else {
+            return LogFormat::default();
+        };
+        LogFormat::parse(name).unwrap_or_else(|| {
+            self.error(
+                &key(path, "log_format"),
+                format!(
+                    "`{name}`: allowed values are {}",
+                    LogFormat::NAMES.join(", ")
+                ),
+            );
+            LogFormat::default()
         })
     }
 

@@ -6,6 +6,10 @@
 //! A tower layer around the tonic router: the status of a call is read from
 //! the response headers (trailers-only answers) or from the trailers at the
 //! end of the body; a body dropped before its end counts as CANCELLED.
+//!
+//! The same layer opens each call's span (`rpc`, with OpenTelemetry's RPC
+//! attributes), continuing the caller's `traceparent`; the handler runs
+//! inside it and it ends with the call, carrying the status code.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +19,7 @@ use std::time::Instant;
 
 use http_body::{Body, Frame};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tracing::Instrument;
 
 /// The gRPC series, registered in the server's metrics registry.
 pub struct GrpcMetrics {
@@ -95,10 +100,12 @@ struct Call {
     service: String,
     method: String,
     started: Instant,
+    span: tracing::Span,
 }
 
 impl Call {
     fn finish(self, code: &str) {
+        record_code(&self.span, code);
         let labels = [self.grpc_type, self.service.as_str(), self.method.as_str()];
         self.metrics
             .handled
@@ -133,14 +140,21 @@ where
             .started
             .with_label_values(&[grpc_type, service.as_str(), method.as_str()])
             .inc();
+        let span = call_span(&service, &method);
+        crate::telemetry::continue_trace(&span, request.headers());
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        }
+        .instrument(span.clone());
         let call = Call {
             metrics: Arc::clone(&self.metrics),
             grpc_type,
             service,
             method,
             started: Instant::now(),
+            span,
         };
-        let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             let header_code = response.headers().get("grpc-status").map(code_name);
@@ -176,6 +190,9 @@ impl<B: Body + Unpin> Body for MeteredBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        // A streaming answer's items are made as the body is polled.
+        let span = self.call.as_ref().map(|call| call.span.clone());
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -256,6 +273,36 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The call's span, named as OpenTelemetry names RPC spans
+/// (`service/method`, from the closed set).
+fn call_span(service: &str, method: &str) -> tracing::Span {
+    tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// The call's status on its span; codes that mean the server failed mark
+/// the span as an error (OpenTelemetry's rule for server spans).
+fn record_code(span: &tracing::Span, code: &str) {
+    let Some(number) = CODE_NAMES.iter().position(|name| *name == code) else {
+        return;
+    };
+    span.record("rpc.grpc.status_code", number);
+    if matches!(
+        code,
+        "Unknown" | "DeadlineExceeded" | "Unimplemented" | "Internal" | "Unavailable" | "DataLoss"
+    ) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 fn split_path(path: &str) -> (String, String) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or_default();
@@ -278,33 +325,37 @@ fn grpc_type(method: &str) -> &'static str {
     }
 }
 
-/// The conventional name of a numeric grpc-status.
+/// The conventional names of the gRPC status codes, by number.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The conventional name of a numeric grpc-status (`Unknown` for a
+/// number gRPC does not define).
 fn code_name(value: &http::HeaderValue) -> &'static str {
-    let code = value
+    value
         .to_str()
         .ok()
-        .and_then(|text| text.parse::<i32>().ok())
-        .map(tonic::Code::from)
-        .unwrap_or(tonic::Code::Unknown);
-    match code {
-        tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "Canceled",
-        tonic::Code::Unknown => "Unknown",
-        tonic::Code::InvalidArgument => "InvalidArgument",
-        tonic::Code::DeadlineExceeded => "DeadlineExceeded",
-        tonic::Code::NotFound => "NotFound",
-        tonic::Code::AlreadyExists => "AlreadyExists",
-        tonic::Code::PermissionDenied => "PermissionDenied",
-        tonic::Code::ResourceExhausted => "ResourceExhausted",
-        tonic::Code::FailedPrecondition => "FailedPrecondition",
-        tonic::Code::Aborted => "Aborted",
-        tonic::Code::OutOfRange => "OutOfRange",
-        tonic::Code::Unimplemented => "Unimplemented",
-        tonic::Code::Internal => "Internal",
-        tonic::Code::Unavailable => "Unavailable",
-        tonic::Code::DataLoss => "DataLoss",
-        tonic::Code::Unauthenticated => "Unauthenticated",
-    }
+        .and_then(|text| text.parse::<usize>().ok())
+        .and_then(|number| CODE_NAMES.get(number))
+        .copied()
+        .unwrap_or("Unknown")
 }
 
 #[cfg(test)]

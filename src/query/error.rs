@@ -120,6 +120,34 @@ impl QueryError {
         }
     }
 
+    /// The SQLSTATE PostgreSQL answered with, if it answered with an error.
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            QueryError::Sql(sql) => Some(&sql.sqlstate),
+            _ => None,
+        }
+    }
+
+    /// A short fixed name of the error's kind (for traces).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            QueryError::InvalidArgument { .. } => "invalid_argument",
+            QueryError::Pool(_) => "pool",
+            QueryError::Sql(_) => "sql",
+            QueryError::DeadlineExceeded { .. } => "deadline_exceeded",
+            QueryError::ResultTooLarge { .. } | QueryError::ResultTooManyBytes { .. } => {
+                "result_too_large"
+            }
+            QueryError::RowTooLarge { .. } => "row_too_large",
+            QueryError::NeedsSession { .. } => "needs_session",
+            QueryError::OutlivesSession { .. } => "outlives_session",
+            QueryError::CopyUnsupported => "copy_unsupported",
+            QueryError::ConnectionLost { .. } => "connection_lost",
+            QueryError::ResultUnreturnable { .. } => "result_unreturnable",
+            QueryError::SessionEnded { .. } => "session_ended",
+        }
+    }
+
     /// Classifies a driver error: a server error report, or a broken connection.
     pub(crate) fn from_postgres(err: &tokio_postgres::Error) -> QueryError {
         match err.as_db_error() {

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use futures::{pin_mut, FutureExt, TryStreamExt};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
+use tracing::Instrument;
 
 use super::classify::{self, Refusal};
 use super::error::QueryError;
 use super::plan;
+use super::trace;
 use super::value::{encode_param, is_supported, EncodedParam, SqlValue};
 use crate::pool::{CancelReason, Lease, LeaseCanceller, ManagedPool, PoolError};
 
@@ -35,6 +37,15 @@ pub struct Statement {
     /// Most bytes of values to return (`SqlValue::response_bytes`).
     pub max_bytes: u64,
     pub allow_truncation: bool,
+    /// Put the SQL text on the statement's trace span (`server.trace_sql_text`).
+    pub trace_text: bool,
+}
+
+/// What a statement's span says of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Traced<'a> {
+    pub(super) sql: &'a str,
+    pub(super) with_text: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +78,14 @@ pub async fn execute(
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
     let generation = pool.catalog_generation();
+    let traced = Traced {
+        sql: &statement.sql,
+        with_text: statement.trace_text,
+    };
     around_catalog_change(
         pool,
         changes_catalog,
-        with_lease(pool, deadline, move |lease| {
+        with_lease(pool, deadline, traced, |lease| {
             run_statement(lease, Arc::clone(&statement), generation)
         }),
     )
@@ -78,11 +93,13 @@ pub async fn execute(
 }
 
 /// Runs one statement once per parameter set, in one transaction.
+/// `trace_text`: put the SQL text on the trace span.
 pub async fn execute_batch(
     pool: &ManagedPool,
     sql: String,
     parameter_sets: Vec<Vec<SqlValue>>,
     deadline: Option<Instant>,
+    trace_text: bool,
 ) -> Result<BatchResult, QueryError> {
     let changes_catalog = admit(pool, &sql)?;
     for (i, set) in parameter_sets.iter().enumerate() {
@@ -90,10 +107,14 @@ pub async fn execute_batch(
     }
     let sql = Arc::new(sql);
     let parameter_sets = Arc::new(parameter_sets);
+    let traced = Traced {
+        sql: &sql,
+        with_text: trace_text,
+    };
     around_catalog_change(
         pool,
         changes_catalog,
-        with_lease(pool, deadline, move |lease| {
+        with_lease(pool, deadline, traced, |lease| {
             run_batch(lease, Arc::clone(&sql), Arc::clone(&parameter_sets))
         }),
     )
@@ -196,18 +217,19 @@ pub(super) enum Attempt<T> {
 pub(super) async fn with_lease<T, F, Fut>(
     pool: &ManagedPool,
     deadline: Option<Instant>,
+    traced: Traced<'_>,
     work: F,
 ) -> Result<T, QueryError>
 where
     F: Fn(Lease) -> Fut,
     Fut: Future<Output = Attempt<T>>,
 {
-    let mut attempt = once(pool, deadline, &work).await;
+    let mut attempt = once(pool, deadline, traced, &work).await;
     for _ in 0..STALE_RETRIES {
         if !matches!(attempt, Attempt::StaleConnection(_)) {
             break;
         }
-        attempt = once(pool, deadline, &work).await;
+        attempt = once(pool, deadline, traced, &work).await;
     }
     match attempt {
         Attempt::Done(result) => result,
@@ -215,26 +237,59 @@ where
     }
 }
 
-async fn once<T, F, Fut>(pool: &ManagedPool, deadline: Option<Instant>, work: &F) -> Attempt<T>
+/// One attempt on one connection, in a span for the acquisition and one
+/// for the statement.
+async fn once<T, F, Fut>(
+    pool: &ManagedPool,
+    deadline: Option<Instant>,
+    traced: Traced<'_>,
+    work: &F,
+) -> Attempt<T>
 where
     F: Fn(Lease) -> Fut,
     Fut: Future<Output = Attempt<T>>,
 {
+    let lease = match acquire(pool, deadline)
+        .instrument(trace::acquisition(pool))
+        .await
+    {
+        Ok(lease) => lease,
+        Err(err) => return Attempt::Done(Err(err)),
+    };
+    let span = trace::statement(pool, traced.sql, traced.with_text);
+    let attempt = run_on(pool, deadline, lease, work)
+        .instrument(span.clone())
+        .await;
+    if let Attempt::Done(Err(error)) | Attempt::StaleConnection(error) = &attempt {
+        trace::record_error(&span, error);
+    }
+    attempt
+}
+
+async fn acquire(pool: &ManagedPool, deadline: Option<Instant>) -> Result<Lease, QueryError> {
     let acquired = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, pool.acquire()).await {
-            Ok(acquired) => acquired,
-            Err(_) => {
-                return Attempt::Done(Err(QueryError::DeadlineExceeded {
-                    may_have_run: false,
-                }))
-            }
-        },
+        Some(deadline) => tokio::time::timeout_at(deadline, pool.acquire())
+            .await
+            .map_err(|_| QueryError::DeadlineExceeded {
+                may_have_run: false,
+            })?,
         None => pool.acquire().await,
     };
-    let lease = match acquired {
-        Ok(lease) => lease,
-        Err(err) => return Attempt::Done(Err(err.into())),
-    };
+    Ok(acquired?)
+}
+
+/// Runs `work` on `lease` within `deadline`; cancels the statement in
+/// PostgreSQL if the deadline passes or the caller goes away.
+async fn run_on<T, F, Fut>(
+    pool: &ManagedPool,
+    deadline: Option<Instant>,
+    lease: Lease,
+    work: &F,
+) -> Attempt<T>
+where
+    F: Fn(Lease) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
     let canceller = lease.canceller();
     // Declared before the guard, so dropped after it: should the caller
     // go away, the guard marks the lease cancelled before the statement's

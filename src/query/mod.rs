@@ -13,6 +13,7 @@ mod plan;
 mod session;
 mod sessions;
 mod stream;
+mod trace;
 mod value;
 
 pub use classify::{check as classify, Refusal};

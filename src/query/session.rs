@@ -31,6 +31,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::classify;
 use super::error::{QueryError, SessionEnd};
@@ -181,7 +182,8 @@ async fn open(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let lease = match within(deadline, pool.acquire()).await {
+        let acquire = pool.acquire().instrument(super::trace::acquisition(pool));
+        let lease = match within(deadline, acquire).await {
             Some(acquired) => acquired?,
             None => {
                 return Err(QueryError::DeadlineExceeded {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::error::QueryError;
 use super::execute::{
     admit, admit_params, classify, count_sql_error, decode_row, driver_error, prepare, send,
-    with_lease, with_pipelined_reset, Attempt, Column, Sent,
+    with_lease, with_pipelined_reset, Attempt, Column, Sent, Traced,
 };
 use super::value::SqlValue;
 use crate::pool::{CancelReason, Lease, ManagedPool};
@@ -40,6 +40,8 @@ pub struct StreamStatement {
     /// one row, and a stream holds a few chunks.
     pub max_row_bytes: u64,
     pub allow_truncation: bool,
+    /// Put the SQL text on the statement's trace span.
+    pub trace_text: bool,
 }
 
 /// What the caller receives, in order: `Columns`, any number of `Rows`,
@@ -94,7 +96,11 @@ async fn run(
     }
     admit_params("params", statement.params.len())?;
     let statement = Arc::new(statement);
-    with_lease(pool, deadline, |lease| {
+    let traced = Traced {
+        sql: &statement.sql,
+        with_text: statement.trace_text,
+    };
+    with_lease(pool, deadline, traced, |lease| {
         stream_statement(lease, Arc::clone(&statement), parts.clone())
     })
     .await

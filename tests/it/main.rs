@@ -38,5 +38,6 @@ mod statement_plans;
 mod status_codes;
 mod streaming;
 mod tls;
+mod traces;
 mod value_properties;
 mod watch;

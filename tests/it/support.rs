@@ -615,6 +615,17 @@ impl ServedBinary {
     /// Starts it on `yaml` (its `grpc_listen` is replaced by a free port)
     /// and waits until it answers gRPC.
     pub async fn start(yaml: &str, wrapper: &[&str]) -> ServedBinary {
+        ServedBinary::start_with(yaml, wrapper, &[], &[]).await
+    }
+
+    /// [`ServedBinary::start`] with environment variables and more `serve`
+    /// flags.
+    pub async fn start_with(
+        yaml: &str,
+        wrapper: &[&str],
+        environment: &[(&str, &str)],
+        flags: &[&str],
+    ) -> ServedBinary {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("poolplane.yaml");
         std::fs::write(&path, yaml).expect("write config");
@@ -632,6 +643,8 @@ impl ServedBinary {
             .arg(&path)
             .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(flags)
+            .envs(environment.iter().copied())
             .stdout(std::fs::File::create(dir.path().join("poolplane.log")).expect("log file"))
             .stderr(Stdio::null())
             .spawn()
@@ -662,6 +675,10 @@ impl ServedBinary {
         QueryClient::connect(self.grpc.clone())
             .await
             .expect("connect to the binary")
+    }
+
+    pub async fn admin(&self) -> PoolAdminClient<Channel> {
+        PoolAdminClient::new(self.channel().await)
     }
 
     pub fn pid(&self) -> u32 {

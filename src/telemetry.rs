@@ -1,0 +1,164 @@
+//! Logs and traces. [`init`] installs the process's `tracing` subscriber:
+//! log lines as text or JSON (with the fields of the spans they happen in),
+//! and, when an OTLP endpoint is given, an OpenTelemetry layer that exports
+//! poolplane's spans over OTLP/gRPC. [`continue_trace`] makes a call's span
+//! a child of the caller's W3C `traceparent`.
+//!
+//! The spans themselves are made where the work happens (`api::trace` per
+//! RPC, `query::trace` per acquisition and statement) with plain `tracing`
+//! macros: only this module knows OpenTelemetry. It reads no environment
+//! variable; `main.rs` turns `OTEL_*` into [`OtlpSettings`].
+
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::config::LogFormat;
+
+/// Where and as what to export spans.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// The collector's OTLP/gRPC address, e.g. `http://collector:4317`.
+    pub endpoint: String,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Most time one export may take.
+    pub timeout: Duration,
+}
+
+/// How the subscriber writes and exports.
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// Which events (and spans, for the log lines) are written.
+    pub filter: EnvFilter,
+    /// Colours, for a person at a terminal.
+    pub ansi: bool,
+    /// `None`: no traces are exported.
+    pub otlp: Option<OtlpSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("a logger was installed already: {0}")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] sends what is
+/// still queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued (waiting at most the exporter's
+    /// timeout) and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(err) = provider.shutdown() {
+                tracing::warn!(error = %err, "spans not exported at shutdown");
+            }
+        }
+    }
+}
+
+/// The target of every poolplane span and event (the crate's name).
+const OUR_TARGET: &str = env!("CARGO_CRATE_NAME");
+
+/// Installs the subscriber. Must run inside the tokio runtime when `otlp`
+/// is set (the exporter's gRPC client lives there).
+pub fn init(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let logs = log_layer(settings.log_format, settings.ansi).with_filter(settings.filter);
+    let (traces, provider) = match settings.otlp {
+        None => (None, None),
+        Some(otlp) => {
+            let provider = tracer_provider(&otlp)?;
+            let tracer = provider.tracer(OUR_TARGET);
+            // Our spans only, at any level, and no events: an event's
+            // message may quote a caller's text.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(filter_fn(|meta| {
+                    meta.is_span() && meta.target().starts_with(OUR_TARGET)
+                }));
+            (Some(layer), Some(provider))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()?;
+    Ok(Telemetry { provider })
+}
+
+fn log_layer(format: LogFormat, ansi: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let layer = tracing_subscriber::fmt::layer();
+    match format {
+        LogFormat::Text => layer.with_ansi(ansi).boxed(),
+        // One object per line: the event's fields, the span it happened in
+        // and the spans around that, for a log pipeline to index.
+        LogFormat::Json => layer
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .boxed(),
+    }
+}
+
+fn tracer_provider(otlp: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(otlp.endpoint.clone())
+        .with_timeout(otlp.timeout)
+        .build()
+        .map_err(|source| TelemetryError::Exporter {
+            endpoint: otlp.endpoint.clone(),
+            source,
+        })?;
+    let resource = Resource::builder()
+        .with_service_name(otlp.service_name.clone())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// Makes `span` a child of the trace the request's `traceparent` (and
+/// `tracestate`) names, if it names one. Without an OpenTelemetry layer
+/// this does nothing.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    // Only fails without the layer (traces off): nothing to continue then.
+    let _ = span.set_parent(parent);
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}

@@ -1,0 +1,249 @@
+//! Traces and logs of the real binary: spans exported over OTLP/gRPC to a
+//! collector in this process (the collector's trace service, from
+//! `opentelemetry-proto`), continuing the caller's W3C `traceparent`, with
+//! the database attributes and never a parameter value; JSON log lines
+//! carrying their call's span fields.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use poolplane::proto::ResetStatisticsRequest;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::support::{config_yaml_with, eventually, exec, v, PoolSpec, ServedBinary};
+
+/// Every span exported to it.
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|resource| resource.scope_spans)
+            .flat_map(|scope| scope.spans);
+        self.spans.lock().expect("spans").extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the collector");
+        let addr = listener.local_addr().expect("collector address");
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    fn of_trace(&self, trace_id: &[u8]) -> Vec<Span> {
+        self.spans
+            .lock()
+            .expect("spans")
+            .iter()
+            .filter(|span| span.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+        .map(|value| match value {
+            Any::StringValue(text) => text.clone(),
+            Any::IntValue(number) => number.to_string(),
+            Any::BoolValue(flag) => flag.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn with_traceparent<T>(message: T, traceparent: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("metadata"));
+    request
+}
+
+const SECRET_PARAMETER: &str = "hunter2-never-in-a-trace";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_traced_into_the_callers_trace_without_its_parameters() {
+    let collector = Collector::default();
+    let collector_addr = collector.start().await;
+    let endpoint = format!("http://{collector_addr}");
+    let yaml = config_yaml_with(
+        &[PoolSpec::new("traced", 2)],
+        "  server:\n    grpc_listen: 127.0.0.1:0\n    trace_sql_text: true\n    log_format: json\n",
+    );
+    let server = ServedBinary::start_with(
+        &yaml,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_SERVICE_NAME", "poolplane-under-test"),
+        ],
+        &[],
+    )
+    .await;
+    let mut client = server.query().await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let sql = "SELECT $1::text AS echoed";
+    client
+        .execute(with_traceparent(
+            exec("traced", sql, vec![v::text(SECRET_PARAMETER)]),
+            &format!("00-{trace_id}-{caller_span}-01"),
+        ))
+        .await
+        .expect("execute");
+    let failing_trace = "0af7651916cd43dd8448eb211c80319c";
+    client
+        .execute(with_traceparent(
+            exec("traced", "SELECT 1/0", vec![]),
+            &format!("00-{failing_trace}-b7ad6b7169203331-01"),
+        ))
+        .await
+        .expect_err("division by zero");
+
+    let ours = hex(trace_id);
+    eventually("the call's three spans", Duration::from_secs(20), || {
+        let count = collector.of_trace(&ours).len();
+        async move { count >= 3 }
+    })
+    .await;
+    let spans = collector.of_trace(&ours);
+    let rpc = spans
+        .iter()
+        .find(|span| span.name == "poolplane.v1.Query/Execute")
+        .unwrap_or_else(|| panic!("no RPC span among {spans:#?}"));
+    assert_eq!(rpc.parent_span_id, hex(caller_span), "continues the caller");
+    assert_eq!(rpc.kind, SpanKind::Server as i32);
+    assert_eq!(attribute(rpc, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attribute(rpc, "rpc.method").as_deref(), Some("Execute"));
+    assert_eq!(attribute(rpc, "rpc.grpc.status_code").as_deref(), Some("0"));
+
+    let statement = spans
+        .iter()
+        .find(|span| attribute(span, "db.operation.name").as_deref() == Some("SELECT"))
+        .unwrap_or_else(|| panic!("no statement span among {spans:#?}"));
+    assert_eq!(statement.parent_span_id, rpc.span_id, "a child of the call");
+    assert_eq!(statement.kind, SpanKind::Client as i32);
+    assert_eq!(statement.name, "SELECT");
+    for (key, value) in [
+        ("db.system.name", "postgresql"),
+        ("db.namespace", "postgres"),
+        ("db.client.connection.pool.name", "traced"),
+        ("db.query.text", sql),
+    ] {
+        assert_eq!(attribute(statement, key).as_deref(), Some(value), "{key}");
+    }
+    let acquire = spans
+        .iter()
+        .find(|span| span.name == "acquire")
+        .unwrap_or_else(|| panic!("no acquisition span among {spans:#?}"));
+    assert_eq!(acquire.parent_span_id, rpc.span_id);
+
+    let everything = format!("{:?}", collector.spans.lock().expect("spans"));
+    assert!(
+        !everything.contains(SECRET_PARAMETER),
+        "a parameter value reached a trace"
+    );
+
+    let theirs = hex(failing_trace);
+    eventually("the failing call's spans", Duration::from_secs(20), || {
+        let count = collector.of_trace(&theirs).len();
+        async move { count >= 3 }
+    })
+    .await;
+    let failed = collector.of_trace(&theirs);
+    let statement = failed
+        .iter()
+        .find(|span| span.name == "SELECT")
+        .expect("failed statement span");
+    assert_eq!(
+        attribute(statement, "db.response.status_code").as_deref(),
+        Some("22012")
+    );
+    let status = statement.status.as_ref().expect("status");
+    assert_eq!(status.code, 2, "STATUS_CODE_ERROR");
+
+    // A log line written inside a call carries the call's span fields.
+    server
+        .admin()
+        .await
+        .reset_statistics(ResetStatisticsRequest {
+            pool: "traced".into(),
+        })
+        .await
+        .expect("reset");
+    let mut audit = None;
+    eventually("the audit line", Duration::from_secs(10), || {
+        audit = server
+            .log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| {
+                line.to_string().contains("ResetStatistics") && line.get("span").is_some()
+            });
+        let found = audit.is_some();
+        async move { found }
+    })
+    .await;
+    let audit = audit.expect("audit line");
+    assert_eq!(audit["span"]["rpc.method"], "ResetStatistics", "{audit}");
+    let log = server.log();
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+    }
+    assert!(!log.contains(SECRET_PARAMETER));
+}
+
+#[test]
+fn an_unsupported_trace_exporter_is_refused_by_name() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_poolplane"))
+        .args(["serve", "--config", "config/poolplane.yaml"])
+        .env("OTEL_TRACES_EXPORTER", "zipkin")
+        .output()
+        .expect("run poolplane");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OTEL_TRACES_EXPORTER=zipkin"), "{stderr}");
+}
