@@ -26,12 +26,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
+use tracing::{Instrument, Span};
 
 use super::error::QueryError;
 use super::execute::{
     describe_columns, driver_error, encode_params, read_result, Column, QueryResult, RestOfResult,
     ResultMark, Sent, Statement,
 };
+use super::trace;
 use super::value::EncodedParam;
 use crate::pool::{Lease, TransactionStatus};
 use crate::postgres::plans::{Plan, MAX_PLANS, MAX_PLAN_BYTES};
@@ -163,9 +165,11 @@ pub(super) struct Landed {
 pub(super) type InFlight = Pin<Box<dyn Future<Output = Landed> + Send>>;
 
 /// The statement's flight, to be polled once at once: its first poll
-/// sends it. `number` is its reply's number.
-pub(super) fn fly(lease: Arc<Lease>, ready: Ready, number: u64) -> InFlight {
-    Box::pin(async move {
+/// sends it. `number` is its reply's number; `span` is the statement's,
+/// ended when it lands.
+pub(super) fn fly(lease: Arc<Lease>, ready: Ready, number: u64, span: Span) -> InFlight {
+    let traced = span.clone();
+    let landing = async move {
         let Ready {
             statement,
             plan,
@@ -199,10 +203,14 @@ pub(super) fn fly(lease: Arc<Lease>, ready: Ready, number: u64) -> InFlight {
         } else {
             lease.transaction_status()
         };
+        if let Err(error) = &result {
+            trace::record_error(&span, error);
+        }
         Landed {
             result,
             transaction,
             described_otherwise,
         }
-    })
+    };
+    Box::pin(landing.instrument(traced))
 }

@@ -517,7 +517,9 @@ impl Running {
         self.numbering = Numbering::Next(number + 1);
         self.registered.statement_starts(&ready.statement.sql);
         self.lease.statement_starts();
-        let mut landing = pipeline::fly(Arc::clone(&self.lease), ready, number);
+        let span =
+            super::trace::statement(&self.pool, &ready.statement.sql, ready.statement.trace_text);
+        let mut landing = pipeline::fly(Arc::clone(&self.lease), ready, number, span);
         // The first poll puts the request on the connection, in order.
         let waker = futures::task::noop_waker();
         let polled = landing
@@ -751,9 +753,18 @@ impl Running {
         self.registered.statement_starts(&statement.sql);
         let started = std::time::Instant::now();
         let lease = &self.lease;
+        let span = super::trace::statement(&self.pool, &statement.sql, statement.trace_text);
+        let traced = span.clone();
+        let running = async move {
+            let result = run_statement(lease, &statement).await;
+            if let Err(error) = &result {
+                super::trace::record_error(&span, error);
+            }
+            result
+        };
         let result = tokio::select! {
             biased;
-            result = run_statement(lease, &statement) => result,
+            result = running.instrument(traced) => result,
             () = lease.cancelled() => return Err(self.stopped_by_pool()),
             () = self.registered.killed() => {
                 self.cancel();

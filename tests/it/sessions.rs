@@ -44,6 +44,16 @@ impl Session {
         open: SessionOpen,
         timeout: Option<Duration>,
     ) -> Result<Session, Status> {
+        Session::open_with_metadata(client, open, timeout, &[]).await
+    }
+
+    /// [`Session::open_with`], with request metadata (e.g. `traceparent`).
+    pub async fn open_with_metadata(
+        client: &mut QueryClient<Channel>,
+        open: SessionOpen,
+        timeout: Option<Duration>,
+        metadata: &[(&'static str, &str)],
+    ) -> Result<Session, Status> {
         let (requests, outgoing) = mpsc::channel(4096);
         requests
             .send(SessionRequest {
@@ -54,6 +64,11 @@ impl Session {
         let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
+        }
+        for (key, value) in metadata {
+            request
+                .metadata_mut()
+                .insert(*key, value.parse().expect("metadata value"));
         }
         let mut responses = client.session(request).await?.into_inner();
         let id = match responses.message().await?.and_then(|r| r.response) {

@@ -180,10 +180,53 @@ async fn a_call_is_traced_into_the_callers_trace_without_its_parameters() {
         .unwrap_or_else(|| panic!("no acquisition span among {spans:#?}"));
     assert_eq!(acquire.parent_span_id, rpc.span_id);
 
-    let everything = format!("{:?}", collector.spans.lock().expect("spans"));
-    assert!(
-        !everything.contains(SECRET_PARAMETER),
-        "a parameter value reached a trace"
+    // A session's statements, pipelined, each a span of the session's call.
+    let session_trace = "5e1f0b1a2c3d4e5f60718293a4b5c6d7";
+    let mut session = crate::sessions::Session::open_with_metadata(
+        &mut client,
+        crate::sessions::open_request("traced"),
+        None,
+        &[(
+            "traceparent",
+            &format!("00-{session_trace}-1122334455667788-01"),
+        )],
+    )
+    .await
+    .expect("open");
+    for _ in 0..2 {
+        session.send(sql, vec![v::text(SECRET_PARAMETER)]).await;
+    }
+    session.send("SELECT 1/0", vec![]).await;
+    for _ in 0..3 {
+        session.answer().await.expect("answer");
+    }
+    session.close().await;
+    let in_session = hex(session_trace);
+    eventually("the session's spans", Duration::from_secs(20), || {
+        let statements = collector
+            .of_trace(&in_session)
+            .iter()
+            .filter(|span| span.name == "SELECT")
+            .count();
+        async move { statements >= 3 }
+    })
+    .await;
+    let spans = collector.of_trace(&in_session);
+    let call = spans
+        .iter()
+        .find(|span| span.name == "poolplane.v1.Query/Session")
+        .unwrap_or_else(|| panic!("no Session span among {spans:#?}"));
+    let statements: Vec<_> = spans.iter().filter(|span| span.name == "SELECT").collect();
+    assert!(statements
+        .iter()
+        .all(|span| span.parent_span_id == call.span_id));
+    assert_eq!(
+        statements
+            .iter()
+            .filter(|span| attribute(span, "db.response.status_code").as_deref() == Some("22012"))
+            .count(),
+        1,
+        "{statements:#?}"
     );
 
     let theirs = hex(failing_trace);
@@ -203,6 +246,12 @@ async fn a_call_is_traced_into_the_callers_trace_without_its_parameters() {
     );
     let status = statement.status.as_ref().expect("status");
     assert_eq!(status.code, 2, "STATUS_CODE_ERROR");
+
+    let everything = format!("{:?}", collector.spans.lock().expect("spans"));
+    assert!(
+        !everything.contains(SECRET_PARAMETER),
+        "a parameter value reached a trace"
+    );
 
     // A log line written inside a call carries the call's span fields.
     server
