@@ -264,7 +264,9 @@ fn init_telemetry(format: LogFormat) -> anyhow::Result<Telemetry> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
     let otlp = otlp_from_environment()?;
-    let exporting = otlp.as_ref().map(|otlp| otlp.endpoint.clone());
+    let exporting = otlp
+        .as_ref()
+        .map(|otlp| poolplane::telemetry::endpoint_for_display(&otlp.endpoint));
     let telemetry = poolplane::telemetry::init(TelemetrySettings {
         log_format: format,
         filter,

@@ -26,7 +26,7 @@ use tracing_subscriber::{Layer, Registry};
 use crate::config::LogFormat;
 
 /// Where and as what to export spans.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OtlpSettings {
     /// The collector's OTLP/gRPC address, e.g. `http://collector:4317`.
     pub endpoint: String,
@@ -34,6 +34,16 @@ pub struct OtlpSettings {
     pub service_name: String,
     /// Most time one export may take.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OtlpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSettings")
+            .field("endpoint", &endpoint_for_display(&self.endpoint))
+            .field("service_name", &self.service_name)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// How the subscriber writes and exports.
@@ -127,7 +137,7 @@ fn tracer_provider(otlp: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryEr
         .with_timeout(otlp.timeout)
         .build()
         .map_err(|source| TelemetryError::Exporter {
-            endpoint: otlp.endpoint.clone(),
+            endpoint: endpoint_for_display(&otlp.endpoint),
             source,
         })?;
     let resource = Resource::builder()
@@ -137,6 +147,21 @@ fn tracer_provider(otlp: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryEr
         .with_resource(resource)
         .with_batch_exporter(exporter)
         .build())
+}
+
+/// `endpoint` without any user name or password in it, for logs and errors.
+pub fn endpoint_for_display(endpoint: &str) -> String {
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri) => {
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let host = uri.host().unwrap_or("?");
+            match uri.port_u16() {
+                Some(port) => format!("{scheme}://{host}:{port}"),
+                None => format!("{scheme}://{host}"),
+            }
+        }
+        Err(_) => "(not a URL)".to_string(),
+    }
 }
 
 /// Makes `span` a child of the trace the request's `traceparent` (and
@@ -160,5 +185,20 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_shown_without_credentials() {
+        assert_eq!(
+            endpoint_for_display("https://user:secret@collector:4317/path"),
+            "https://collector:4317"
+        );
+        assert_eq!(endpoint_for_display("http://collector"), "http://collector");
+        assert_eq!(endpoint_for_display("::::"), "(not a URL)");
     }
 }
