@@ -181,6 +181,22 @@ impl Built {
             .collect()
     }
 
+    fn service(&self, name: &str) -> &Value {
+        self.all("Service")
+            .into_iter()
+            .find(|service| service["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("overlays/{}: no Service {name}", self.overlay))
+    }
+
+    /// The container port a Service port sends to (by name or number).
+    fn target_port(&self, service_port: &Value) -> u64 {
+        match &service_port["targetPort"] {
+            Value::String(name) => self.container_port(name),
+            Value::Number(number) => number.as_u64().expect("port"),
+            other => panic!("targetPort {other:?}"),
+        }
+    }
+
     fn pod_labels(&self) -> &Value {
         &self.one("Deployment")["spec"]["template"]["metadata"]["labels"]
     }
@@ -347,13 +363,14 @@ fn deploy_overlays_build_and_validate_strictly() {
             "ServiceAccount",
             "ConfigMap",
             "Secret",
-            "Service",
             "Deployment",
             "PodDisruptionBudget",
             "NetworkPolicy",
         ] {
             built.one(kind);
         }
+        built.service(JOB);
+        built.service("poolplane-pods");
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join(format!("{overlay}.yaml"));
         let text: String = core
@@ -419,12 +436,21 @@ fn deploy_manifests_agree_with_the_server_and_the_image() {
             &deployment["spec"]["selector"]["matchLabels"],
             labels
         ));
-        let service = built.one("Service");
-        assert!(
-            selects(&service["spec"]["selector"], labels),
-            "{}",
-            context("Service selector")
-        );
+        // `poolplane` (its name is the job label the alert rules and the
+        // dashboard select on under the Prometheus Operator) and the
+        // headless `poolplane-pods`, which lists pods ready or not.
+        let service = built.service(JOB);
+        let pods = built.service("poolplane-pods");
+        assert_eq!(built.all("Service").len(), 2);
+        for service in [service, pods] {
+            assert!(
+                selects(&service["spec"]["selector"], labels),
+                "{}",
+                context("Service selector")
+            );
+        }
+        assert_eq!(pods["spec"]["clusterIP"], "None");
+        assert_eq!(pods["spec"]["publishNotReadyAddresses"], true);
         assert!(selects(
             &built.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
             labels
@@ -434,14 +460,6 @@ fn deploy_manifests_agree_with_the_server_and_the_image() {
             &policy["spec"]["podSelector"]["matchLabels"],
             labels
         ));
-        // The alert rules and dashboard select job="poolplane": the
-        // operator's job label is the Service's name.
-        assert_eq!(
-            service["metadata"]["name"],
-            JOB,
-            "{}",
-            context("Service name")
-        );
 
         // Ports: the Service's named ports reach the container's, which are
         // where the configuration listens.
@@ -470,14 +488,8 @@ fn deploy_manifests_agree_with_the_server_and_the_image() {
                 .iter()
                 .find(|p| p["name"] == port_name)
                 .unwrap_or_else(|| panic!("{}", context(&format!("no Service port {port_name}"))));
-            let target = &service_port["targetPort"];
-            let resolved = match target {
-                Value::String(name) => built.container_port(name),
-                Value::Number(number) => number.as_u64().expect("port"),
-                other => panic!("targetPort {other:?}"),
-            };
             assert_eq!(
-                resolved,
+                built.target_port(service_port),
                 container_port,
                 "{}",
                 context(&format!("Service port {port_name}"))
@@ -486,6 +498,11 @@ fn deploy_manifests_agree_with_the_server_and_the_image() {
                 dockerfile.exposes.contains(&container_port),
                 "the Dockerfile EXPOSEs {container_port}"
             );
+        }
+        // Every port of the headless Service reaches its container port.
+        for port in pods["spec"]["ports"].as_sequence().expect("ports") {
+            let name = port["name"].as_str().expect("a named port");
+            assert_eq!(built.target_port(port), built.container_port(name));
         }
         // The network policy lets in exactly the container's named ports.
         let allowed: BTreeSet<String> = policy["spec"]["ingress"]
@@ -624,12 +641,21 @@ fn deploy_manifests_agree_with_the_server_and_the_image() {
             _ => assert!(replicas >= 2, "prod runs several replicas"),
         }
 
-        // The ServiceMonitor scrapes the Service's metrics port.
+        // The ServiceMonitor scrapes the `poolplane` Service's metrics port,
+        // and no other Service.
         for monitor in built.all("ServiceMonitor") {
-            assert!(selects(
-                &monitor["spec"]["selector"]["matchLabels"],
-                &service["metadata"]["labels"]
-            ));
+            let selected: Vec<&Value> = built
+                .all("Service")
+                .into_iter()
+                .filter(|s| {
+                    selects(
+                        &monitor["spec"]["selector"]["matchLabels"],
+                        &s["metadata"]["labels"],
+                    )
+                })
+                .collect();
+            assert_eq!(selected.len(), 1, "the ServiceMonitor selects one Service");
+            assert_eq!(selected[0]["metadata"]["name"], JOB);
             let endpoints = monitor["spec"]["endpoints"]
                 .as_sequence()
                 .expect("endpoints");
