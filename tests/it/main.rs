@@ -14,6 +14,7 @@ mod config_validation;
 mod created_pools;
 mod db_auth;
 mod deadline;
+mod deploy;
 mod drain;
 mod failover;
 mod grpc_discovery;
