@@ -284,7 +284,7 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         hold.histogram(&[("pool", p)], &histograms.hold);
         setup.histogram(&[("pool", p)], &histograms.setup);
         statement.histogram(&[("pool", p)], &histograms.statement);
-        for rule in AlertRule::ALL {
+        for rule in AlertRule::EVERY {
             let active = active_alerts.contains_key(&(name.clone(), rule));
             alerts.value(
                 &[

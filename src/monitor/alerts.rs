@@ -49,6 +49,17 @@ impl AlertRule {
         AlertRule::PoolExhausted,
     ];
 
+    /// Every rule: those of `ALL`, evaluated on samples, and the session
+    /// table's `SessionLeak`.
+    pub const EVERY: [AlertRule; 6] = [
+        AlertRule::HighUtilization,
+        AlertRule::HighErrorRate,
+        AlertRule::PoolUnhealthy,
+        AlertRule::SlowAcquire,
+        AlertRule::PoolExhausted,
+        AlertRule::SessionLeak,
+    ];
+
     pub fn severity(self) -> Severity {
         match self {
             AlertRule::HighUtilization | AlertRule::SlowAcquire | AlertRule::SessionLeak => {

@@ -840,6 +840,17 @@ async fn a_session_held_past_the_leak_threshold_raises_an_event_and_an_alert_unt
         .into_inner()
         .alerts;
     assert_eq!(active.iter().map(|a| a.id).collect::<Vec<_>>(), [alert.id]);
+    let leak_gauge = [
+        ("pool", "sess_leak"),
+        ("rule", "session_leak"),
+        ("severity", "warning"),
+    ];
+    let scraped = crate::support::scrape(&server).await;
+    assert_eq!(
+        crate::support::metric(&scraped, "poolplane_alerts_active", &leak_gauge),
+        Some(1.0),
+        "a dashboard sees the leak"
+    );
 
     session.close().await;
     let resolved = watch.message().await.expect("watch").expect("an event");
@@ -858,6 +869,11 @@ async fn a_session_held_past_the_leak_threshold_raises_an_event_and_an_alert_unt
         .into_inner()
         .alerts;
     assert!(active.is_empty(), "{active:?}");
+    let scraped = crate::support::scrape(&server).await;
+    assert_eq!(
+        crate::support::metric(&scraped, "poolplane_alerts_active", &leak_gauge),
+        Some(0.0)
+    );
     server.stop().await;
 }
 
