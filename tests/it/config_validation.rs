@@ -1,4 +1,5 @@
-//! Configuration: the original design's file, the shipped defaults, and
+//! Configuration: the first format's example file (`config/connection_pool.yaml`),
+//! the shipped defaults, and
 //! malformed files each giving the message that names what is wrong.
 
 use poolplane::config::Config;
