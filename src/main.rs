@@ -182,20 +182,13 @@ fn bench_load(args: poolplane::bench::LoadArgs) -> ExitCode {
         ExitCode::from(2)
     };
     // The token is read here, where the environment is; it is never printed.
-    let token = match &args.token_env {
-        Some(name) => match std::env::var(name) {
-            Ok(token) => Some(token),
-            Err(_) => {
-                return fail(&format!(
-                    "--token-env: the environment variable `{name}` is not set (or not UTF-8)"
-                ))
-            }
-        },
-        None => std::env::var("POOLPLANE_TOKEN").ok(),
+    let token = match args.connect.token(|name| std::env::var(name).ok()) {
+        Ok(token) => token,
+        Err(err) => return fail(&err),
     };
     let json = args.json.clone();
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let options = match args.into_options(token.map(poolplane::config::Secret::new), progress) {
+    let options = match args.into_options(token, progress) {
         Ok(options) => options,
         Err(err) => return fail(&err),
     };
