@@ -11,6 +11,8 @@ use poolplane::config::{Config, LogFormat};
 use poolplane::telemetry::{OtlpSettings, Telemetry, TelemetrySettings};
 use tracing_subscriber::EnvFilter;
 
+mod ctl;
+
 #[derive(Parser)]
 #[command(
     name = "poolplane",
@@ -50,6 +52,14 @@ enum Command {
     /// Load-test a running poolplane over gRPC (`bench internal`: the
     /// measurements that need no server).
     Bench(BenchCommand),
+    /// Operate a running poolplane: pools, sessions, alerts, health, events.
+    Ctl(ctl::CtlArgs),
+    /// Print a completion script for a shell (e.g. `poolplane completions
+    /// bash > /etc/bash_completion.d/poolplane`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -95,6 +105,12 @@ fn main() -> ExitCode {
             internal: None,
             load,
         }) => bench_load(load),
+        Command::Ctl(args) => ctl::main(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "poolplane", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             config,
             grpc_listen,
