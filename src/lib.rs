@@ -18,6 +18,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod events;
 #[doc(hidden)]

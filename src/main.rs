@@ -11,6 +11,8 @@ use poolplane::config::{Config, LogFormat};
 use poolplane::telemetry::{OtlpSettings, Telemetry, TelemetrySettings};
 use tracing_subscriber::EnvFilter;
 
+mod ctl;
+
 #[derive(Parser)]
 #[command(
     name = "poolplane",
@@ -50,6 +52,14 @@ enum Command {
     /// Load-test a running poolplane over gRPC (`bench internal`: the
     /// measurements that need no server).
     Bench(BenchCommand),
+    /// Operate a running poolplane: pools, sessions, alerts, health, events.
+    Ctl(ctl::CtlArgs),
+    /// Print a completion script for a shell (e.g. `poolplane completions
+    /// bash > /etc/bash_completion.d/poolplane`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -95,6 +105,12 @@ fn main() -> ExitCode {
             internal: None,
             load,
         }) => bench_load(load),
+        Command::Ctl(args) => ctl::main(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "poolplane", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             config,
             grpc_listen,
@@ -182,20 +198,13 @@ fn bench_load(args: poolplane::bench::LoadArgs) -> ExitCode {
         ExitCode::from(2)
     };
     // The token is read here, where the environment is; it is never printed.
-    let token = match &args.token_env {
-        Some(name) => match std::env::var(name) {
-            Ok(token) => Some(token),
-            Err(_) => {
-                return fail(&format!(
-                    "--token-env: the environment variable `{name}` is not set (or not UTF-8)"
-                ))
-            }
-        },
-        None => std::env::var("POOLPLANE_TOKEN").ok(),
+    let token = match args.connect.token(|name| std::env::var(name).ok()) {
+        Ok(token) => token,
+        Err(err) => return fail(&err),
     };
     let json = args.json.clone();
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let options = match args.into_options(token.map(poolplane::config::Secret::new), progress) {
+    let options = match args.into_options(token, progress) {
         Ok(options) => options,
         Err(err) => return fail(&err),
     };

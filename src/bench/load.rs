@@ -1,10 +1,11 @@
 //! The load generator of `poolplane bench`: connects to a running server
-//! (HTTP/2 connections, TLS, bearer token), hands out calls from one
-//! schedule to every client (closed loop, or open loop at a fixed rate
-//! with latency counted from each call's scheduled start, so a stalled
-//! server shows in the latency), runs the execute-mode clients, and merges
-//! what every client saw into a [`Report`]. Session-mode clients live in
-//! `session.rs`; the report's figures and text in `report.rs`.
+//! (HTTP/2 connections, TLS and the bearer token from `crate::client`),
+//! hands out calls from one schedule to every client (closed loop, or open
+//! loop at a fixed rate with latency counted from each call's scheduled
+//! start, so a stalled server shows in the latency), runs the execute-mode
+//! clients, and merges what every client saw into a [`Report`].
+//! Session-mode clients live in `session.rs`; the report's figures and
+//! text in `report.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +15,12 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use super::options::{LoadOptions, Mode, Stop, Workload, CHECK_SQL, DIRTY_EXECUTE_SQL};
 use super::report::{Report, Results};
 use super::BenchError;
+use crate::client::Target;
 use crate::proto::{self, pool_admin_client::PoolAdminClient, query_client::QueryClient};
 
 /// The largest latency recorded: an hour, in microseconds (longer ones count as an hour).
@@ -161,13 +163,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// A request with the bearer token, if any.
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(value) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        request
+        crate::client::request(message, self.authorization.as_ref())
     }
 
     /// Is `seq` a dirty call (execute) or session (session mode)?
@@ -287,44 +283,6 @@ pub(crate) fn is_leak(response: &proto::ExecuteResponse) -> bool {
         .is_some_and(|value| value.kind == Some(proto::value::Kind::BoolValue(true)))
 }
 
-fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, BenchError> {
-    std::fs::read(path).map_err(|e| BenchError::Options(format!("{flag} {}: {e}", path.display())))
-}
-
-/// One HTTP/2 connection per `--connections`, each connected now: a server
-/// that cannot be reached ends the run before it starts.
-async fn connect(options: &LoadOptions) -> Result<Vec<Channel>, BenchError> {
-    let mut endpoint = Endpoint::from_shared(options.addr.clone())
-        .map_err(|e| BenchError::Options(format!("--addr `{}`: {e}", options.addr)))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    if let Some(tls) = &options.tls {
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read_pem("--ca-file", &tls.ca)?));
-        if let Some((cert, key)) = &tls.identity {
-            config = config.identity(Identity::from_pem(
-                read_pem("--cert-file", cert)?,
-                read_pem("--key-file", key)?,
-            ));
-        }
-        endpoint = endpoint.tls_config(config).map_err(|e| {
-            BenchError::Options(format!("TLS: {}", crate::postgres::error_chain(&e)))
-        })?;
-    }
-    let mut channels = Vec::with_capacity(options.connections);
-    for _ in 0..options.connections {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| BenchError::Unreachable {
-                addr: options.addr.clone(),
-                error: crate::postgres::error_chain(&e),
-            })?;
-        channels.push(channel);
-    }
-    Ok(channels)
-}
-
 /// The pool's `max_connections`, if the caller may read it.
 async fn pool_max_connections(
     options: &LoadOptions,
@@ -332,14 +290,12 @@ async fn pool_max_connections(
     channel: Channel,
 ) -> Option<u32> {
     let mut admin = PoolAdminClient::new(channel);
-    let mut request = tonic::Request::new(proto::GetPoolRequest {
-        name: options.pool.clone(),
-    });
-    if let Some(value) = authorization {
-        request
-            .metadata_mut()
-            .insert("authorization", value.clone());
-    }
+    let mut request = crate::client::request(
+        proto::GetPoolRequest {
+            name: options.pool.clone(),
+        },
+        authorization,
+    );
     request.set_timeout(options.timeout);
     let pool = admin.get_pool(request).await.ok()?.into_inner();
     pool.spec.map(|spec| spec.max_connections)
@@ -393,21 +349,18 @@ async fn execute_client(shared: Arc<Shared>, channel: Channel) -> Tally {
 
 /// Runs the load described by `options` against the server and reports it.
 pub async fn run(options: LoadOptions) -> Result<Report, BenchError> {
-    let channels = connect(&options).await?;
-    let authorization = match &options.token {
-        Some(token) => {
-            let mut value =
-                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
-                    BenchError::Options(
-                        "the bearer token is not a valid header value (printable ASCII only)"
-                            .into(),
-                    )
-                })?;
-            value.set_sensitive(true);
-            Some(value)
-        }
-        None => None,
+    // One HTTP/2 connection per `--connections`, each connected now: a
+    // server that cannot be reached ends the run before it starts.
+    let target = Target {
+        addr: options.addr.clone(),
+        tls: options.tls.clone(),
     };
+    let channels = target.channels(options.connections).await?;
+    let authorization = options
+        .token
+        .as_ref()
+        .map(crate::client::authorization)
+        .transpose()?;
     let max_connections = match channels.first() {
         Some(channel) => {
             pool_max_connections(&options, authorization.as_ref(), channel.clone()).await

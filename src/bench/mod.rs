@@ -30,3 +30,14 @@ pub enum BenchError {
     #[error("cannot write {path}: {error}")]
     Output { path: String, error: String },
 }
+
+impl From<crate::client::ClientError> for BenchError {
+    fn from(error: crate::client::ClientError) -> BenchError {
+        match error {
+            crate::client::ClientError::Unreachable { addr, error } => {
+                BenchError::Unreachable { addr, error }
+            }
+            other => BenchError::Options(other.to_string()),
+        }
+    }
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::params::value_from_json;
 use super::BenchError;
+use crate::client::{ConnectArgs, Target, TlsFiles};
 use crate::config::Secret;
 use crate::proto;
 
@@ -57,24 +58,12 @@ pub enum Mode {
 /// The flags of `poolplane bench` (a load run against a running server).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// The server's gRPC address: http://HOST:PORT, or https://HOST:PORT for TLS.
-    #[arg(long, env = "POOLPLANE_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    /// Where the server is, TLS and the token (shared with `poolplane ctl`).
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// The pool to run on.
     #[arg(long, default_value = "postgres")]
     pub pool: String,
-    /// PEM CA certificate that signed the server's certificate (TLS; needs https://).
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for mutual TLS (with --key-file).
-    #[arg(long, value_name = "FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM key of the client certificate (with --cert-file).
-    #[arg(long, value_name = "FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-    /// The environment variable holding a bearer token [default: POOLPLANE_TOKEN, when set].
-    #[arg(long, value_name = "NAME")]
-    pub token_env: Option<String>,
     /// select1, sleep:<ms>, sql (with --sql), or getpool (PoolAdmin/GetPool, no database).
     #[arg(long, default_value = "select1")]
     pub workload: String,
@@ -176,14 +165,6 @@ pub enum Stop {
     Requests(u64),
 }
 
-/// PEM files for TLS to the server.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    /// Certificate and key, for mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
 /// A validated load run.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -238,34 +219,7 @@ impl LoadArgs {
         token: Option<Secret>,
         progress: bool,
     ) -> Result<LoadOptions, BenchError> {
-        let addr = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        };
-        let https = addr.starts_with("https://");
-        if !https && !addr.starts_with("http://") {
-            return Err(bad(format!(
-                "--addr `{}`: use http://HOST:PORT, or https://HOST:PORT for TLS",
-                self.addr
-            )));
-        }
-        let tls = match (&self.ca_file, &self.cert_file, &self.key_file) {
-            (None, None, None) if https => return Err(bad(
-                "an https:// address needs --ca-file (the CA that signed the server's certificate)",
-            )),
-            (None, None, None) => None,
-            _ if !https => {
-                return Err(bad(
-                    "--ca-file, --cert-file and --key-file are for TLS: use an https:// --addr",
-                ))
-            }
-            (None, _, _) => return Err(bad("mutual TLS needs --ca-file too")),
-            (Some(ca), cert, key) => Some(TlsFiles {
-                ca: ca.clone(),
-                identity: cert.clone().zip(key.clone()),
-            }),
-        };
+        let Target { addr, tls } = self.connect.target()?;
         if self.pool.is_empty() {
             return Err(bad("--pool must not be empty"));
         }

@@ -12,6 +12,7 @@ mod bench_tool;
 mod check_health;
 mod config_validation;
 mod created_pools;
+mod ctl;
 mod db_auth;
 mod deadline;
 mod deploy;
