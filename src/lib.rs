@@ -29,6 +29,7 @@ pub mod monitor;
 pub mod pool;
 mod postgres;
 pub mod query;
+pub mod quickstart;
 pub mod telemetry;
 mod text_cache;
 

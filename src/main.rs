@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use poolplane::config::{Config, LogFormat};
+use poolplane::quickstart::QuickstartOptions;
 use poolplane::telemetry::{OtlpSettings, Telemetry, TelemetrySettings};
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +44,20 @@ enum Command {
         /// event, or one JSON object with the fields of its spans.
         #[arg(long, value_parser = ["text", "json"])]
         log_format: Option<String>,
+    },
+    /// Start a throwaway PostgreSQL with a demo database and serve
+    /// poolplane on it; Ctrl-C stops both and removes the cluster.
+    Quickstart {
+        /// PostgreSQL's server binaries (initdb, pg_ctl, postgres); searched
+        /// for in the distributions' directories and PATH when not given.
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+        /// The gRPC listener (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_listen: SocketAddr,
+        /// The HTTP listener: /metrics and the status page.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        http_listen: SocketAddr,
     },
     /// Validate a configuration file: prints OK or every error.
     CheckConfig {
@@ -92,6 +107,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Quickstart {
+            pg_bin,
+            grpc_listen,
+            http_listen,
+        } => quickstart(QuickstartOptions {
+            pg_bin,
+            search_path: std::env::var_os("PATH"),
+            grpc_listen,
+            http_listen,
+            temp_dir: std::env::temp_dir(),
+            executable: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("poolplane")),
+        }),
         Command::Bench(BenchCommand {
             internal:
                 Some(BenchInternal::Internal {
@@ -249,6 +276,42 @@ fn raise_file_limit() {
     }
 }
 
+/// Runs the quickstart; its logs go to stderr at `warn` (unless
+/// `RUST_LOG` says otherwise), so the next steps stand out on stdout.
+fn quickstart(options: QuickstartOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("poolplane quickstart: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let telemetry = poolplane::telemetry::init(TelemetrySettings {
+        log_format: LogFormat::Text,
+        filter,
+        ansi: false,
+        otlp: None,
+        to_stderr: true,
+    });
+    if let Err(err) = telemetry {
+        eprintln!("poolplane quickstart: {err}");
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout();
+    let run = poolplane::quickstart::run(options, shutdown_signal(), &mut stdout);
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("poolplane quickstart: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `serve`'s overrides of the configuration file.
 struct ServeFlags {
     grpc_listen: Option<SocketAddr>,
@@ -281,6 +344,7 @@ fn init_telemetry(format: LogFormat) -> anyhow::Result<Telemetry> {
         filter,
         ansi,
         otlp,
+        to_stderr: false,
     })?;
     match exporting {
         Some(endpoint) => tracing::info!(%endpoint, "exporting traces over OTLP/gRPC"),

@@ -55,6 +55,8 @@ pub struct TelemetrySettings {
     pub ansi: bool,
     /// `None`: no traces are exported.
     pub otlp: Option<OtlpSettings>,
+    /// Log lines go to stderr rather than stdout.
+    pub to_stderr: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,8 @@ const OUR_TARGET: &str = env!("CARGO_CRATE_NAME");
 /// Installs the subscriber. Must run inside the tokio runtime when `otlp`
 /// is set (the exporter's gRPC client lives there).
 pub fn init(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
-    let logs = log_layer(settings.log_format, settings.ansi).with_filter(settings.filter);
+    let logs = log_layer(settings.log_format, settings.ansi, settings.to_stderr)
+        .with_filter(settings.filter);
     let (traces, provider) = match settings.otlp {
         None => (None, None),
         Some(otlp) => {
@@ -115,8 +118,20 @@ pub fn init(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { provider })
 }
 
-fn log_layer(format: LogFormat, ansi: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
-    let layer = tracing_subscriber::fmt::layer();
+fn log_layer(
+    format: LogFormat,
+    ansi: bool,
+    to_stderr: bool,
+) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || {
+        let out: Box<dyn std::io::Write> = if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        out
+    });
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
         LogFormat::Text => layer.with_ansi(ansi).boxed(),
         // One object per line: the event's fields, the span it happened in

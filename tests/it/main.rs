@@ -31,6 +31,7 @@ mod pause;
 mod pool_lifecycle;
 mod pool_limits;
 mod query_types;
+mod quickstart;
 mod reload;
 mod serve_binary;
 mod session_hygiene;
