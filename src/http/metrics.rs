@@ -202,6 +202,11 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         "1 while an alert of this rule is active for the pool.",
         GAUGE,
     );
+    let mut thresholds = Family::new(
+        "poolplane_pool_alert_threshold",
+        "The pool's threshold for an alert rule (ratios; seconds for slow_acquire), as the built-in alerts use it.",
+        GAUGE,
+    );
     let mut pools = Family::new("poolplane_pools", "Pools configured.", GAUGE);
 
     let active_alerts: HashMap<(String, AlertRule), ()> = app
@@ -284,6 +289,17 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         hold.histogram(&[("pool", p)], &histograms.hold);
         setup.histogram(&[("pool", p)], &histograms.setup);
         statement.histogram(&[("pool", p)], &histograms.statement);
+        let alert_thresholds = info.config.alerts;
+        for (rule, threshold) in [
+            (AlertRule::HighUtilization, alert_thresholds.utilization),
+            (AlertRule::HighErrorRate, alert_thresholds.error_rate),
+            (
+                AlertRule::SlowAcquire,
+                alert_thresholds.acquire_wait.as_secs_f64(),
+            ),
+        ] {
+            thresholds.value(&[("pool", p), ("rule", rule.as_str())], threshold);
+        }
         for rule in AlertRule::EVERY {
             let active = active_alerts.contains_key(&(name.clone(), rule));
             alerts.value(
@@ -330,6 +346,7 @@ fn pool_families(app: &App) -> Vec<MetricFamily> {
         setup,
         statement,
         alerts,
+        thresholds,
         events,
         lagged,
     ]

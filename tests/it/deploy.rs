@@ -1177,12 +1177,9 @@ fn deploy_alert_rules_pass_promtool_and_mirror_the_built_in_alerts() {
             mirrored[0].name
         );
     }
-    // Thresholds: the configuration's monitoring defaults.
-    let built = Built::overlay("prod");
-    let pod = PodFiles::lay_out(&built, &real_looking_secrets());
-    let config = poolplane::config::Config::load(&pod.config_path)
-        .unwrap_or_else(|errors| panic!("{errors}"));
-    let threshold = |rule: &str| -> f64 {
+    // Thresholds: each pool's own, as poolplane exports them (the built-in
+    // alerts use the same per pool).
+    let threshold = |rule: &str| -> String {
         let expr = &rules
             .iter()
             .find(|r| r.labels["poolplane_rule"] == rule)
@@ -1190,22 +1187,18 @@ fn deploy_alert_rules_pass_promtool_and_mirror_the_built_in_alerts() {
             .expr;
         let (_, operator, threshold) = split_comparison(expr);
         assert_eq!(operator, ">", "{rule}: {expr}");
-        threshold.parse().expect("a number")
+        threshold
     };
-    let monitoring = &config.monitoring;
-    assert_eq!(
-        threshold("high_utilization"),
-        monitoring.utilization_threshold
-    );
-    assert_eq!(
-        threshold("high_error_rate"),
-        monitoring.error_rate_threshold
-    );
-    assert_eq!(
-        threshold("slow_acquire"),
-        monitoring.acquire_wait_threshold.as_secs_f64()
-    );
-    assert_eq!(threshold("pool_exhausted"), 0.0);
+    for rule in ["high_utilization", "high_error_rate", "slow_acquire"] {
+        assert_eq!(
+            threshold(rule),
+            format!(
+                r#"on(job, instance, pool) poolplane_pool_alert_threshold{{job="poolplane", rule="{rule}"}}"#
+            ),
+            "{rule} compares with the pool's exported threshold"
+        );
+    }
+    assert_eq!(threshold("pool_exhausted"), "0");
 }
 
 #[test]
@@ -1425,8 +1418,12 @@ async fn deploy_dashboard_and_alert_queries_return_data_from_a_live_server() {
 
     let mut queries = dashboard_queries(&dashboard, pool);
     for rule in alert_rules() {
-        let (value, _, _) = split_comparison(&rule.expr);
+        let (value, _, threshold) = split_comparison(&rule.expr);
         queries.push((format!("alert {}", rule.name), value));
+        // A threshold that is a series (the pool's own) must exist too.
+        if let Some((_, series)) = threshold.split_once(") ") {
+            queries.push((format!("alert {} threshold", rule.name), series.to_string()));
+        }
     }
     let pending = std::sync::Arc::new(std::sync::Mutex::new(queries));
     let waiting = std::sync::Arc::clone(&pending);

@@ -10,7 +10,10 @@ use crate::support::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_values_match_what_happened() {
-    let server = TestServer::start(&config_yaml(&[PoolSpec::new("scraped", 4)])).await;
+    let spec = PoolSpec::new("scraped", 4)
+        .with("utilization_alert_threshold: 0.9")
+        .with("acquire_wait_alert_threshold_ms: 250");
+    let server = TestServer::start(&config_yaml(&[spec])).await;
     let mut client = server.query().await;
     for _ in 0..7 {
         client
@@ -30,6 +33,11 @@ async fn scraped_values_match_what_happened() {
     let text = scrape(&server).await;
     let p = ("pool", "scraped");
     let value = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    // The pool's own alert thresholds, for Prometheus rules to compare with.
+    let threshold = |rule: &str| value("poolplane_pool_alert_threshold", &[p, ("rule", rule)]);
+    assert_eq!(threshold("high_utilization"), Some(0.9));
+    assert_eq!(threshold("slow_acquire"), Some(0.25));
+    assert!(threshold("high_error_rate").is_some_and(|ratio| ratio > 0.0));
     assert_eq!(
         value(
             "poolplane_pool_acquisitions_total",
