@@ -30,6 +30,7 @@ pub mod pool;
 mod postgres;
 pub mod query;
 pub mod quickstart;
+pub mod status;
 pub mod telemetry;
 mod text_cache;
 

@@ -153,6 +153,35 @@ impl History {
         self.samples.back()
     }
 
+    /// At most `points` values of `value` over the whole history, oldest
+    /// first: every sample when they fit, otherwise the samples split into
+    /// `points` consecutive groups and the largest value of each kept (a
+    /// peak stays visible however long the history), with the time the
+    /// history spans.
+    pub fn downsampled(
+        &self,
+        points: usize,
+        value: impl Fn(&MetricsSample) -> f64,
+    ) -> (Vec<f64>, Duration) {
+        let span = match (self.samples.front(), self.samples.back()) {
+            (Some(first), Some(last)) => last.time.duration_since(first.time).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let n = self.samples.len();
+        if points == 0 || n == 0 {
+            return (Vec::new(), span);
+        }
+        if n <= points {
+            return (self.samples.iter().map(value).collect(), span);
+        }
+        let mut out = vec![f64::NEG_INFINITY; points];
+        for (i, sample) in self.samples.iter().enumerate() {
+            let slot = &mut out[i * points / n];
+            *slot = slot.max(value(sample));
+        }
+        (out, span)
+    }
+
     pub fn len(&self) -> usize {
         self.samples.len()
     }
@@ -210,6 +239,28 @@ mod tests {
             .map(|s| s.uptime.as_secs())
             .collect();
         assert_eq!(got, [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn downsampling_keeps_each_groups_peak_and_the_span() {
+        let mut history = History::new(Duration::from_secs(1000), Duration::from_secs(1));
+        for t in 0..10 {
+            let mut s = at(t);
+            s.utilization = if t == 7 { 0.9 } else { t as f64 / 100.0 };
+            history.push(s);
+        }
+        let (all, span) = history.downsampled(20, |s| s.utilization);
+        assert_eq!(all.len(), 10);
+        assert_eq!(span, Duration::from_secs(9));
+        let (five, _) = history.downsampled(5, |s| s.utilization);
+        // Pairs (0,1) (2,3) (4,5) (6,7) (8,9): each pair's larger value.
+        assert_eq!(five, [0.01, 0.03, 0.05, 0.9, 0.09]);
+        assert!(history.downsampled(0, |s| s.utilization).0.is_empty());
+        let empty = History::new(Duration::from_secs(10), Duration::from_secs(1));
+        assert_eq!(
+            empty.downsampled(5, |s| s.utilization),
+            (vec![], Duration::ZERO)
+        );
     }
 
     #[test]

@@ -172,6 +172,16 @@ impl Monitoring {
             .map(|t| t.history.range(from, to))
     }
 
+    /// A pool's utilization over its history, in at most `points` values
+    /// (each group's peak, oldest first; see [`History::downsampled`]), with
+    /// the time the history spans; `None` if the pool has no samples yet.
+    pub fn utilization_sparkline(&self, pool: &str, points: usize) -> Option<(Vec<f64>, Duration)> {
+        self.lock()
+            .pools
+            .get(pool)
+            .map(|t| t.history.downsampled(points, |s| s.utilization))
+    }
+
     /// The latest sample of a pool.
     pub fn latest(&self, pool: &str) -> Option<MetricsSample> {
         self.lock()
