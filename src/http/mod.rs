@@ -1,10 +1,13 @@
 //! The HTTP listener: `GET /metrics` (Prometheus text exposition) for the
-//! monitoring stack. Thin: the values come from `metrics.rs`.
+//! monitoring stack, and the live status page (`status.rs`: `/`,
+//! `/status.json`, `/events`). Thin: the values come from `metrics.rs` and
+//! `crate::status`.
 //!
 //! Invariant: no pool logic here; it reads the application core.
 
 mod grpc_metrics;
 mod metrics;
+mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +22,10 @@ use tokio::net::TcpListener;
 use crate::app::App;
 pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer};
 pub use metrics::render;
+pub use status::{
+    CONTENT_SECURITY_POLICY, HEARTBEAT_INTERVAL, MAX_EVENT_CLIENTS, MIN_UPDATE_INTERVAL,
+    PAGE_SESSION_TTL,
+};
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -46,17 +53,25 @@ fn may_scrape(state: &HttpState, headers: &axum::http::HeaderMap) -> bool {
     })
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes.
+/// Serves HTTP on `listener` until `shutdown` completes. Then the status
+/// page's event streams end, so the graceful shutdown does not wait for
+/// browsers to go away.
 pub async fn serve(
     state: HttpState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let page = status::StatusPage::start(Arc::clone(&state.app), closing);
     let router = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(state);
+        .with_state(state)
+        .merge(status::router(page));
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        })
         .await
 }
 
