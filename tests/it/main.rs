@@ -1,6 +1,7 @@
 //! Integration tests: one binary, so one build and one shared PostgreSQL
 //! cluster for every behaviour below (see `support`).
 
+mod chromium;
 mod proxy;
 mod support;
 
@@ -39,6 +40,7 @@ mod session_pipeline;
 mod sessions;
 mod statement_plans;
 mod status_codes;
+mod status_page;
 mod streaming;
 mod tls;
 mod traces;

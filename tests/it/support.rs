@@ -606,6 +606,8 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 pub struct ServedBinary {
     child: Child,
     pub grpc: String,
+    /// Its HTTP listener (`/metrics`, the status page).
+    pub http: SocketAddr,
     /// Its configuration file (rewrite it, then [`ServedBinary::hangup`]).
     pub config: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -630,6 +632,9 @@ impl ServedBinary {
         let path = dir.path().join("poolplane.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let port = free_port();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("loopback address");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -642,7 +647,7 @@ impl ServedBinary {
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-listen", &http.to_string()])
             .args(flags)
             .envs(environment.iter().copied())
             .stdout(std::fs::File::create(dir.path().join("poolplane.log")).expect("log file"))
@@ -652,6 +657,7 @@ impl ServedBinary {
         let served = ServedBinary {
             child,
             grpc: format!("http://127.0.0.1:{port}"),
+            http,
             config: path,
             _dir: dir,
         };
