@@ -301,8 +301,12 @@ fn quickstart(options: QuickstartOptions) -> ExitCode {
         eprintln!("poolplane quickstart: {err}");
         return ExitCode::FAILURE;
     }
+    let shutdown = {
+        let _inside = runtime.enter();
+        shutdown_signal()
+    };
     let mut stdout = std::io::stdout();
-    let run = poolplane::quickstart::run(options, shutdown_signal(), &mut stdout);
+    let run = poolplane::quickstart::run(options, shutdown, &mut stdout);
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -409,12 +413,13 @@ fn serve(path: &std::path::Path, flags: ServeFlags) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let telemetry = {
+    let (telemetry, shutdown) = {
         let _inside = runtime.enter();
-        init_telemetry(flags.log_format.unwrap_or(config.server.log_format))?
+        let telemetry = init_telemetry(flags.log_format.unwrap_or(config.server.log_format))?;
+        (telemetry, shutdown_signal())
     };
     raise_file_limit();
-    let served = runtime.block_on(serve_config(path, config, flags));
+    let served = runtime.block_on(serve_config(path, config, flags, shutdown));
     // Exports the spans still queued (the exporter needs the runtime).
     runtime
         .block_on(async { tokio::task::spawn_blocking(move || telemetry.shutdown()).await })
@@ -426,6 +431,7 @@ async fn serve_config(
     path: &std::path::Path,
     config: Config,
     flags: ServeFlags,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ServeFlags {
         grpc_listen,
@@ -458,7 +464,7 @@ async fn serve_config(
     let app = poolplane::App::start(&config);
     app.set_config_file(path.to_path_buf());
     reload_on_hangup(std::sync::Arc::clone(&app));
-    poolplane::serve(app, poolplane::Listeners { grpc, http }, shutdown_signal()).await
+    poolplane::serve(app, poolplane::Listeners { grpc, http }, shutdown).await
 }
 
 /// SIGHUP reloads the configuration file (and no longer ends the process).
@@ -483,27 +489,31 @@ fn reload_on_hangup(app: std::sync::Arc<poolplane::App>) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
+/// Listens for SIGINT and SIGTERM from now on (so neither ends the process
+/// the default way any more); the future resolves on either. Called inside
+/// the runtime, before the listeners exist: a SIGTERM that arrives once
+/// they answer always gets a graceful shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
                 tokio::select! {
-                    _ = interrupt => {},
+                    _ = interrupt.recv() => {},
                     _ = terminate.recv() => {},
                 }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; SIGINT only");
-                let _ = interrupt.await;
+            (Ok(mut only), Err(err)) | (Err(err), Ok(mut only)) => {
+                tracing::warn!(error = %err, "cannot listen for one of SIGINT and SIGTERM");
+                only.recv().await;
+            }
+            (Err(err), Err(_)) => {
+                tracing::warn!(error = %err, "cannot listen for SIGINT or SIGTERM: stop with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }
 

@@ -454,3 +454,34 @@ async fn no_secret_appears_in_logs_at_trace_level_responses_or_metrics() {
         assert!(!said.contains(secret), "`{secret}` was said somewhere");
     }
 }
+
+/// A SIGTERM sent the moment a listener answers still gets the graceful
+/// shutdown (exit 0): the handler is in place before the listeners exist.
+#[test]
+fn sigterm_as_soon_as_a_listener_answers_is_graceful() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("poolplane.yaml");
+    std::fs::write(&path, config_yaml(&[PoolSpec::new("early", 1)])).expect("config");
+    let http = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_poolplane"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn poolplane serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "ended by {status}, not a graceful shutdown");
+}
