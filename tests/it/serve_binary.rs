@@ -483,5 +483,8 @@ fn sigterm_as_soon_as_a_listener_answers_is_graceful() {
         .expect("kill");
     assert!(sent.success());
     let status = child.wait().expect("wait");
-    assert!(status.success(), "ended by {status}, not a graceful shutdown");
+    assert!(
+        status.success(),
+        "ended by {status}, not a graceful shutdown"
+    );
 }
