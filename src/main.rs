@@ -303,7 +303,21 @@ fn quickstart(options: QuickstartOptions) -> ExitCode {
     }
     let shutdown = {
         let _inside = runtime.enter();
-        shutdown_signal()
+        // A closed terminal (SIGHUP) stops it too, cleanly: the cluster
+        // must not outlive its session.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let stop = shutdown_signal();
+        async move {
+            match hangup {
+                Ok(mut hangup) => {
+                    tokio::select! {
+                        () = stop => {},
+                        _ = hangup.recv() => {},
+                    }
+                }
+                Err(_) => stop.await,
+            }
+        }
     };
     let mut stdout = std::io::stdout();
     let run = poolplane::quickstart::run(options, shutdown, &mut stdout);
@@ -357,6 +371,39 @@ fn init_telemetry(format: LogFormat) -> anyhow::Result<Telemetry> {
     Ok(telemetry)
 }
 
+/// An OTLP/gRPC endpoint must be an http(s) URL with a host; the error
+/// never repeats it (it may hold a password).
+fn check_endpoint(endpoint: &str) -> anyhow::Result<()> {
+    let uri: Option<http::Uri> = endpoint.parse().ok();
+    let usable = uri.as_ref().is_some_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|host| !host.is_empty())
+            && uri
+                .authority()
+                .is_some_and(|authority| port_is_valid(authority.as_str()))
+    });
+    if usable {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is not an http:// or https:// URL with a host and port (not repeated here: it may hold a password)"
+        )
+    }
+}
+
+/// Whether an authority's port, if it has one, is a port (`http::Uri`
+/// keeps one it cannot read).
+fn port_is_valid(authority: &str) -> bool {
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    if host_port.ends_with(']') {
+        return true;
+    }
+    match host_port.rsplit_once(':') {
+        Some((_, port)) => port.parse::<u16>().is_ok_and(|port| port > 0),
+        None => true,
+    }
+}
+
 /// Traces are exported when the standard OpenTelemetry variables ask for
 /// it: an OTLP endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`) or `OTEL_TRACES_EXPORTER=otlp`; never
@@ -385,6 +432,7 @@ fn otlp_from_environment() -> anyhow::Result<Option<OtlpSettings>> {
         (None, Some(_)) => "http://localhost:4317".to_string(),
         (None, None) => return Ok(None),
     };
+    check_endpoint(&endpoint)?;
     let protocol =
         var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
     if let Some(protocol) = protocol.filter(|protocol| protocol != "grpc") {

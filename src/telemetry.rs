@@ -77,11 +77,12 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports the spans still queued (waiting at most the exporter's
-    /// timeout) and stops the exporter.
+    /// Exports the spans still queued (waiting at most two seconds: a
+    /// collector that is down must not eat the shutdown's grace period)
+    /// and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
-            if let Err(err) = provider.shutdown() {
+            if let Err(err) = provider.shutdown_with_timeout(Duration::from_secs(2)) {
                 tracing::warn!(error = %err, "spans not exported at shutdown");
             }
         }

@@ -6,6 +6,8 @@
 //! the `postgres` user (`runuser`), which owns the directory.
 
 use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -122,7 +124,12 @@ impl Cluster {
             std::process::id(),
             fastrand::u32(..)
         ));
-        std::fs::create_dir(&dir).map_err(|err| QuickstartError::io("creating", &dir, err))?;
+        // Its owner's alone: it holds the superuser's password (until
+        // initdb has read it) and the demo roles' password files.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|err| QuickstartError::io("creating", &dir, err))?;
         let mut cluster = Cluster {
             bin,
             dir,
@@ -139,7 +146,12 @@ impl Cluster {
 
     fn init(&self) -> Result<(), QuickstartError> {
         let pwfile = self.dir.join("superuser-password");
-        std::fs::write(&pwfile, &self.superuser_password)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pwfile)
+            .and_then(|mut file| file.write_all(self.superuser_password.as_bytes()))
             .map_err(|err| QuickstartError::io("writing", &pwfile, err))?;
         if self.as_postgres {
             let (uid, gid) = postgres_ids()?;
@@ -155,7 +167,10 @@ impl Cluster {
             .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8"])
             .args(["--locale=C", "-N"])
             .arg(format!("--pwfile={}", pwfile.display()));
-        self.run("initdb", initdb)
+        let initialized = self.run("initdb", initdb);
+        // Read once by initdb; the password lives on only in this process.
+        let _ = std::fs::remove_file(&pwfile);
+        initialized
     }
 
     fn pg_ctl_start(&mut self) -> Result<(), QuickstartError> {
@@ -204,7 +219,12 @@ impl Cluster {
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .args(["-m", "fast", "-w", "-t", "60", "stop"]);
-            self.run("pg_ctl stop", pg_ctl)?;
+            let stopped = self.run("pg_ctl stop", pg_ctl);
+            // A server that stopped by itself (a Ctrl-C in the terminal
+            // reaches it too) has no pid file left: nothing to stop.
+            if self.dir.join("data/postmaster.pid").exists() {
+                stopped?;
+            }
             self.running = false;
         }
         if self.dir.exists() {

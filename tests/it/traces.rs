@@ -296,3 +296,46 @@ fn an_unsupported_trace_exporter_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTEL_TRACES_EXPORTER=zipkin"), "{stderr}");
 }
+
+#[test]
+fn a_bad_endpoint_is_refused_without_repeating_it() {
+    for endpoint in [
+        "http://user:hunter2pw@[x",
+        "ftp://user:hunter2pw@collector:4317",
+        "http://user:hunter2pw@collector:99999",
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poolplane"))
+            .args(["serve", "--config", "config/poolplane.yaml"])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run poolplane");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{endpoint} was accepted: the server started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("output");
+        assert!(!output.status.success(), "{endpoint} was accepted");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{said}");
+        assert!(
+            !said.contains("hunter2pw"),
+            "the password was printed: {said}"
+        );
+    }
+}
