@@ -1643,6 +1643,22 @@ impl Checker {
             let Some(sha256) = self.token_hash(&path, "", token) else {
                 continue;
             };
+            // One secret, two identities: whoever holds it would be either,
+            // and the stronger would win. Refused, like a certificate that
+            // names two identities.
+            if let Some(other) = entries
+                .iter()
+                .find(|entry: &&TokenEntry| entry.sha256 == sha256)
+            {
+                self.error(
+                    &path,
+                    format!(
+                        "the same token as `{}`: each identity needs a token of its own",
+                        other.identity.name
+                    ),
+                );
+                continue;
+            }
             let pools = match &token.pools {
                 None => PoolScope::all(),
                 Some(pools) => PoolScope::of(pools.clone()),

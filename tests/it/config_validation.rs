@@ -246,3 +246,18 @@ fn a_fifo_or_a_device_as_a_secret_or_certificate_is_refused_at_once() {
         );
     }
 }
+
+#[test]
+fn one_token_for_two_identities_is_refused() {
+    let hash = "a".repeat(64);
+    let yaml = format!(
+        "connection_pool:\n  pools:\n    - name: p\n      database: d\n  server:\n    auth:\n      tokens:\n        - {{name: app, token_sha256: \"{hash}\", role: client, pools: [p]}}\n        - {{name: ops, token_sha256: \"{hash}\", role: admin}}\n"
+    );
+    let errors = errors_of(&yaml);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("tokens[1]") && e.contains("the same token as `app`")),
+        "{errors:?}"
+    );
+}
