@@ -377,6 +377,7 @@ impl PoolAdmin for AdminService {
             async move {
                 self.authorize_alert(&request, request.get_ref().id)?;
                 let r = request.into_inner();
+                check_acknowledger(&r.by)?;
                 let alert = self
                     .app
                     .acknowledge_alert(r.id, &r.by)
@@ -554,4 +555,27 @@ fn system_time(
 ) -> Result<std::time::SystemTime, Status> {
     std::time::SystemTime::try_from(timestamp)
         .map_err(|_| invalid_argument(field, "not a valid timestamp"))
+}
+
+/// Most characters of `AcknowledgeAlert.by`: a name, kept with the alert
+/// and sent to every Watch subscriber.
+const MAX_ACKNOWLEDGER_CHARS: usize = 128;
+
+/// A name a terminal or page shows as it is: bounded, with no control
+/// characters and no bidirectional overrides.
+fn check_acknowledger(by: &str) -> Result<(), Status> {
+    if by.chars().count() > MAX_ACKNOWLEDGER_CHARS {
+        return Err(invalid_argument(
+            "by",
+            &format!("longer than {MAX_ACKNOWLEDGER_CHARS} characters"),
+        ));
+    }
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if by.chars().any(|c| c.is_control() || bidi(c)) {
+        return Err(invalid_argument(
+            "by",
+            "holds control or bidirectional-override characters",
+        ));
+    }
+    Ok(())
 }

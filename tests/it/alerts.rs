@@ -92,6 +92,20 @@ async fn alert_lifecycle_from_saturation_to_a_dead_database() {
         Some(1.0)
     );
 
+    for bad in [
+        "x".repeat(129),
+        "ops\u{1b}[2J".into(),
+        "evil\u{202E}txt".into(),
+    ] {
+        let status = admin
+            .acknowledge_alert(AcknowledgeAlertRequest {
+                id: utilization.id,
+                by: bad,
+            })
+            .await
+            .expect_err("a name no terminal should print");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
     let acked = admin
         .acknowledge_alert(AcknowledgeAlertRequest {
             id: utilization.id,
