@@ -15,13 +15,21 @@ async fn min_connections_are_opened_at_start() {
     spec.min = 3;
     let server = TestServer::start(&config_yaml(&[spec])).await;
     let admin = cluster().admin().await;
-    eventually("three warm connections", Duration::from_secs(10), || {
-        let admin = &admin;
-        async move { backends(admin, "poolplane/warm").await == 3 }
-    })
+    // PostgreSQL sees a backend as soon as it authenticates, a moment before
+    // the pool finishes setting it up and counts it idle: await both views.
+    eventually(
+        "three warm idle connections",
+        Duration::from_secs(10),
+        || {
+            let (admin, server) = (&admin, &server);
+            async move {
+                let stats = pool_statistics(server, "warm").await;
+                (stats.total, stats.idle, stats.active) == (3, 3, 0)
+                    && backends(admin, "poolplane/warm").await == 3
+            }
+        },
+    )
     .await;
-    let stats = pool_statistics(&server, "warm").await;
-    assert_eq!((stats.total, stats.idle, stats.active), (3, 3, 0));
     server.stop().await;
     assert_eq!(
         backends(&admin, "poolplane/warm").await,
