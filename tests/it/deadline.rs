@@ -33,7 +33,9 @@ async fn deadline_cancels_the_statement_in_postgres() {
     let status = client.execute(request).await.expect_err("deadline passes");
     let took = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(took < Duration::from_millis(900), "took {took:?}");
+    // Far below the statement's 10 s: the deadline, not the sleep, ended it
+    // (slack for a loaded machine).
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(
         took >= Duration::from_millis(200),
         "returned before the deadline: {took:?}"

@@ -109,8 +109,10 @@ async fn a_stopped_database_fails_fast_and_a_restarted_one_heals_by_itself() {
             .await
             .expect_err("down");
         assert_eq!(status.code(), Code::Unavailable);
+        // Fail fast: well inside the 2 s acquire timeout it would
+        // otherwise wait out (not a latency bound: a busy machine is slow).
         assert!(
-            started.elapsed() < Duration::from_millis(50),
+            started.elapsed() < Duration::from_millis(500),
             "took {:?}",
             started.elapsed()
         );
@@ -234,8 +236,9 @@ async fn a_black_holed_database_is_bounded_by_deadlines_and_recovers() {
             matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
             "{status:?}"
         );
+        // The caller's 400 ms deadline, not the 1 s acquire timeout.
         assert!(
-            started.elapsed() < Duration::from_millis(600),
+            started.elapsed() < Duration::from_millis(900),
             "took {:?}",
             started.elapsed()
         );
@@ -253,7 +256,8 @@ async fn a_black_holed_database_is_bounded_by_deadlines_and_recovers() {
         .await
         .expect_err("fails fast");
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(started.elapsed() < Duration::from_millis(50));
+    // Well inside the 1 s acquire timeout: answered from the health state.
+    assert!(started.elapsed() < Duration::from_millis(250));
 
     proxy.set(Mode::Forward);
     wait_for_health(
