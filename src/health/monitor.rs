@@ -9,6 +9,10 @@
 //! - leaving UNHEALTHY: the breaker closes, a connection-recovered event is
 //!   published and the pool warms back up to `min_connections`.
 //!
+//! A pool that cannot log in any more while the database answers is
+//! DEGRADED as long as it has connections to serve with, and counts towards
+//! UNHEALTHY once it has none (no SQL can run there then).
+//!
 //! Every probe publishes a check-completed event; every state change a
 //! health-changed event. `CheckHealth` asks the task for a probe now.
 
@@ -89,6 +93,7 @@ impl Monitor {
             }),
             recovery_attempts: 0,
             unhealthy_since: None,
+            connect_failures_seen: 0,
         };
         let task = tokio::spawn(looper.run(inbox));
         Monitor {
@@ -143,6 +148,8 @@ struct Loop {
     config_version: u64,
     recovery_attempts: u32,
     unhealthy_since: Option<Instant>,
+    /// The pool's failed connects as of the last probe.
+    connect_failures_seen: u64,
 }
 
 impl Loop {
@@ -195,20 +202,24 @@ impl Loop {
                 self.slots.clone(),
             );
         }
-        let outcome = self.probe.run().await;
+        let connect_failures = self.pool.connect_failures();
+        // The kept probe connection speaks for the pool only while the pool
+        // has connections of its own and opens new ones without failing.
+        let verify_login = connect_failures != self.connect_failures_seen
+            || self.pool.established_connections() == 0;
+        self.connect_failures_seen = connect_failures;
+        let probed = self.probe.run(verify_login).await;
+        let outcome = self.without_login_nothing_serves(probed);
         let transition = self.machine.observe(&outcome);
         let state = self.machine.state();
         self.record(&outcome, state);
         let name = self.pool.name();
-        let (latency, error) = match &outcome {
-            ProbeOutcome::Answered { latency } => (Some(*latency), None),
-            ProbeOutcome::Failed { error } => (None, Some(error.clone())),
-        };
+        let error = outcome.error().map(str::to_string);
         self.events.publish(
             &name,
             EventDetail::CheckCompleted {
                 state,
-                latency,
+                latency: outcome.latency(),
                 error: error.clone(),
             },
         );
@@ -221,6 +232,19 @@ impl Loop {
                 .set_fail_fast(error.or_else(|| Some("database unreachable".into())));
         }
         self.next_delay(state)
+    }
+
+    /// A failed login is a failure like any other once the pool has no
+    /// connection left to serve with.
+    fn without_login_nothing_serves(&self, outcome: ProbeOutcome) -> ProbeOutcome {
+        match outcome {
+            ProbeOutcome::LoginFailed { error, .. } if self.pool.established_connections() == 0 => {
+                ProbeOutcome::Failed {
+                    error: format!("no connection can be opened: {error}"),
+                }
+            }
+            other => other,
+        }
     }
 
     fn apply(&mut self, name: &str, transition: Transition) {
@@ -288,16 +312,8 @@ impl Loop {
         report.last_check = Some(SystemTime::now());
         report.checks += 1;
         report.consecutive_failures = self.machine.consecutive_failures();
-        match outcome {
-            ProbeOutcome::Answered { latency } => {
-                report.last_latency = Some(*latency);
-                report.last_error = None;
-            }
-            ProbeOutcome::Failed { error } => {
-                report.last_latency = None;
-                report.last_error = Some(error.clone());
-            }
-        }
+        report.last_latency = outcome.latency();
+        report.last_error = outcome.error().map(str::to_string);
     }
 
     fn current_report(&self) -> HealthReport {

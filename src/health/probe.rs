@@ -10,6 +10,14 @@
 //! are, their probes never hold more connections than that. A probe keeps
 //! its connection between checks while slots are free, and lets it go
 //! when they run out, so the probes of many pools take turns.
+//!
+//! A kept connection proves the database answers, not that the pool can
+//! still log in (a rotated password, `NOLOGIN`, a connection limit). So the
+//! probe also opens a new connection when the pool's connects have failed
+//! since the last check or it has no connection, while its last such login
+//! failed, and at least
+//! every [`LOGIN_RECHECK`]; if that fails while the kept connection
+//! answers, the outcome says so ([`ProbeOutcome::LoginFailed`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +28,11 @@ use tokio_postgres::Client;
 use super::state::ProbeOutcome;
 use crate::config::PoolConfig;
 use crate::postgres::{Connector, DriverEnd};
+
+/// How often the probe logs in anew even when nothing suggests it must:
+/// a credential changed on the server is found within this, before the
+/// pool's own connections reach their lifetime.
+pub(crate) const LOGIN_RECHECK: Duration = Duration::from_secs(60);
 
 /// The server-wide limit on probe connections.
 #[derive(Clone)]
@@ -32,6 +45,10 @@ impl ProbeSlots {
 
     async fn take(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.0).acquire_owned().await.ok()
+    }
+
+    fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
     }
 
     fn all_taken(&self) -> bool {
@@ -53,6 +70,10 @@ pub(crate) struct Probe {
     pool: String,
     /// Whether the pool's role was looked at (once, on the first connection).
     role_checked: bool,
+    /// When the probe last opened a connection successfully.
+    last_login: Option<Instant>,
+    /// The last login attempt failed: try again at every check until one works.
+    login_failing: bool,
 }
 
 impl Probe {
@@ -64,6 +85,8 @@ impl Probe {
             timeout,
             pool: config.name.clone(),
             role_checked: false,
+            last_login: None,
+            login_failing: false,
         }
     }
 
@@ -74,9 +97,12 @@ impl Probe {
     }
 
     /// One check: connect if needed, then `SELECT 1`, all within the
-    /// timeout. Waiting for a free slot comes first and does not count: it
-    /// says nothing about the database.
-    pub(crate) async fn run(&mut self) -> ProbeOutcome {
+    /// timeout; with `verify_login` (the pool's connects failed since the
+    /// last check, or it has none) a new connection is opened even if one
+    /// is kept. Waiting
+    /// for a free slot comes first and does not count: it says nothing
+    /// about the database.
+    pub(crate) async fn run(&mut self, verify_login: bool) -> ProbeOutcome {
         if self
             .held
             .as_ref()
@@ -84,6 +110,64 @@ impl Probe {
         {
             self.held = None;
         }
+        let outcome = if self.held.is_some() && self.login_check_due(verify_login) {
+            match self.slots.try_take() {
+                Some(slot) => self.log_in_again(slot).await,
+                // No second slot: let the kept connection go and log in with its slot.
+                None => {
+                    self.held = None;
+                    self.check_kept_or_new().await
+                }
+            }
+        } else {
+            self.check_kept_or_new().await
+        };
+        // Other pools' probes wait for a slot: take turns.
+        if self.slots.all_taken() {
+            self.held = None;
+        }
+        outcome
+    }
+
+    fn login_check_due(&self, verify_login: bool) -> bool {
+        verify_login
+            || self.login_failing
+            || self
+                .last_login
+                .is_none_or(|at| at.elapsed() >= LOGIN_RECHECK)
+    }
+
+    /// Opens a new connection while the kept one stays; the new one is
+    /// kept if it works. If it does not, the kept one tells whether the
+    /// database answers at all.
+    async fn log_in_again(&mut self, slot: OwnedSemaphorePermit) -> ProbeOutcome {
+        let opened = tokio::time::timeout(self.timeout, self.connect(slot)).await;
+        match opened {
+            Ok(Ok(client)) => {
+                self.held = Some(Held { client });
+                self.check_kept_or_new().await
+            }
+            Ok(Err(error)) => self.answered_without_login(error).await,
+            Err(_) => {
+                let error = format!("no new connection within {} ms", self.timeout.as_millis());
+                self.answered_without_login(error).await
+            }
+        }
+    }
+
+    async fn answered_without_login(&mut self, error: String) -> ProbeOutcome {
+        self.login_failing = true;
+        match self.check_kept_or_new().await {
+            ProbeOutcome::Answered { latency } => ProbeOutcome::LoginFailed {
+                latency,
+                error: format!("a new connection fails: {error}"),
+            },
+            other => other,
+        }
+    }
+
+    /// `SELECT 1` on the kept connection, or on a new one if none is kept.
+    async fn check_kept_or_new(&mut self) -> ProbeOutcome {
         let slot = match self.held {
             Some(_) => None,
             None => match self.slots.take().await {
@@ -97,7 +181,7 @@ impl Probe {
         };
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.check(slot)).await;
-        let outcome = match result {
+        match result {
             Ok(Ok(())) => ProbeOutcome::Answered {
                 latency: started.elapsed(),
             },
@@ -111,28 +195,13 @@ impl Probe {
                     error: format!("no answer within {} ms", self.timeout.as_millis()),
                 }
             }
-        };
-        // Other pools' probes wait for a slot: take turns.
-        if self.slots.all_taken() {
-            self.held = None;
         }
-        outcome
     }
 
     async fn check(&mut self, slot: Option<OwnedSemaphorePermit>) -> Result<(), String> {
         if let Some(slot) = slot {
-            let opened = self
-                .connector
-                .open(move |_: DriverEnd| drop(slot))
-                .await
-                .map_err(|err| err.to_string())?;
-            if !self.role_checked {
-                self.role_checked = true;
-                warn_if_superuser(&opened.client, &self.pool).await;
-            }
-            self.held = Some(Held {
-                client: opened.client,
-            });
+            let client = self.connect(slot).await?;
+            self.held = Some(Held { client });
         }
         let held = self.held.as_ref().ok_or("probe connection missing")?;
         held.client
@@ -140,6 +209,22 @@ impl Probe {
             .await
             .map(|_| ())
             .map_err(|err| crate::postgres::error_chain(&err))
+    }
+
+    /// A new connection holding `slot` until its backend is gone.
+    async fn connect(&mut self, slot: OwnedSemaphorePermit) -> Result<Client, String> {
+        let opened = self
+            .connector
+            .open(move |_: DriverEnd| drop(slot))
+            .await
+            .map_err(|err| err.to_string())?;
+        self.last_login = Some(Instant::now());
+        self.login_failing = false;
+        if !self.role_checked {
+            self.role_checked = true;
+            warn_if_superuser(&opened.client, &self.pool).await;
+        }
+        Ok(opened.client)
     }
 }
 

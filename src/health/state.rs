@@ -5,6 +5,9 @@
 //! Transitions (probe = one health check of the database):
 //! - any state, probe succeeds under `degraded_latency` → HEALTHY
 //! - any state, probe succeeds at or above `degraded_latency` → DEGRADED
+//! - the database answers, but a new connection fails (the pool's role may
+//!   no longer log in: a rotated password, `NOLOGIN`, `CONNECTION LIMIT`)
+//!   → DEGRADED: the connections the pool has still serve
 //! - probe fails, fewer than `failure_threshold` failures in a row → DEGRADED
 //!   (UNKNOWN stays UNKNOWN until the threshold: a pool never seen healthy
 //!   is not called degraded)
@@ -47,8 +50,38 @@ pub struct HealthPolicy {
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
-    Answered { latency: Duration },
-    Failed { error: String },
+    Answered {
+        latency: Duration,
+    },
+    /// The probe's open connection answered in `latency`, but opening a new
+    /// one failed with `error`.
+    LoginFailed {
+        latency: Duration,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl ProbeOutcome {
+    /// How long the database took to answer, if it did.
+    pub fn latency(&self) -> Option<Duration> {
+        match self {
+            ProbeOutcome::Answered { latency } | ProbeOutcome::LoginFailed { latency, .. } => {
+                Some(*latency)
+            }
+            ProbeOutcome::Failed { .. } => None,
+        }
+    }
+
+    /// What went wrong, if anything did.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            ProbeOutcome::Answered { .. } => None,
+            ProbeOutcome::LoginFailed { error, .. } | ProbeOutcome::Failed { error } => Some(error),
+        }
+    }
 }
 
 /// A change of state, with its reason in words.
@@ -111,6 +144,14 @@ impl HealthMachine {
                         format!("check answered in {} ms", latency.as_millis()),
                     )
                 }
+            }
+            ProbeOutcome::LoginFailed { error, .. } => {
+                // The database answers: not a step towards UNHEALTHY.
+                self.consecutive_failures = 0;
+                (
+                    HealthState::Degraded,
+                    format!("the database answers, but {error}"),
+                )
             }
             ProbeOutcome::Failed { error } => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
@@ -226,6 +267,33 @@ mod tests {
             (HealthState::Unhealthy, HealthState::Healthy, Some(3))
         );
         assert_eq!(m.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn a_failed_login_degrades_without_counting_towards_unhealthy() {
+        let mut m = machine();
+        m.observe(&ok(5));
+        m.observe(&fail());
+        let login_failed = ProbeOutcome::LoginFailed {
+            latency: Duration::from_millis(5),
+            error: "a new connection fails: password authentication failed".into(),
+        };
+        assert_eq!(m.observe(&login_failed), None, "already degraded");
+        assert_eq!(m.consecutive_failures(), 0, "the database answered");
+        for _ in 0..5 {
+            m.observe(&login_failed);
+        }
+        assert_eq!(m.state(), HealthState::Degraded, "never unhealthy");
+        let t = m.observe(&ok(5)).expect("healed");
+        assert_eq!(t.to, HealthState::Healthy);
+
+        let t = m.observe(&login_failed).expect("degraded");
+        assert!(
+            t.reason
+                .contains("new connection fails: password authentication failed"),
+            "{}",
+            t.reason
+        );
     }
 
     #[test]

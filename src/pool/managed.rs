@@ -151,6 +151,10 @@ pub struct ManagedPool {
     /// Woken when a connection breaks or a connect fails, so the health
     /// monitor checks at once instead of at its next tick.
     trouble: Arc<Notify>,
+    /// Connects (for a caller, the warm-up or a replacement) that failed
+    /// since the pool started: the health monitor checks that it can still
+    /// log in whenever this moves.
+    connect_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Set when a drain has finished (the core stops serving when it starts).
     closed: AtomicBool,
@@ -225,6 +229,7 @@ impl ManagedPool {
             core,
             stats,
             trouble,
+            connect_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             created_at: SystemTime::now(),
@@ -339,6 +344,18 @@ impl ManagedPool {
     /// Notified when a connection breaks or a connect fails.
     pub fn trouble(&self) -> &Notify {
         &self.trouble
+    }
+
+    /// How many connects have failed since the pool started.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Acquire)
+    }
+
+    /// Server connections that can serve: open, neither still connecting
+    /// nor closing.
+    pub fn established_connections(&self) -> u64 {
+        let counts = self.core.counts();
+        counts.open() - counts.connecting - counts.closing
     }
 
     /// Changes whenever the pool's settings change.
@@ -563,6 +580,7 @@ impl ManagedPool {
     }
 
     fn connect_failed(&self, error: &str) {
+        self.connect_failures.fetch_add(1, Ordering::AcqRel);
         self.record_error(Some(error.to_string()));
         self.trouble.notify_one();
     }

@@ -1,8 +1,13 @@
 //! PoolAdmin.CheckHealth: a check now, for one pool or all, with the state,
 //! latency, last error and time the monitor then knows.
 
+use std::time::Duration;
+
 use poolplane::proto::{CheckHealthRequest, HealthState};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::{config_yaml_with, free_port, PoolSpec, TestServer};
 
@@ -132,4 +137,222 @@ async fn probes_of_many_pools_share_a_bounded_number_of_connections() {
         .await;
     }
     server.stop().await;
+}
+
+async fn checked(
+    admin: &mut poolplane::proto::pool_admin_client::PoolAdminClient<tonic::transport::Channel>,
+    pool: &str,
+) -> poolplane::proto::PoolHealth {
+    admin
+        .check_health(CheckHealthRequest { pool: pool.into() })
+        .await
+        .expect("check")
+        .into_inner()
+        .results
+        .remove(0)
+        .health
+        .expect("health")
+}
+
+/// A kept probe connection proves the database answers, not that the pool
+/// can still log in. A pool whose role stops logging in (a password
+/// changed on the server, NOLOGIN) is DEGRADED while its connections still
+/// serve, UNHEALTHY once it has none, and heals when logins work again.
+/// (Found by a review: HEALTHY, and ready, while no connection could open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
+    const ROLE: &str = "pp_login_check";
+    const APP: &str = "poolplane/login_check";
+    let pg = crate::support::cluster().admin().await;
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'login-one-0123456789'"
+    ))
+    .await
+    .expect("create role");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "login-one-0123456789\n").expect("password file");
+    let mut spec = PoolSpec::new("login_check", 3)
+        .with(&format!("user: {ROLE}"))
+        .with(&format!("password_file: {}", password_file.display()));
+    spec.min = 2;
+    let server = TestServer::start(&config_yaml_with(&[spec], MANUAL)).await;
+    let mut admin = server.admin().await;
+    let mut query = server.query().await;
+    let readiness = HealthClient::new(server.channel().await);
+    crate::support::eventually("two warm connections", Duration::from_secs(10), || {
+        let pg = &pg;
+        async move { crate::support::backends(pg, APP).await == 2 }
+    })
+    .await;
+    assert_eq!(
+        checked(&mut admin, "login_check").await.state,
+        HealthState::Healthy as i32
+    );
+
+    // The password changes on the server. Both connections busy, a third
+    // call needs a new connection, which cannot log in.
+    pg.batch_execute(&format!(
+        "ALTER ROLE {ROLE} PASSWORD 'changed-elsewhere-0123'"
+    ))
+    .await
+    .expect("change password");
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut client = server.query().await;
+        busy.push(tokio::spawn(async move {
+            client
+                .execute(crate::support::exec(
+                    "login_check",
+                    "SELECT pg_sleep(1)",
+                    vec![],
+                ))
+                .await
+        }));
+    }
+    crate::support::eventually("both connections busy", Duration::from_secs(10), || {
+        let pg = &pg;
+        async move { crate::support::sleeping(pg, APP).await == 2 }
+    })
+    .await;
+    let status = query
+        .execute(crate::support::exec("login_check", "SELECT 1", vec![]))
+        .await
+        .expect_err("no new connection");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    for call in busy {
+        call.await
+            .expect("join")
+            .expect("the kept connections still serve");
+    }
+
+    let health = checked(&mut admin, "login_check").await;
+    assert_eq!(health.state, HealthState::Degraded as i32, "{health:?}");
+    assert!(
+        health.last_error.contains("a new connection fails")
+            && health.last_error.contains("password authentication failed"),
+        "{}",
+        health.last_error
+    );
+    assert!(
+        !health.last_error.contains("login-one"),
+        "no password in errors"
+    );
+    query
+        .execute(crate::support::exec("login_check", "SELECT 1", vec![]))
+        .await
+        .expect("a kept connection serves");
+    // Still degraded at the next check (the failed login is tried again),
+    // and still ready: its connections serve.
+    assert_eq!(
+        checked(&mut admin, "login_check").await.state,
+        HealthState::Degraded as i32
+    );
+    await_readiness(
+        &readiness,
+        "poolplane.v1.Query/login_check",
+        ServingStatus::Serving,
+    )
+    .await;
+
+    // The password is put back: the next check logs in and heals.
+    pg.batch_execute(&format!(
+        "ALTER ROLE {ROLE} PASSWORD 'login-one-0123456789'"
+    ))
+    .await
+    .expect("restore password");
+    assert_eq!(
+        checked(&mut admin, "login_check").await.state,
+        HealthState::Healthy as i32
+    );
+
+    // NOLOGIN, and every connection replaced: nothing left to serve with.
+    pg.batch_execute(&format!("ALTER ROLE {ROLE} NOLOGIN"))
+        .await
+        .expect("nologin");
+    admin
+        .reconnect_pool(poolplane::proto::ReconnectPoolRequest {
+            name: "login_check".into(),
+        })
+        .await
+        .expect("reconnect");
+    crate::support::eventually(
+        "the pool's connections are gone",
+        Duration::from_secs(10),
+        || {
+            let pg = &pg;
+            async move { crate::support::backends(pg, APP).await == 0 }
+        },
+    )
+    .await;
+    let mut health = checked(&mut admin, "login_check").await;
+    for _ in 0..3 {
+        if health.state == HealthState::Unhealthy as i32 {
+            break;
+        }
+        health = checked(&mut admin, "login_check").await;
+    }
+    assert_eq!(health.state, HealthState::Unhealthy as i32, "{health:?}");
+    assert!(
+        health.last_error.contains("no connection can be opened")
+            && health.last_error.contains("not permitted to log in"),
+        "{}",
+        health.last_error
+    );
+    await_readiness(
+        &readiness,
+        "poolplane.v1.Query/login_check",
+        ServingStatus::NotServing,
+    )
+    .await;
+    let status = query
+        .execute(crate::support::exec("login_check", "SELECT 1", vec![]))
+        .await
+        .expect_err("fails fast");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("not permitted to log in"),
+        "{status:?}"
+    );
+
+    pg.batch_execute(&format!("ALTER ROLE {ROLE} LOGIN"))
+        .await
+        .expect("login again");
+    assert_eq!(
+        checked(&mut admin, "login_check").await.state,
+        HealthState::Healthy as i32
+    );
+    query
+        .execute(crate::support::exec("login_check", "SELECT 1", vec![]))
+        .await
+        .expect("works again");
+    server.stop().await;
+    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
+        .await
+        .expect("drop role");
+}
+
+/// Waits until `grpc.health.v1` says `expected` of `service` (it follows
+/// health events, a moment after the check that changed the state).
+async fn await_readiness(
+    health: &HealthClient<tonic::transport::Channel>,
+    service: &str,
+    expected: ServingStatus,
+) {
+    crate::support::eventually(
+        &format!("{service} is {expected:?}"),
+        Duration::from_secs(5),
+        || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == expected as i32)
+            }
+        },
+    )
+    .await;
 }
