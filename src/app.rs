@@ -419,8 +419,26 @@ impl App {
         Ok(self.monitoring.history(pool, from, to).unwrap_or_default())
     }
 
-    pub fn alerts(&self, filter: &AlertFilter) -> Vec<Alert> {
-        self.monitoring.alerts(filter)
+    /// The alerts `filter` picks. A pool the filter names must exist, or
+    /// have had alerts (a removed pool's are still listed): a misspelt name
+    /// is NOT_FOUND, not an empty list that reads as "all clear".
+    pub fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, PoolError> {
+        let alerts = self.monitoring.alerts(filter);
+        if let Some(pool) = &filter.pool {
+            if alerts.is_empty() {
+                if let Err(unknown) = self.registry.get(pool) {
+                    let ever = AlertFilter {
+                        include_ended: true,
+                        pool: Some(pool.clone()),
+                        severity: None,
+                    };
+                    if self.monitoring.alerts(&ever).is_empty() {
+                        return Err(unknown);
+                    }
+                }
+            }
+        }
+        Ok(alerts)
     }
 
     pub fn acknowledge_alert(&self, id: u64, by: &str) -> Result<Alert, AlertError> {

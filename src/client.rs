@@ -19,6 +19,12 @@ pub const TOKEN_VAR: &str = "POOLPLANE_TOKEN";
 /// How long a connection (TCP, TLS, HTTP/2) may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// HTTP/2 pings: one after this long without a frame, and the connection is
+/// given up when its answer takes longer. A server that accepts the
+/// connection but never answers (hung, stopped, a black hole) fails a call
+/// or a watch within twice this, instead of at the call's deadline or never.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
@@ -159,6 +165,9 @@ impl Target {
         let mut endpoint = Endpoint::from_shared(self.addr.clone())
             .map_err(|e| bad(format!("--addr `{}`: {e}", self.addr)))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             let mut config = ClientTlsConfig::new()

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod display;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;

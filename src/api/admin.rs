@@ -85,6 +85,7 @@ impl AdminService {
         };
         let found = self
             .app
+            .monitoring()
             .alerts(&every)
             .into_iter()
             .find(|alert| alert.id == id);
@@ -357,6 +358,7 @@ impl PoolAdmin for AdminService {
         let alerts = self
             .app
             .alerts(&filter)
+            .map_err(pool_status)?
             .iter()
             .filter(|alert| scope.contains(&alert.pool))
             .map(alert_to_proto)
@@ -570,8 +572,7 @@ fn check_acknowledger(by: &str) -> Result<(), Status> {
             &format!("longer than {MAX_ACKNOWLEDGER_CHARS} characters"),
         ));
     }
-    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    if by.chars().any(|c| c.is_control() || bidi(c)) {
+    if by.chars().any(crate::display::misleading) {
         return Err(invalid_argument(
             "by",
             "holds control or bidirectional-override characters",

@@ -6,7 +6,7 @@
 //! | 0 | done |
 //! | 1 | the server answered with an error not listed below (or stdout failed) |
 //! | 2 | usage: bad flags (clap's own), or a file they name cannot be read |
-//! | 3 | cannot connect: unreachable, TLS handshake failed, connection lost |
+//! | 3 | cannot connect: unreachable, TLS handshake failed, connection lost or silent |
 //! | 4 | NOT_FOUND: no such pool, session or alert |
 //! | 5 | UNAUTHENTICATED or PERMISSION_DENIED: no, a wrong, or a too weak token |
 
@@ -51,9 +51,27 @@ impl From<ClientError> for CtlError {
 }
 
 /// A status that tonic made itself because the transport failed (it keeps
-/// the cause as the source); a status the server sent has none.
+/// the cause as the source; a status the server sent has none): refused,
+/// reset, or no answer to a keepalive ping.
 fn transport_failed(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+    ) && std::error::Error::source(status).is_some()
+}
+
+/// The causes of a transport failure, outermost first, each once.
+fn causes(status: &tonic::Status) -> String {
+    let mut parts: Vec<String> = vec![status.message().to_string()];
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    printable(&parts.join(": "))
 }
 
 impl CtlError {
@@ -80,6 +98,9 @@ impl CtlError {
             CtlError::Usage(message) => message.clone(),
             CtlError::Unreachable { addr, error } => {
                 format!("cannot reach poolplane at {addr}: {error}")
+            }
+            CtlError::Status(status) if transport_failed(status) => {
+                format!("lost the connection to poolplane: {}", causes(status))
             }
             CtlError::Status(status) => {
                 format!("{:?}: {}", status.code(), printable(status.message()))

@@ -79,21 +79,8 @@ pub(crate) fn pairs(pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// The text with control characters escaped (`\n`, `\u{1b}`).
-pub(crate) fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+/// The text with control and direction-changing characters escaped.
+pub(crate) use poolplane::display::escaped as printable;
 
 /// Milliseconds, to a tenth below 100, whole above.
 pub(crate) fn ms(value: f64) -> String {

@@ -600,9 +600,13 @@ struct Watcher {
 
 impl Watcher {
     fn start(server: &TestServer, args: &[&str]) -> Watcher {
+        Watcher::at(&plain(server), args)
+    }
+
+    fn at(addr: &str, args: &[&str]) -> Watcher {
         let mut all = vec!["watch"];
         all.extend_from_slice(args);
-        let mut child = command(&plain(server), &all, &[])
+        let mut child = command(addr, &all, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -880,6 +884,52 @@ async fn tokens_tls_and_unreachable_servers_have_their_exit_codes() {
     ctl_env(&nowhere, &["pools", "-o", "yaml"], &[])
         .await
         .fails(2, "yaml");
+}
+
+/// A server that accepts connections and never answers (hung, stopped, a
+/// black hole) is given up by keepalive pings: exit 3, for a call and for
+/// a watch, never a hang. A server killed while a watch runs: 3 as well. A
+/// pool filter that names no pool: 4, not an empty list. (Found by a red
+/// team: watch hung forever on such a server; a killed server gave 1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_killed_servers_exit_3_and_a_misspelt_pool_4() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = format!("http://{}", silent.local_addr().expect("addr"));
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let (call, watch) = tokio::time::timeout(
+        Duration::from_secs(45),
+        futures::future::join(
+            ctl_env(&silent_addr, &["pools"], &[]),
+            ctl_env(&silent_addr, &["watch"], &[]),
+        ),
+    )
+    .await
+    .expect("a silent server hung poolplane ctl");
+    call.fails(3, "poolplane ctl: lost the connection to poolplane: ");
+    watch.fails(3, "keep-alive timed out");
+    accepting.abort();
+
+    let served =
+        crate::support::ServedBinary::start(&config_yaml(&[PoolSpec::new("ctl_killed", 1)]), &[])
+            .await;
+    ctl_env(&served.grpc, &["alerts", "--pool", "ctl_no_such_pool"], &[])
+        .await
+        .fails(4, "NotFound: ");
+    let listed = ctl_env(&served.grpc, &["alerts", "--pool", "ctl_killed"], &[]).await;
+    listed.ok();
+    let mut watcher = Watcher::at(&served.grpc, &["--snapshot"]);
+    watcher.until("snapshot_end").await;
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(served.pid()).expect("pid")).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("SIGKILL");
+    assert_eq!(watcher.exit().await, Some(3), "a lost server is exit 3");
 }
 
 #[tokio::test]
