@@ -11,10 +11,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 
-use crate::auth::{Authenticator, Identity, Right};
+use crate::auth::{AuthError, Authenticator, Identity, Right};
 
 /// What a method needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,27 +209,31 @@ pub(crate) struct Audit {
     target: String,
 }
 
+/// What a caller sent, fit for a log line: its start only, and nothing
+/// that could forge or reorder a line.
+fn quoted(text: &str) -> String {
+    let mut cut = text.len().min(AUDIT_TARGET_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut shown = crate::display::escaped(&text[..cut]);
+    if cut < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 impl Audit {
     pub(crate) fn of<T>(request: &tonic::Request<T>, method: &'static str, target: &str) -> Audit {
         let (caller, role) = match request.extensions().get::<Identity>() {
-            Some(identity) => (identity.name.clone(), identity.role.as_str()),
+            Some(identity) => (quoted(&identity.name), identity.role.as_str()),
             None => ("unknown".to_string(), "none"),
         };
-        // A name is whatever the caller sent: a log line quotes its start.
-        let mut target = target.to_string();
-        if target.len() > AUDIT_TARGET_BYTES {
-            let mut cut = AUDIT_TARGET_BYTES;
-            while !target.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            target.truncate(cut);
-            target.push('…');
-        }
         Audit {
             caller,
             role,
             method,
-            target,
+            target: quoted(target),
         }
     }
 
@@ -239,7 +244,7 @@ impl Audit {
         };
         tracing::info!(
             target: "poolplane::audit",
-            caller = ?self.caller,
+            caller = %self.caller,
             role = self.role,
             method = self.method,
             target = %self.target,
@@ -254,6 +259,7 @@ impl Audit {
 pub(crate) struct AuthLayer {
     authenticator: Arc<Authenticator>,
     in_flight: Arc<InFlight>,
+    failed: Arc<FailedLogins>,
 }
 
 impl AuthLayer {
@@ -264,7 +270,50 @@ impl AuthLayer {
                 max: max_calls_per_caller as usize,
                 by_caller: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
+            failed: Arc::new(FailedLogins::default()),
         }
+    }
+}
+
+/// How often at most a failed login is logged.
+const FAILED_LOGIN_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Failed logins, logged (target `poolplane::audit`, WARN) at most once a
+/// [`FAILED_LOGIN_LOG_EVERY`] with how many failed since the last line: a
+/// token-guessing client is seen, and cannot fill the log. (Metrics count
+/// every one: `grpc_server_handled_total{grpc_code="Unauthenticated"}`.)
+#[derive(Default)]
+struct FailedLogins {
+    /// When the last line was written, and the failures since.
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl FailedLogins {
+    fn record(&self, peer: Option<std::net::SocketAddr>, method: &str, reason: &AuthError) {
+        let failures = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.1 += 1;
+            if state
+                .0
+                .is_some_and(|at| at.elapsed() < FAILED_LOGIN_LOG_EVERY)
+            {
+                return;
+            }
+            state.0 = Some(Instant::now());
+            std::mem::take(&mut state.1)
+        };
+        let peer = peer.map_or_else(|| "unknown".to_string(), |peer| peer.to_string());
+        tracing::warn!(
+            target: "poolplane::audit",
+            %peer,
+            method = %quoted(method),
+            %reason,
+            failures,
+            "authentication failed"
+        );
     }
 }
 
@@ -343,6 +392,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
             inner,
             authenticator: Arc::clone(&self.authenticator),
             in_flight: Arc::clone(&self.in_flight),
+            failed: Arc::clone(&self.failed),
         }
     }
 }
@@ -352,6 +402,7 @@ pub(crate) struct Authenticate<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
     in_flight: Arc<InFlight>,
+    failed: Arc<FailedLogins>,
 }
 
 type ResponseFuture<E> =
@@ -414,24 +465,16 @@ impl<S> Authenticate<S> {
                 "more than one authorization header",
             ));
         }
-        let names = request
-            .extensions()
-            .get::<super::tls::ConnInfo>()
+        let connection = request.extensions().get::<super::tls::ConnInfo>();
+        let names = connection
             .map(|info| info.certificate_names.clone())
             .unwrap_or_default();
         let identity = self
             .authenticator
             .authenticate(header, &names)
             .map_err(|err| {
-                if access == Some(Access::Needs(Right::Operate)) {
-                    tracing::info!(
-                        target: "poolplane::audit",
-                        caller = "unauthenticated",
-                        method = request.uri().path(),
-                        code = ?Code::Unauthenticated,
-                        "audit"
-                    );
-                }
+                let peer = connection.and_then(|info| info.peer);
+                self.failed.record(peer, request.uri().path(), &err);
                 Status::new(Code::Unauthenticated, err.to_string())
             })?;
         let allowed = match access {
@@ -443,7 +486,7 @@ impl<S> Authenticate<S> {
             if access == Some(Access::Needs(Right::Operate)) {
                 tracing::info!(
                     target: "poolplane::audit",
-                    caller = ?identity.name,
+                    caller = %quoted(&identity.name),
                     role = identity.role.as_str(),
                     method = request.uri().path(),
                     code = ?Code::PermissionDenied,

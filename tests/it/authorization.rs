@@ -553,3 +553,91 @@ async fn an_inline_password_needs_an_admin_and_tls() {
     assert!(status.message().contains("TLS"), "{status:?}");
     server.stop().await;
 }
+
+/// Failed logins reach the log (target `poolplane::audit`, WARN): the
+/// peer, the method, the reason, never the token sent, and at most a line a
+/// second with how many failed since, so a guessing client cannot flood
+/// it. A change made by a caller is audited with its name as plain text.
+/// (Found by a review: a failed login on a data-path method left no trace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_logged_at_a_bounded_rate_without_the_token() {
+    let yaml = config_yaml_with(&[PoolSpec::new("mine", 1)], &auth_section_with(None));
+    let served = crate::support::ServedBinary::start(&yaml, &[]).await;
+    let mut query = poolplane::proto::query_client::QueryClient::new(served.channel().await);
+    let started = std::time::Instant::now();
+    const GUESSES: usize = 200;
+    for n in 0..GUESSES {
+        let guess = format!("guessed-token-{n:04}");
+        let status = query
+            .execute(bearer(
+                &guess,
+                crate::support::exec("mine", "SELECT 1", vec![]),
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let took = started.elapsed();
+    let (admin_name, admin_token, _, _) = TOKENS[0];
+    PoolAdminClient::new(served.channel().await)
+        .reset_statistics(bearer(
+            admin_token,
+            poolplane::proto::ResetStatisticsRequest {
+                pool: "mine".into(),
+            },
+        ))
+        .await
+        .expect("reset");
+    let mut log = String::new();
+    crate::support::eventually("the audit line", std::time::Duration::from_secs(10), || {
+        log = served.log();
+        let done = log.contains("ResetStatistics");
+        async move { done }
+    })
+    .await;
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("authentication failed"))
+        .collect();
+    assert!(!failed.is_empty(), "no failed login logged:\n{log}");
+    // One line for the first, then at most one a second.
+    let most = took.as_secs() as usize + 2;
+    assert!(
+        failed.len() <= most,
+        "{} lines for {GUESSES} failures in {took:?}",
+        failed.len()
+    );
+    let counted: usize = failed
+        .iter()
+        .filter_map(|line| line.split("failures=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert!(
+        (1..=GUESSES).contains(&counted),
+        "failures counted: {counted}"
+    );
+    for line in &failed {
+        for part in [
+            "poolplane::audit",
+            "WARN",
+            "peer=127.0.0.1:",
+            "method=/poolplane.v1.Query/Execute",
+            "reason=invalid token",
+        ] {
+            assert!(line.contains(part), "{part:?} missing: {line}");
+        }
+    }
+    assert!(
+        !log.contains("guessed-token"),
+        "a token sent reached the log"
+    );
+    assert!(!log.contains(admin_token));
+    let audit = log
+        .lines()
+        .find(|line| line.contains("ResetStatistics"))
+        .expect("audited");
+    assert!(
+        audit.contains(&format!("caller={admin_name} ")),
+        "the caller as plain text: {audit}"
+    );
+}
