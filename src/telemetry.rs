@@ -9,13 +9,15 @@
 //! macros: only this module knows OpenTelemetry. It reads no environment
 //! variable; `main.rs` turns `OTEL_*` into [`OtlpSettings`].
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
@@ -161,8 +163,102 @@ fn tracer_provider(otlp: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryEr
         .build();
     Ok(SdkTracerProvider::builder()
         .with_resource(resource)
-        .with_batch_exporter(exporter)
+        .with_batch_exporter(Reporting::new(exporter, &otlp.endpoint))
         .build())
+}
+
+/// How often at most a failing export is logged again.
+const EXPORT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// An exporter whose failures are logged: the SDK drops them silently, and
+/// a collector that is down would otherwise look like a quiet service. The
+/// first failure is a WARN line, then one a minute at most with the spans
+/// lost since, and the first success after is an INFO line.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    /// The endpoint without credentials, for the log.
+    shown: String,
+    /// The endpoint as configured, to be kept out of any error text.
+    endpoint: String,
+    failures: Mutex<ExportFailures>,
+}
+
+#[derive(Debug, Default)]
+struct ExportFailures {
+    /// When the last WARN line was written; `None` while exports succeed.
+    logged_at: Option<Instant>,
+    /// Spans lost since that line.
+    spans_lost: usize,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E, endpoint: &str) -> Reporting<E> {
+        Reporting {
+            inner,
+            shown: endpoint_for_display(endpoint),
+            endpoint: endpoint.to_string(),
+            failures: Mutex::new(ExportFailures::default()),
+        }
+    }
+
+    fn observe(&self, result: &OTelSdkResult, spans: usize) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                if failures.logged_at.take().is_some() {
+                    tracing::info!(
+                        endpoint = %self.shown,
+                        spans_lost = failures.spans_lost,
+                        "exporting traces again"
+                    );
+                    failures.spans_lost = 0;
+                }
+            }
+            Err(error) => {
+                failures.spans_lost += spans;
+                if failures
+                    .logged_at
+                    .is_some_and(|at| at.elapsed() < EXPORT_FAILURE_LOG_EVERY)
+                {
+                    return;
+                }
+                let error = error.to_string().replace(&self.endpoint, &self.shown);
+                tracing::warn!(
+                    endpoint = %self.shown,
+                    %error,
+                    spans_lost = failures.spans_lost,
+                    "could not export traces (logged at most once a minute until they go through)"
+                );
+                failures.logged_at = Some(Instant::now());
+                failures.spans_lost = 0;
+            }
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        self.observe(&result, spans);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// `endpoint` without any user name or password in it, for logs and errors.
