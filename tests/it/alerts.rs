@@ -254,10 +254,12 @@ async fn metrics_history_returns_exact_ranges_within_retention() {
             .expect("history")
             .into_inner()
     };
-    // Retention 500 ms at 100 ms: never more than 6 samples.
-    eventually("the history is full", Duration::from_secs(5), || {
+    // Retention 500 ms at 100 ms: never more than 6 samples. (Six only if
+    // every collection came exactly on time; a busy machine's come a little
+    // late, so five is what can be waited for.)
+    eventually("the history fills", Duration::from_secs(5), || {
         let admin = admin.clone();
-        async move { history(admin, None, None).await.samples.len() >= 6 }
+        async move { history(admin, None, None).await.samples.len() >= 5 }
     })
     .await;
     let all = history(admin.clone(), None, None).await;
