@@ -20,9 +20,66 @@ use crate::pool::{AcquireOutcome, CloseReason, HistogramSnapshot, SQLSTATE_CLASS
 pub fn render(app: &App, registry: &Registry) -> Result<String, prometheus::Error> {
     let mut families = registry.gather();
     families.extend(pool_families(app));
+    families.extend(session_families(app));
     let mut buffer = Vec::new();
     TextEncoder::new().encode(&families, &mut buffer)?;
     String::from_utf8(buffer).map_err(|err| prometheus::Error::Msg(err.to_string()))
+}
+
+/// The `Session` streams of each pool: how many hold a connection and in
+/// what state (as pg_stat_activity names them), the oldest one's age, and
+/// the pool's limit. Sessions keep their connection from everyone else, so
+/// these explain a pool that is busy with little Execute traffic.
+fn session_families(app: &App) -> Vec<MetricFamily> {
+    use crate::pool::TransactionStatus;
+    let mut sessions = Family::new(
+        "poolplane_pool_sessions",
+        "Sessions holding a connection, by state: running (a statement), idle, idle_in_transaction, idle_in_failed_transaction.",
+        MetricType::GAUGE,
+    );
+    let mut oldest = Family::new(
+        "poolplane_pool_oldest_session_seconds",
+        "Age of the pool's oldest session (0 without one).",
+        MetricType::GAUGE,
+    );
+    let mut limit = Family::new(
+        "poolplane_pool_max_session_connections",
+        "Connections the pool's sessions may hold at once (max_session_connections).",
+        MetricType::GAUGE,
+    );
+    for name in app.registry().names() {
+        let Ok(pool) = app.registry().get(&name) else {
+            continue;
+        };
+        let p = name.as_str();
+        let live = app.sessions().list(Some(p));
+        let mut by_state = [
+            ("running", 0u32),
+            ("idle", 0),
+            ("idle_in_transaction", 0),
+            ("idle_in_failed_transaction", 0),
+        ];
+        for session in &live {
+            let state = match (session.running, session.transaction) {
+                (true, _) => 0,
+                (false, TransactionStatus::Idle) => 1,
+                (false, TransactionStatus::InTransaction) => 2,
+                (false, TransactionStatus::Failed) => 3,
+            };
+            by_state[state].1 += 1;
+        }
+        for (state, count) in by_state {
+            sessions.value(&[("pool", p), ("state", state)], f64::from(count));
+        }
+        let age = live.iter().map(|s| s.age).max().unwrap_or_default();
+        oldest.value(&[("pool", p)], age.as_secs_f64());
+        limit.value(&[("pool", p)], f64::from(pool.max_sessions()));
+    }
+    [sessions, oldest, limit]
+        .into_iter()
+        .filter(|family| !family.metrics.is_empty())
+        .map(Family::build)
+        .collect()
 }
 
 /// Accumulates the metrics of one family across pools.

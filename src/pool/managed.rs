@@ -457,7 +457,8 @@ impl ManagedPool {
         })
     }
 
-    fn max_sessions(&self) -> u32 {
+    /// Most connections sessions may hold at once.
+    pub fn max_sessions(&self) -> u32 {
         let config = self.config();
         config
             .sessions

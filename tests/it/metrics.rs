@@ -414,3 +414,77 @@ async fn reset_statistics_restarts_get_pool_and_no_exported_counter_goes_down() 
     );
     server.stop().await;
 }
+
+/// The session series follow real sessions: one in each state, the
+/// oldest one's age, the pool's limit, and back to zero when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_series_follow_real_sessions() {
+    use crate::sessions::{open_request, Session};
+    const POOL: &str = "scraped_sessions";
+    let spec = PoolSpec::new(POOL, 6).with("max_session_connections: 4");
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let p = ("pool", POOL);
+    let by_state = |text: &str| -> Vec<Option<f64>> {
+        [
+            "running",
+            "idle",
+            "idle_in_transaction",
+            "idle_in_failed_transaction",
+        ]
+        .iter()
+        .map(|state| metric(text, "poolplane_pool_sessions", &[p, ("state", state)]))
+        .collect()
+    };
+    let text = scrape(&server).await;
+    assert_eq!(by_state(&text), vec![Some(0.0); 4]);
+    assert_eq!(
+        metric(&text, "poolplane_pool_oldest_session_seconds", &[p]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "poolplane_pool_max_session_connections", &[p]),
+        Some(4.0)
+    );
+
+    let client = server.query().await;
+    let open = || {
+        let mut client = client.clone();
+        async move {
+            Session::open(&mut client, open_request(POOL))
+                .await
+                .expect("open")
+        }
+    };
+    let mut idle = open().await;
+    idle.ok("SELECT 1").await;
+    let mut in_transaction = open().await;
+    in_transaction.ok("BEGIN").await;
+    let mut failed = open().await;
+    failed.ok("BEGIN").await;
+    failed.run("SELECT 1/0").await;
+    let running = open().await;
+    running.send("SELECT pg_sleep(30)", vec![]).await;
+    eventually(
+        "one session in each state",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape(&server).await;
+            by_state(&text) == vec![Some(1.0); 4]
+                && metric(&text, "poolplane_pool_oldest_session_seconds", &[p])
+                    .is_some_and(|age| age > 0.0)
+        },
+    )
+    .await;
+
+    drop(running);
+    for session in [idle, in_transaction, failed] {
+        session.close().await;
+    }
+    eventually("no session left", Duration::from_secs(10), || async {
+        let text = scrape(&server).await;
+        by_state(&text) == vec![Some(0.0); 4]
+            && metric(&text, "poolplane_pool_oldest_session_seconds", &[p]) == Some(0.0)
+    })
+    .await;
+    server.stop().await;
+}
