@@ -240,7 +240,7 @@ impl Loop {
         match outcome {
             ProbeOutcome::LoginFailed { error, .. } if self.pool.established_connections() == 0 => {
                 ProbeOutcome::Failed {
-                    error: format!("no connection can be opened: {error}"),
+                    error: format!("the pool has no connection left, and {error}"),
                 }
             }
             other => other,

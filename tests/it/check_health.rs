@@ -294,7 +294,9 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
     }
     assert_eq!(health.state, HealthState::Unhealthy as i32, "{health:?}");
     assert!(
-        health.last_error.contains("no connection can be opened")
+        health
+            .last_error
+            .contains("the pool has no connection left, and a new connection fails")
             && health.last_error.contains("not permitted to log in"),
         "{}",
         health.last_error
