@@ -191,6 +191,8 @@ impl App {
             return Err(conflicts);
         }
         let mut report = ReloadReport::default();
+        // Pools whose change did not take: the next reload tries them again.
+        let mut not_applied: Vec<String> = Vec::new();
         // Against what runs, not the last file: a file applied in between
         // changed none of these.
         for (section, differs) in [
@@ -212,7 +214,10 @@ impl App {
             match (self.registry.get(&name), before) {
                 (Err(_), _) => match self.create_pool(pool.clone(), false) {
                     Ok(_) => report.created.push(name),
-                    Err(error) => report.failed.push(format!("{name}: {error}")),
+                    Err(error) => {
+                        report.failed.push(format!("{name}: {error}"));
+                        not_applied.push(name);
+                    }
                 },
                 (Ok(_), Some(before)) if before == pool => report.unchanged.push(name),
                 (Ok(running), _) => match running.reconfigure(pool.clone()).await {
@@ -224,7 +229,10 @@ impl App {
                         self.events.publish(&name, EventDetail::PoolUpdated);
                         report.changed.push(name);
                     }
-                    Err(error) => report.failed.push(format!("{name}: {error}")),
+                    Err(error) => {
+                        report.failed.push(format!("{name}: {error}"));
+                        not_applied.push(name);
+                    }
                 },
             }
         }
@@ -243,7 +251,16 @@ impl App {
                 }
             });
         }
-        self.lock_file().config = new;
+        let mut applied = new;
+        for name in &not_applied {
+            let before = old
+                .pools
+                .iter()
+                .find(|pool| &pool.name == name && from_file(name));
+            applied.pools.retain(|pool| &pool.name != name);
+            applied.pools.extend(before.cloned());
+        }
+        self.lock_file().config = applied;
         Ok(report)
     }
 
@@ -360,9 +377,9 @@ impl App {
         Ok(pool.info())
     }
 
-    pub fn reconnect_pool(&self, name: &str) -> Result<PoolInfo, PoolError> {
+    pub async fn reconnect_pool(&self, name: &str) -> Result<PoolInfo, PoolError> {
         let pool = self.registry.get(name)?;
-        pool.reconnect()?;
+        pool.reconnect().await?;
         tracing::info!(pool = %name, "replacing every connection of the pool");
         self.events.publish(name, EventDetail::PoolUpdated);
         Ok(pool.info())

@@ -473,6 +473,7 @@ impl PoolAdmin for AdminService {
                 let info = self
                     .app
                     .reconnect_pool(required_name(&request.get_ref().name)?)
+                    .await
                     .map_err(pool_status)?;
                 Ok(Response::new(self.pool_report(info)))
             }

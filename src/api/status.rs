@@ -49,7 +49,9 @@ pub(crate) fn pool_status(err: PoolError) -> Status {
                 ("poolplane-queue-limit", limit.to_string()),
             ],
         ),
-        PoolError::TargetUnreachable { .. } => Status::new(Code::FailedPrecondition, message),
+        PoolError::TargetUnreachable { .. } | PoolError::NewConnectionFails { .. } => {
+            Status::new(Code::FailedPrecondition, message)
+        }
         PoolError::TooManySessions { pool, max } => with(
             Code::ResourceExhausted,
             message,

@@ -29,6 +29,9 @@ pub enum PoolError {
         "the new target {target} did not take a connection, so the pool stays where it is: {error}"
     )]
     TargetUnreachable { target: String, error: String },
+    /// ReconnectPool could not open a new connection: nothing was replaced.
+    #[error("pool `{pool}` keeps its connections: a new one fails: {error}")]
+    NewConnectionFails { pool: String, error: String },
     /// Sessions already hold as many connections as they may.
     #[error("pool `{pool}` already has its maximum of {max} sessions (max_session_connections)")]
     TooManySessions { pool: String, max: u32 },

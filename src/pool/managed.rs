@@ -767,7 +767,7 @@ impl ManagedPool {
             ..new.clone()
         } != current;
         if reconnect {
-            self.retarget(PoolConfig {
+            self.retarget_checked(PoolConfig {
                 limits: current.limits,
                 ..new.clone()
             })
@@ -809,10 +809,18 @@ impl ManagedPool {
 
     /// Replaces every server connection gracefully: idle ones close now,
     /// busy ones when their work ends; new ones open as needed (and up to
-    /// `min_connections` at once). No caller sees an error.
-    pub fn reconnect(self: &Arc<Self>) -> Result<(), PoolError> {
+    /// `min_connections` at once). No caller sees an error. A new
+    /// connection is opened first: if that fails (a password changed on
+    /// the server only), the pool keeps the connections it has.
+    pub async fn reconnect(self: &Arc<Self>) -> Result<(), PoolError> {
         if self.state() != PoolState::Serving {
             return Err(PoolError::Draining(self.name()));
+        }
+        if let Err(error) = PgConnector::new(&self.config()).check().await {
+            return Err(PoolError::NewConnectionFails {
+                pool: self.name(),
+                error: error.to_string(),
+            });
         }
         self.core.retire_all(CloseReason::Retired);
         self.spawn_warm_up();

@@ -266,16 +266,34 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
         HealthState::Healthy as i32
     );
 
-    // NOLOGIN, and every connection replaced: nothing left to serve with.
+    // NOLOGIN: ReconnectPool refuses to throw away connections it could
+    // not replace, and keeps them.
     pg.batch_execute(&format!("ALTER ROLE {ROLE} NOLOGIN"))
         .await
         .expect("nologin");
-    admin
+    let refused = admin
         .reconnect_pool(poolplane::proto::ReconnectPoolRequest {
             name: "login_check".into(),
         })
         .await
-        .expect("reconnect");
+        .expect_err("no new connection");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("keeps its connections")
+            && refused.message().contains("not permitted to log in"),
+        "{refused:?}"
+    );
+    query
+        .execute(crate::support::exec("login_check", "SELECT 1", vec![]))
+        .await
+        .expect("the kept connections serve");
+    // Their backends end: nothing left to serve with.
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&APP],
+    )
+    .await
+    .expect("terminate");
     crate::support::eventually(
         "the pool's connections are gone",
         Duration::from_secs(10),

@@ -318,3 +318,89 @@ async fn a_fifo_or_a_device_in_the_files_place_is_refused_at_once() {
         .expect("still serving");
     server.stop().await;
 }
+
+/// A reload whose new login settings cannot log in leaves that pool as it
+/// was, serving on its connections, and lists it as failed; the next
+/// reload of the same file tries it again (it was not recorded as
+/// applied), and once the login works the pool moves to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_login_fails_keeps_the_pool_and_is_tried_again() {
+    const ROLE: &str = "pp_reload_login";
+    let pg = cluster().admin().await;
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'reload-one-0123456789'"
+    ))
+    .await
+    .expect("create role");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::write(&first, "reload-one-0123456789\n").expect("first password");
+    std::fs::write(&second, "reload-two-0123456789\n").expect("second password");
+    let with_password = |file: &std::path::Path| {
+        config_yaml(&[PoolSpec::new("reload_login", 2)
+            .with(&format!("user: {ROLE}"))
+            .with(&format!("password_file: {}", file.display()))])
+    };
+    let path = dir.path().join("poolplane.yaml");
+    std::fs::write(&path, with_password(&first)).expect("write");
+    let server = TestServer::start(&with_password(&first)).await;
+    server.app.set_config_file(path.clone());
+    let mut admin = server.admin().await;
+    let mut query = server.query().await;
+    query
+        .execute(exec("reload_login", "SELECT 1", vec![]))
+        .await
+        .expect("logged in");
+    let before = pids("reload_login").await;
+    assert!(!before.is_empty());
+
+    // The file moves to a password the server does not know yet.
+    std::fs::write(&path, with_password(&second)).expect("rewrite");
+    for _ in 0..2 {
+        let report = admin
+            .reload_config(ReloadConfigRequest {})
+            .await
+            .expect("reload")
+            .into_inner();
+        assert!(report.reconnected.is_empty(), "{report:?}");
+        assert!(
+            report.failed.len() == 1
+                && report.failed[0].starts_with("reload_login: ")
+                && report.failed[0].contains("password authentication failed"),
+            "{report:?}"
+        );
+        assert!(!report.failed[0].contains("reload-two"), "{report:?}");
+        query
+            .execute(exec("reload_login", "SELECT 1", vec![]))
+            .await
+            .expect("still served on its connections");
+        assert_eq!(pids("reload_login").await, before, "nothing replaced");
+    }
+
+    // The server learns the password: the same file now applies.
+    pg.batch_execute(&format!(
+        "ALTER ROLE {ROLE} PASSWORD 'reload-two-0123456789'"
+    ))
+    .await
+    .expect("rotate");
+    let report = admin
+        .reload_config(ReloadConfigRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert_eq!(report.reconnected, ["reload_login"], "{report:?}");
+    query
+        .execute(exec("reload_login", "SELECT 1", vec![]))
+        .await
+        .expect("served with the new login");
+    eventually(
+        "the old connections are gone",
+        Duration::from_secs(10),
+        || async { pids("reload_login").await.is_disjoint(&before) },
+    )
+    .await;
+    server.stop().await;
+    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
+        .await
+        .expect("drop role");
+}
