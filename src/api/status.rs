@@ -21,7 +21,10 @@ pub(crate) fn pool_status(err: PoolError) -> Status {
             with(Code::AlreadyExists, message, &[("poolplane-pool", pool)])
         }
         PoolError::Draining(pool) => with(Code::Unavailable, message, &[("poolplane-pool", pool)]),
-        PoolError::Exhausted { pool, waited, max } => with(
+        PoolError::Exhausted { pool, waited, max }
+        | PoolError::CouldNotGrow {
+            pool, waited, max, ..
+        } => with(
             Code::ResourceExhausted,
             message,
             &[

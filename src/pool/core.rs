@@ -268,7 +268,9 @@ struct Table<C: Connector> {
     /// Idle connection ids, most recently returned last (taken LIFO, so
     /// idle ones above the minimum age and get reaped).
     idle: VecDeque<u64>,
-    waiters: VecDeque<(u64, oneshot::Sender<Grant<C>>)>,
+    /// Callers waiting, in arrival order, and whether each may be handed a
+    /// slot to open a connection with.
+    waiters: VecDeque<(u64, Growth, oneshot::Sender<Grant<C>>)>,
     next_id: u64,
     max: usize,
     serving: bool,
@@ -336,6 +338,13 @@ pub(crate) enum AcquireError<E> {
     Connect(E),
     /// The pool is paused and its queue is full.
     QueueFull,
+}
+
+/// Whether an acquisition may open a connection on a free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    Open,
+    Wait,
 }
 
 /// A connection lent out by the core; `core.rs`'s half of a lease.
@@ -436,9 +445,34 @@ impl<C: Connector> Core<C> {
         check_after: Duration,
         cancel_timeout: Duration,
     ) -> Result<Borrowed<C>, AcquireError<C::Error>> {
+        self.acquire_as(timeout, check_after, cancel_timeout, Growth::Open)
+            .await
+    }
+
+    /// As [`Core::acquire`], but opens no connection on a free slot: waits
+    /// for one of the open connections (after opening one just failed, a
+    /// caller waits for the others rather than failing, or trying again
+    /// at once). A slot handed over in the queue is still used.
+    pub(crate) async fn acquire_without_growing(
+        &self,
+        timeout: Duration,
+        check_after: Duration,
+        cancel_timeout: Duration,
+    ) -> Result<Borrowed<C>, AcquireError<C::Error>> {
+        self.acquire_as(timeout, check_after, cancel_timeout, Growth::Wait)
+            .await
+    }
+
+    async fn acquire_as(
+        &self,
+        timeout: Duration,
+        check_after: Duration,
+        cancel_timeout: Duration,
+        growth: Growth,
+    ) -> Result<Borrowed<C>, AcquireError<C::Error>> {
         let mut deadline = Instant::now() + timeout;
         loop {
-            let grant = match self.take_or_queue()? {
+            let grant = match self.take_or_queue(growth)? {
                 Step::Go(grant) => grant,
                 Step::Wait(waiter) => {
                     let (grant, extended) = waiter.wait(deadline, timeout).await?;
@@ -482,7 +516,7 @@ impl<C: Connector> Core<C> {
     }
 
     /// An idle connection, a slot, or a place in the queue.
-    fn take_or_queue(&self) -> Result<Step<'_, C>, AcquireError<C::Error>> {
+    fn take_or_queue(&self, growth: Growth) -> Result<Step<'_, C>, AcquireError<C::Error>> {
         let mut table = self.lock();
         if !table.serving {
             return Err(AcquireError::Draining);
@@ -494,13 +528,22 @@ impl<C: Connector> Core<C> {
         } else if let Some(grant) = table.take_idle() {
             return Ok(Step::Go(grant));
         }
-        if table.pause.is_none() && table.entries.len() < table.max && table.waiters.is_empty() {
+        // A free slot is this caller's unless an earlier one waits for a
+        // slot too (those waiting only for a connection do not count).
+        if growth == Growth::Open
+            && table.pause.is_none()
+            && table.entries.len() < table.max
+            && !table
+                .waiters
+                .iter()
+                .any(|(_, growth, _)| *growth == Growth::Open)
+        {
             return Ok(Step::Go(self.reserve(&mut table)));
         }
         let id = table.next_id;
         table.next_id += 1;
         let (sender, receiver) = oneshot::channel();
-        table.waiters.push_back((id, sender));
+        table.waiters.push_back((id, growth, sender));
         Ok(Step::Wait(Waiter {
             core: self,
             id,
@@ -1143,7 +1186,7 @@ impl<C: Connector> Table<C> {
     /// (always idle while paused).
     fn hand_over(&mut self, id: u64, conn: C::Conn, used: bool, after: &mut Aftermath<C>) {
         let mut grant = Grant::Conn { id, conn };
-        while let Some((_, waiter)) = self
+        while let Some((_, _, waiter)) = self
             .pause
             .is_none()
             .then(|| self.waiters.pop_front())
@@ -1175,24 +1218,25 @@ impl<C: Connector> Table<C> {
         }
     }
 
-    /// Free places under the maximum go to waiters, as slots to connect with.
+    /// Free places under the maximum go to waiters, as slots to connect
+    /// with; only to those that may open one (a caller whose own connect
+    /// just failed waits for a connection, not for another failure).
     fn grant_free_slots(&mut self, core: &Core<C>, after: &mut Aftermath<C>) {
         if !self.serving || self.pause.is_some() {
             return;
         }
-        while self.entries.len() < self.max && !self.waiters.is_empty() {
-            let mut grant = Some(core.reserve(self));
-            while let (Some(offer), Some((_, waiter))) = (grant.take(), self.waiters.pop_front()) {
-                grant = waiter.send(offer).err();
-                if grant.is_none() {
-                    break;
-                }
-            }
-            if let Some(unwanted) = grant {
-                // Nobody is waiting after all: the reserved slot goes (its
-                // release takes the lock, so only after we let go of it).
-                after.grants.push(unwanted);
-                return;
+        let may_grow = |(_, growth, _): &(u64, Growth, _)| *growth == Growth::Open;
+        while self.entries.len() < self.max && self.waiters.iter().any(may_grow) {
+            let mut offer = Some(core.reserve(self));
+            while let Some(grant) = offer.take() {
+                let taker = self.waiters.iter().position(may_grow);
+                let Some((_, _, waiter)) = taker.and_then(|at| self.waiters.remove(at)) else {
+                    // Nobody is waiting after all: the reserved slot goes (its
+                    // release takes the lock, so only after we let go of it).
+                    after.grants.push(grant);
+                    return;
+                };
+                offer = waiter.send(grant).err();
             }
         }
     }
@@ -1250,7 +1294,7 @@ impl<C: Connector> Drop for Waiter<'_, C> {
         };
         {
             let mut table = self.core.lock();
-            table.waiters.retain(|(id, _)| *id != self.id);
+            table.waiters.retain(|(id, _, _)| *id != self.id);
         }
         // Handed something after all, between the timeout and now.
         match receiver.try_recv() {
@@ -1479,6 +1523,36 @@ mod tests {
         let result = core.acquire(SECOND, HOUR, SECOND).await;
         assert!(matches!(result, Err(AcquireError::Connect(_))));
         assert_eq!(core.counts().open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_may_not_grow_waits_for_a_connection_not_a_slot() {
+        let (core, control, _) = core(2);
+        let held = borrow(&core).await;
+        control.fail_connects(true);
+        let core2 = Arc::clone(&core);
+        let waiter =
+            tokio::spawn(async move { core2.acquire_without_growing(HOUR, HOUR, SECOND).await });
+        settle().await;
+        assert_eq!(core.lock().waiters.len(), 1, "queued though a slot is free");
+        // A slot that frees up is not handed to it: a caller that may grow
+        // takes it (and fails to connect), the waiter stays.
+        let grower = core.acquire(SECOND, HOUR, SECOND).await;
+        assert!(matches!(grower, Err(AcquireError::Connect(_))));
+        settle().await;
+        assert_eq!(
+            core.lock().waiters.len(),
+            1,
+            "still waiting, no connect tried"
+        );
+        give_back(&core, held).await;
+        let borrowed = waiter
+            .await
+            .expect("join")
+            .ok()
+            .expect("handed the returned connection");
+        assert!(!borrowed.fresh);
+        give_back(&core, borrowed).await;
     }
 
     #[tokio::test(start_paused = true)]

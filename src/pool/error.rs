@@ -21,6 +21,15 @@ pub enum PoolError {
         waited: Duration,
         max: u32,
     },
+    /// Every open connection stayed busy within the acquire timeout, and
+    /// opening another failed.
+    #[error("pool `{pool}` had no free connection within {waited:?} and could not open another (max_connections {max}): {error}")]
+    CouldNotGrow {
+        pool: String,
+        waited: Duration,
+        max: u32,
+        error: String,
+    },
     /// A connection could not be opened: the database is unreachable or refused us.
     #[error("pool `{pool}` cannot reach its database: {last_error}")]
     Unavailable { pool: String, last_error: String },

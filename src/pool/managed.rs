@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::core::{AcquireError, CancelReason, ConnCounts, Core, Pause};
+use super::core::{AcquireError, Borrowed, CancelReason, ConnCounts, Core, Pause};
 use super::error::PoolError;
 use super::lease::Lease;
 use super::maintenance::{self, Tended};
@@ -507,14 +507,18 @@ impl ManagedPool {
             });
         }
         let limits = self.limits();
-        let borrowed = self
+        let borrowed = match self
             .core
             .acquire(
                 limits.connection_timeout,
                 limits.health_check_interval,
                 limits.connection_timeout,
             )
-            .await;
+            .await
+        {
+            Err(AcquireError::Connect(err)) => self.after_failed_connect(err, &attempt).await,
+            other => other.map_err(|err| self.acquire_error(err, attempt.elapsed())),
+        };
         match borrowed {
             Ok(borrowed) => {
                 if borrowed.fresh {
@@ -528,12 +532,55 @@ impl ManagedPool {
                     Arc::clone(&self.name),
                 ))
             }
-            Err(err) => {
-                let waited = attempt.elapsed();
-                let (outcome, error) = self.acquire_error(err, waited, limits.max_connections);
+            Err((outcome, error)) => {
                 attempt.finish(outcome);
                 Err(error)
             }
+        }
+    }
+
+    /// A connect for this caller failed. If the pool has connections that
+    /// serve, the caller waits the rest of its timeout for one of them (as
+    /// HikariCP's callers do), rather than failing while they are merely
+    /// busy (a connection limit reached, a login that stopped working);
+    /// with none, it fails now. Either way the failure is reported at once.
+    async fn after_failed_connect(
+        &self,
+        err: crate::postgres::OpenError,
+        attempt: &super::stats::AcquireAttempt<'_>,
+    ) -> Result<Borrowed<PgConnector>, (AcquireOutcome, PoolError)> {
+        let error = err.to_string();
+        self.connect_failed(&error);
+        let limits = self.limits();
+        let left = limits.connection_timeout.saturating_sub(attempt.elapsed());
+        if self.established_connections() == 0 || left.is_zero() {
+            return Err((
+                AcquireOutcome::Error,
+                PoolError::Unavailable {
+                    pool: self.name(),
+                    last_error: error,
+                },
+            ));
+        }
+        match self
+            .core
+            .acquire_without_growing(
+                left,
+                limits.health_check_interval,
+                limits.connection_timeout,
+            )
+            .await
+        {
+            Err(AcquireError::Timeout) => Err((
+                AcquireOutcome::Timeout,
+                PoolError::CouldNotGrow {
+                    pool: self.name(),
+                    waited: attempt.elapsed(),
+                    max: limits.max_connections,
+                    error,
+                },
+            )),
+            other => other.map_err(|err| self.acquire_error(err, attempt.elapsed())),
         }
     }
 
@@ -542,8 +589,8 @@ impl ManagedPool {
         &self,
         err: AcquireError<crate::postgres::OpenError>,
         waited: Duration,
-        max: u32,
     ) -> (AcquireOutcome, PoolError) {
+        let max = self.limits().max_connections;
         let unavailable = |last_error: String| PoolError::Unavailable {
             pool: self.name(),
             last_error,

@@ -107,3 +107,114 @@ async fn shutdown_lets_in_flight_calls_finish() {
         0
     );
 }
+
+/// A pool that cannot open another connection (its role's CONNECTION
+/// LIMIT is reached) serves its callers in turn on the connection it has,
+/// as HikariCP does, instead of failing them while it is merely busy; a
+/// caller that waits its whole timeout hears why the pool did not grow.
+/// (Found by a red team: callers failed at once with UNAVAILABLE while a
+/// connection was about to free up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_cannot_grow_serves_callers_in_turn() {
+    const ROLE: &str = "pp_limited";
+    let pg = cluster().admin().await;
+    // One connection for the pool, one for its health probe.
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {ROLE}; \
+         CREATE ROLE {ROLE} LOGIN PASSWORD 'limited-0123456789' CONNECTION LIMIT 2"
+    ))
+    .await
+    .expect("create role");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "limited-0123456789\n").expect("password file");
+    let mut spec = PoolSpec::new("limited", 4)
+        .with(&format!("user: {ROLE}"))
+        .with(&format!("password_file: {}", password.display()));
+    spec.min = 1;
+    spec.connection_timeout_ms = 10_000;
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    eventually(
+        "the warm connection and the probe",
+        Duration::from_secs(10),
+        || {
+            let pg = &pg;
+            async move {
+                pg.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                    &[&ROLE],
+                )
+                .await
+                .map(|row| row.get::<_, i64>(0))
+                .unwrap_or(0)
+                    == 2
+            }
+        },
+    )
+    .await;
+
+    let calls: Vec<_> = (0..3)
+        .map(|n| {
+            let server = &server;
+            async move {
+                server
+                    .query()
+                    .await
+                    .execute(exec(
+                        "limited",
+                        &format!("SELECT {n} FROM pg_sleep(0.3)"),
+                        vec![],
+                    ))
+                    .await
+            }
+        })
+        .collect();
+    for (n, result) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let rows = result.unwrap_or_else(|status| panic!("call {n} failed: {status:?}"));
+        assert_eq!(rows.into_inner().rows.len(), 1);
+    }
+
+    // Held past a short timeout: the waiter hears the connection limit.
+    let mut holder = server.query().await;
+    let held = tokio::spawn(async move {
+        holder
+            .execute(exec("limited", "SELECT pg_sleep(2)", vec![]))
+            .await
+    });
+    eventually("the connection is held", Duration::from_secs(5), || async {
+        pool_statistics(&server, "limited").await.active == 1
+    })
+    .await;
+    let mut request = tonic::Request::new(exec("limited", "SELECT 1", vec![]));
+    request.set_timeout(Duration::from_secs(30));
+    let mut admin = server.admin().await;
+    admin
+        .update_pool(poolplane::proto::UpdatePoolRequest {
+            name: "limited".into(),
+            connection_timeout_ms: Some(300),
+            ..Default::default()
+        })
+        .await
+        .expect("shorter timeout");
+    let status = server
+        .query()
+        .await
+        .execute(request)
+        .await
+        .expect_err("no connection in time");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("could not open another")
+            && status.message().contains("too many connections for role"),
+        "{status:?}"
+    );
+    held.await.expect("join").expect("the held call ends well");
+    server.stop().await;
+    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
+        .await
+        .expect("drop role");
+}
