@@ -209,7 +209,7 @@ impl Loop {
             || self.pool.established_connections() == 0;
         self.connect_failures_seen = connect_failures;
         let probed = self.probe.run(verify_login).await;
-        let outcome = self.without_login_nothing_serves(probed);
+        let outcome = self.judged(probed).await;
         let transition = self.machine.observe(&outcome);
         let state = self.machine.state();
         self.record(&outcome, state);
@@ -234,13 +234,30 @@ impl Loop {
         self.next_delay(state)
     }
 
-    /// A failed login is a failure like any other once the pool has no
-    /// connection left to serve with.
-    fn without_login_nothing_serves(&self, outcome: ProbeOutcome) -> ProbeOutcome {
+    /// What the probe found, in the light of the pool's own connections:
+    /// a failed login is a failure like any other once the pool has no
+    /// connection left to serve with; a probe that could not connect while
+    /// one of the pool's idle connections answers found a login that fails
+    /// (a connection limit reached, a password changed), not a database
+    /// that is down.
+    async fn judged(&self, outcome: ProbeOutcome) -> ProbeOutcome {
         match outcome {
             ProbeOutcome::LoginFailed { error, .. } if self.pool.established_connections() == 0 => {
                 ProbeOutcome::Failed {
                     error: format!("the pool has no connection left, and {error}"),
+                }
+            }
+            ProbeOutcome::ConnectFailed { error } => {
+                match self
+                    .pool
+                    .ping_an_idle_connection(self.config.probe_timeout)
+                    .await
+                {
+                    Some(Ok(latency)) => ProbeOutcome::LoginFailed {
+                        latency,
+                        error: format!("a new connection fails: {error}"),
+                    },
+                    _ => ProbeOutcome::ConnectFailed { error },
                 }
             }
             other => other,

@@ -166,49 +166,44 @@ impl Probe {
         }
     }
 
-    /// `SELECT 1` on the kept connection, or on a new one if none is kept.
+    /// `SELECT 1` on the kept connection, or on a new one if none is kept;
+    /// the connect and the query have the timeout each.
     async fn check_kept_or_new(&mut self) -> ProbeOutcome {
-        let slot = match self.held {
-            Some(_) => None,
-            None => match self.slots.take().await {
-                Some(slot) => Some(slot),
-                None => {
-                    return ProbeOutcome::Failed {
-                        error: "the probe slots are closed".into(),
+        if self.held.is_none() {
+            let Some(slot) = self.slots.take().await else {
+                return ProbeOutcome::Failed {
+                    error: "the probe slots are closed".into(),
+                };
+            };
+            match tokio::time::timeout(self.timeout, self.connect(slot)).await {
+                Ok(Ok(client)) => self.held = Some(Held { client }),
+                Ok(Err(error)) => return ProbeOutcome::ConnectFailed { error },
+                Err(_) => {
+                    return ProbeOutcome::ConnectFailed {
+                        error: format!("no connection within {} ms", self.timeout.as_millis()),
                     }
                 }
-            },
+            }
+        }
+        let Some(held) = self.held.as_ref() else {
+            return ProbeOutcome::Failed {
+                error: "probe connection missing".into(),
+            };
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.check(slot)).await;
-        match result {
-            Ok(Ok(())) => ProbeOutcome::Answered {
-                latency: started.elapsed(),
-            },
-            Ok(Err(error)) => {
-                self.held = None;
-                ProbeOutcome::Failed { error }
-            }
-            Err(_) => {
-                self.held = None;
-                ProbeOutcome::Failed {
-                    error: format!("no answer within {} ms", self.timeout.as_millis()),
+        let answered =
+            tokio::time::timeout(self.timeout, held.client.simple_query("SELECT 1")).await;
+        let error = match answered {
+            Ok(Ok(_)) => {
+                return ProbeOutcome::Answered {
+                    latency: started.elapsed(),
                 }
             }
-        }
-    }
-
-    async fn check(&mut self, slot: Option<OwnedSemaphorePermit>) -> Result<(), String> {
-        if let Some(slot) = slot {
-            let client = self.connect(slot).await?;
-            self.held = Some(Held { client });
-        }
-        let held = self.held.as_ref().ok_or("probe connection missing")?;
-        held.client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|err| crate::postgres::error_chain(&err))
+            Ok(Err(err)) => crate::postgres::error_chain(&err),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        self.held = None;
+        ProbeOutcome::Failed { error }
     }
 
     /// A new connection holding `slot` until its backend is gone.

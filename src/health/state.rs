@@ -59,6 +59,12 @@ pub enum ProbeOutcome {
         latency: Duration,
         error: String,
     },
+    /// The probe had no connection and could not open one: the database
+    /// is down, or refuses the login (the monitor tells which, by asking
+    /// one of the pool's own connections).
+    ConnectFailed {
+        error: String,
+    },
     Failed {
         error: String,
     },
@@ -71,7 +77,7 @@ impl ProbeOutcome {
             ProbeOutcome::Answered { latency } | ProbeOutcome::LoginFailed { latency, .. } => {
                 Some(*latency)
             }
-            ProbeOutcome::Failed { .. } => None,
+            ProbeOutcome::ConnectFailed { .. } | ProbeOutcome::Failed { .. } => None,
         }
     }
 
@@ -79,7 +85,9 @@ impl ProbeOutcome {
     pub fn error(&self) -> Option<&str> {
         match self {
             ProbeOutcome::Answered { .. } => None,
-            ProbeOutcome::LoginFailed { error, .. } | ProbeOutcome::Failed { error } => Some(error),
+            ProbeOutcome::LoginFailed { error, .. }
+            | ProbeOutcome::ConnectFailed { error }
+            | ProbeOutcome::Failed { error } => Some(error),
         }
     }
 }
@@ -153,7 +161,7 @@ impl HealthMachine {
                     format!("the database answers, but {error}"),
                 )
             }
-            ProbeOutcome::Failed { error } => {
+            ProbeOutcome::ConnectFailed { error } | ProbeOutcome::Failed { error } => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let n = self.consecutive_failures;
                 let threshold = self.policy.failure_threshold.max(1);

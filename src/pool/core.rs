@@ -1069,6 +1069,17 @@ impl<C: Connector> Core<C> {
         to_ping
     }
 
+    /// An idle connection to ping now (it is Checking until
+    /// [`Core::pinged`]), the most recently used first; `None` without one.
+    pub(crate) fn check_one_idle(&self) -> Option<(u64, C::Conn)> {
+        let mut table = self.lock();
+        let id = table.idle.pop_back()?;
+        let entry = table.entries.get_mut(&id)?;
+        entry.state = ConnState::Checking;
+        let conn = entry.conn.take()?;
+        Some((id, conn))
+    }
+
     /// Finishes a maintenance ping: back to the pool, or closed.
     pub(crate) fn pinged(&self, id: u64, conn: C::Conn, result: Result<(), String>) {
         match result {

@@ -351,6 +351,26 @@ impl ManagedPool {
         self.connect_failures.load(Ordering::Acquire)
     }
 
+    /// Pings one of the pool's idle connections now, as a keepalive check
+    /// does (a failed one is closed): how long the database took to answer
+    /// on a connection the pool already has, or why it did not. `None`
+    /// without an idle connection.
+    pub async fn ping_an_idle_connection(
+        &self,
+        timeout: Duration,
+    ) -> Option<Result<Duration, String>> {
+        use super::connector::Connection as _;
+        let (id, conn) = self.core.check_one_idle()?;
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, conn.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        let latency = started.elapsed();
+        self.core.pinged(id, conn, result.clone());
+        Some(result.map(|()| latency))
+    }
+
     /// Server connections that can serve: open, neither still connecting
     /// nor closing.
     pub fn established_connections(&self) -> u64 {

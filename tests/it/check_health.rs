@@ -376,3 +376,86 @@ async fn await_readiness(
     )
     .await;
 }
+
+/// A probe that loses its connection and cannot open another (the role's
+/// CONNECTION LIMIT is taken by the pool's own connections) asks one of the
+/// pool's idle connections: the database answers there, so the pool is
+/// DEGRADED and keeps serving, not UNHEALTHY with every call refused.
+/// (Found by a red team: a caller's `ALTER ... CONNECTION LIMIT` and a
+/// terminated probe locked the pool out of its own working connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_cannot_connect_asks_the_pools_own_connection() {
+    const ROLE: &str = "pp_probe_limit";
+    const APP: &str = "poolplane/probe_limit";
+    let pg = crate::support::cluster().admin().await;
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'probe-limit-0123456789'"
+    ))
+    .await
+    .expect("create role");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "probe-limit-0123456789\n").expect("password file");
+    let mut spec = PoolSpec::new("probe_limit", 2)
+        .with(&format!("user: {ROLE}"))
+        .with(&format!("password_file: {}", password_file.display()));
+    spec.min = 1;
+    let server = TestServer::start(&config_yaml_with(&[spec], MANUAL)).await;
+    let mut admin = server.admin().await;
+    let mut query = server.query().await;
+    crate::support::eventually("the warm connection", Duration::from_secs(10), || {
+        let pg = &pg;
+        async move { crate::support::backends(pg, APP).await == 1 }
+    })
+    .await;
+    assert_eq!(
+        checked(&mut admin, "probe_limit").await.state,
+        HealthState::Healthy as i32
+    );
+
+    // The pool's connection is all the role may have; the probe's goes.
+    pg.batch_execute(&format!("ALTER ROLE {ROLE} CONNECTION LIMIT 1"))
+        .await
+        .expect("limit");
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&format!("{APP}/probe")],
+    )
+    .await
+    .expect("terminate the probe's backend");
+    crate::support::eventually(
+        "the probe's backend is gone",
+        Duration::from_secs(10),
+        || {
+            let pg = &pg;
+            async move { crate::support::backends(pg, &format!("{APP}/probe")).await == 0 }
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let health = checked(&mut admin, "probe_limit").await;
+        assert_eq!(health.state, HealthState::Degraded as i32, "{health:?}");
+        assert!(
+            health.last_error.contains("a new connection fails")
+                && health.last_error.contains("too many connections for role"),
+            "{}",
+            health.last_error
+        );
+        query
+            .execute(crate::support::exec("probe_limit", "SELECT 1", vec![]))
+            .await
+            .expect("served on the pool's connection");
+    }
+
+    pg.batch_execute(&format!("ALTER ROLE {ROLE} CONNECTION LIMIT -1"))
+        .await
+        .expect("no limit");
+    assert_eq!(
+        checked(&mut admin, "probe_limit").await.state,
+        HealthState::Healthy as i32
+    );
+    server.stop().await;
+    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
+        .await
+        .expect("drop role");
+}
