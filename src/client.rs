@@ -191,13 +191,27 @@ impl Target {
         let endpoint = self.endpoint()?;
         let mut channels = Vec::with_capacity(count);
         for _ in 0..count {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    addr: self.addr.clone(),
-                    error: crate::postgres::error_chain(&e),
-                })?;
+            // The endpoint's own timeout covers TCP only: a server that
+            // accepts and never answers the TLS handshake is given up here.
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await;
+            let channel = match connected {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        error: crate::postgres::error_chain(&e),
+                    })
+                }
+                Err(_) => {
+                    return Err(ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        error: format!(
+                            "no answer within {} s (TCP, TLS and HTTP/2 set-up)",
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                    })
+                }
+            };
             channels.push(channel);
         }
         Ok(channels)

@@ -60,6 +60,12 @@ fn transport_failed(status: &tonic::Status) -> bool {
     ) && std::error::Error::source(status).is_some()
 }
 
+/// A status that tonic made itself because `--timeout` passed with no
+/// answer (it keeps the cause as the source).
+fn timed_out(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled && std::error::Error::source(status).is_some()
+}
+
 /// The causes of a transport failure, outermost first, each once.
 fn causes(status: &tonic::Status) -> String {
     let mut parts: Vec<String> = vec![status.message().to_string()];
@@ -80,7 +86,9 @@ impl CtlError {
         match self {
             CtlError::Usage(_) => USAGE,
             CtlError::Unreachable { .. } => UNREACHABLE,
-            CtlError::Status(status) if transport_failed(status) => UNREACHABLE,
+            CtlError::Status(status) if transport_failed(status) || timed_out(status) => {
+                UNREACHABLE
+            }
             CtlError::Status(status) => match status.code() {
                 tonic::Code::NotFound => NOT_FOUND,
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => DENIED,
@@ -101,6 +109,9 @@ impl CtlError {
             }
             CtlError::Status(status) if transport_failed(status) => {
                 format!("lost the connection to poolplane: {}", causes(status))
+            }
+            CtlError::Status(status) if timed_out(status) => {
+                "no answer within --timeout (the server may still be working on it)".to_string()
             }
             CtlError::Status(status) => {
                 format!("{:?}: {}", status.code(), printable(status.message()))

@@ -903,17 +903,28 @@ async fn silent_and_killed_servers_exit_3_and_a_misspelt_pool_4() {
             held.push(socket);
         }
     });
-    let (call, watch) = tokio::time::timeout(
+    let silent_tls = silent_addr.replace("http://", "https://");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = write(dir.path(), "ca.crt", &ca("a CA").pem);
+    let ((call, watch), (timed, handshake)) = tokio::time::timeout(
         Duration::from_secs(45),
         futures::future::join(
-            ctl_env(&silent_addr, &["pools"], &[]),
-            ctl_env(&silent_addr, &["watch"], &[]),
+            futures::future::join(
+                ctl_env(&silent_addr, &["pools"], &[]),
+                ctl_env(&silent_addr, &["watch"], &[]),
+            ),
+            futures::future::join(
+                ctl_env(&silent_addr, &["--timeout", "1s", "pools"], &[]),
+                ctl_env(&silent_tls, &["--ca-file", ca_file.as_str(), "pools"], &[]),
+            ),
         ),
     )
     .await
     .expect("a silent server hung poolplane ctl");
     call.fails(3, "poolplane ctl: lost the connection to poolplane: ");
     watch.fails(3, "keep-alive timed out");
+    timed.fails(3, "no answer within --timeout");
+    handshake.fails(3, "no answer within 5 s (TCP, TLS and HTTP/2 set-up)");
     accepting.abort();
 
     let served =
