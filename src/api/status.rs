@@ -147,7 +147,7 @@ pub(crate) fn query_status(err: QueryError) -> Status {
             message,
             &[("poolplane-statement-kind", kind.to_string())],
         ),
-        QueryError::OutlivesSession { kind } => with(
+        QueryError::OutlivesSession { kind } | QueryError::ChangesPoolDefaults { kind } => with(
             Code::FailedPrecondition,
             message,
             &[("poolplane-statement-kind", kind.to_string())],

@@ -2,7 +2,12 @@
 //! PostgreSQL's own parser (libpg_query, through the `pg_query` crate) and
 //! refused before it reaches a connection if it would control the
 //! transaction or change the session, which a pooled connection must not
-//! carry to its next caller.
+//! carry to its next caller. Nor may any call (a Session's included)
+//! change what every future connection of the pool logs in with or starts
+//! with: `ALTER ROLE`/`ALTER DATABASE` on the pool's own role or database
+//! (`SET`, a password, a connection limit), `ALTER ROLE ALL SET`, `ALTER
+//! SYSTEM`. A session's reset cannot undo those, and one caller would
+//! change every other caller's connections, or lock the pool out.
 //!
 //! This is the first line only. A function can change the session too
 //! (`set_config(..., false)`, `pg_advisory_lock`, `EXECUTE 'LISTEN ...'` in
@@ -28,10 +33,22 @@ pub enum Refusal {
     NeedsSession(&'static str),
     /// COPY to or from the client, which the request/response API cannot carry.
     Copy,
+    /// It changes what every future connection of the pool logs in with
+    /// or starts with (its role's or database's settings or login).
+    ChangesPoolDefaults(&'static str),
 }
 
-/// `Ok` if `sql` may run through Execute/ExecuteBatch.
-pub fn check(sql: &str) -> Result<(), Refusal> {
+/// Whose defaults no call may change: the pool's login role and database,
+/// as PostgreSQL names them.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLogin<'a> {
+    pub user: &'a str,
+    pub database: &'a str,
+}
+
+/// `Ok` if `sql` may run through Execute/ExecuteBatch on a pool that logs
+/// in as `login`.
+pub fn check(sql: &str, login: PoolLogin<'_>) -> Result<(), Refusal> {
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
         Err(pg_query::Error::Decode(_)) => return judge_by_words(sql),
@@ -48,7 +65,7 @@ pub fn check(sql: &str) -> Result<(), Refusal> {
     else {
         return Ok(());
     };
-    if let Some(kind) = top_level_refusal(node.to_ref()) {
+    if let Some(kind) = top_level_refusal(node.to_ref(), login) {
         return Err(kind);
     }
     // Temporary objects can be created below the top (`EXPLAIN ANALYZE
@@ -62,9 +79,34 @@ pub fn check(sql: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
+fn top_level_refusal(node: NodeRef<'_>, login: PoolLogin<'_>) -> Option<Refusal> {
     let needs_session = |kind| Some(Refusal::NeedsSession(kind));
+    let pool_defaults = |kind| Some(Refusal::ChangesPoolDefaults(kind));
     match node {
+        NodeRef::AlterRoleSetStmt(stmt)
+            if stmt
+                .role
+                .as_ref()
+                .is_none_or(|role| is_pool_role(role, login))
+                && (stmt.database.is_empty() || stmt.database == login.database) =>
+        {
+            pool_defaults("ALTER ROLE ... SET")
+        }
+        NodeRef::AlterRoleStmt(stmt)
+            if stmt
+                .role
+                .as_ref()
+                .is_some_and(|role| is_pool_role(role, login)) =>
+        {
+            pool_defaults("ALTER ROLE")
+        }
+        NodeRef::AlterDatabaseSetStmt(stmt) if stmt.dbname == login.database => {
+            pool_defaults("ALTER DATABASE ... SET")
+        }
+        NodeRef::AlterDatabaseStmt(stmt) if stmt.dbname == login.database => {
+            pool_defaults("ALTER DATABASE")
+        }
+        NodeRef::AlterSystemStmt(_) => pool_defaults("ALTER SYSTEM"),
         NodeRef::TransactionStmt(stmt) => needs_session(transaction_kind(stmt.kind())),
         NodeRef::VariableSetStmt(stmt) => variable_set_refusal(stmt),
         NodeRef::PrepareStmt(_) => needs_session("PREPARE"),
@@ -92,7 +134,7 @@ fn top_level_refusal(node: NodeRef<'_>) -> Option<Refusal> {
             .query
             .as_ref()
             .and_then(|query| query.node.as_ref())
-            .and_then(|query| top_level_refusal(query.to_ref())),
+            .and_then(|query| top_level_refusal(query.to_ref(), login)),
         NodeRef::CreateFunctionStmt(stmt) if in_temporary_schema(&stmt.funcname) => {
             needs_session("CREATE FUNCTION pg_temp")
         }
@@ -216,6 +258,17 @@ fn variable_set_refusal(stmt: &pg_query::protobuf::VariableSetStmt) -> Option<Re
     Some(Refusal::NeedsSession(kind))
 }
 
+/// Whether `role` names the role the pool logs in as (`CURRENT_USER` and
+/// the like do, whatever a session set its role to: erring towards refusal).
+fn is_pool_role(role: &pg_query::protobuf::RoleSpec, login: PoolLogin<'_>) -> bool {
+    use pg_query::protobuf::RoleSpecType;
+    match RoleSpecType::try_from(role.roletype) {
+        Ok(RoleSpecType::RolespecCstring) => role.rolename == login.user,
+        Ok(RoleSpecType::RolespecPublic) => false,
+        _ => true,
+    }
+}
+
 fn creates_temporary(node: NodeRef<'_>) -> bool {
     match node {
         NodeRef::RangeVar(range) => temporary(Some(range)),
@@ -289,6 +342,11 @@ fn in_temporary_schema(name: &[pg_query::protobuf::Node]) -> bool {
 mod tests {
     use super::*;
 
+    const LOGIN: PoolLogin<'static> = PoolLogin {
+        user: "app",
+        database: "appdb",
+    };
+
     #[test]
     fn catalog_changes_are_told_from_statements_that_only_use_it() {
         for sql in [
@@ -317,8 +375,74 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_pools_own_role_and_database_keep_their_defaults() {
+        for (sql, kind) in [
+            (
+                "ALTER ROLE app SET search_path = evil, public",
+                "ALTER ROLE ... SET",
+            ),
+            ("alter user APP reset all", "ALTER ROLE ... SET"),
+            (
+                "ALTER ROLE CURRENT_USER SET default_transaction_read_only = on",
+                "ALTER ROLE ... SET",
+            ),
+            (
+                "ALTER ROLE session_user SET statement_timeout = 1",
+                "ALTER ROLE ... SET",
+            ),
+            (
+                "ALTER ROLE ALL SET statement_timeout = 1",
+                "ALTER ROLE ... SET",
+            ),
+            (
+                "ALTER ROLE app IN DATABASE appdb SET work_mem = '1MB'",
+                "ALTER ROLE ... SET",
+            ),
+            (
+                "ALTER ROLE ALL IN DATABASE appdb SET work_mem = '1MB'",
+                "ALTER ROLE ... SET",
+            ),
+            ("ALTER ROLE app PASSWORD 'x'", "ALTER ROLE"),
+            (
+                "ALTER USER current_role WITH CONNECTION LIMIT 1",
+                "ALTER ROLE",
+            ),
+            ("ALTER ROLE app NOLOGIN", "ALTER ROLE"),
+            (
+                "ALTER DATABASE appdb SET statement_timeout = '1ms'",
+                "ALTER DATABASE ... SET",
+            ),
+            ("ALTER DATABASE appdb RESET ALL", "ALTER DATABASE ... SET"),
+            ("ALTER DATABASE appdb CONNECTION LIMIT 1", "ALTER DATABASE"),
+            (
+                "ALTER DATABASE appdb WITH ALLOW_CONNECTIONS false",
+                "ALTER DATABASE",
+            ),
+            ("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM"),
+        ] {
+            assert_eq!(
+                check(sql, LOGIN),
+                Err(Refusal::ChangesPoolDefaults(kind)),
+                "{sql}"
+            );
+        }
+        // Other roles and databases are the database's permissions' to guard.
+        for sql in [
+            "ALTER ROLE other SET search_path = x",
+            "ALTER ROLE \"App\" SET search_path = x",
+            "ALTER ROLE app IN DATABASE otherdb SET work_mem = '1MB'",
+            "ALTER ROLE other PASSWORD 'x'",
+            "ALTER DATABASE otherdb SET statement_timeout = 1",
+            "ALTER DATABASE otherdb CONNECTION LIMIT 3",
+            "ALTER TABLE t ADD COLUMN c int",
+        ] {
+            assert_eq!(check(sql, LOGIN), Ok(()), "{sql}");
+        }
+    }
+
     fn refused_kind(sql: &str) -> Option<&'static str> {
-        match check(sql) {
+        match check(sql, LOGIN) {
             Err(Refusal::NeedsSession(kind)) => Some(kind),
             _ => None,
         }
@@ -395,20 +519,23 @@ mod tests {
 
     #[test]
     fn copy_with_the_client_is_refused_but_server_side_copy_is_not() {
-        assert_eq!(check("COPY t TO STDOUT"), Err(Refusal::Copy));
-        assert_eq!(check("copy t from stdin"), Err(Refusal::Copy));
-        assert_eq!(check("COPY (SELECT 1) TO STDOUT"), Err(Refusal::Copy));
-        assert_eq!(check("COPY t TO '/tmp/x'"), Ok(()));
+        assert_eq!(check("COPY t TO STDOUT", LOGIN), Err(Refusal::Copy));
+        assert_eq!(check("copy t from stdin", LOGIN), Err(Refusal::Copy));
+        assert_eq!(
+            check("COPY (SELECT 1) TO STDOUT", LOGIN),
+            Err(Refusal::Copy)
+        );
+        assert_eq!(check("COPY t TO '/tmp/x'", LOGIN), Ok(()));
     }
 
     #[test]
     fn more_than_one_statement_is_refused() {
         assert_eq!(
-            check("SELECT 1; SELECT 2"),
+            check("SELECT 1; SELECT 2", LOGIN),
             Err(Refusal::MultipleStatements(2))
         );
         assert_eq!(
-            check("SELECT 1; BEGIN"),
+            check("SELECT 1; BEGIN", LOGIN),
             Err(Refusal::MultipleStatements(2))
         );
     }
@@ -436,7 +563,7 @@ mod tests {
             // Not SQL PostgreSQL accepts: it reports its own syntax error.
             "SELEC 1",
         ] {
-            assert_eq!(check(sql), Ok(()), "{sql}");
+            assert_eq!(check(sql, LOGIN), Ok(()), "{sql}");
         }
     }
 
@@ -467,7 +594,7 @@ mod tests {
                 Err(Refusal::MultipleStatements(2)),
             ),
         ] {
-            assert_eq!(check(&sql), expected, "{}", &sql[..40]);
+            assert_eq!(check(&sql, LOGIN), expected, "{}", &sql[..40]);
         }
     }
 
@@ -489,6 +616,6 @@ mod tests {
         // libpg_query stops at its stack-depth limit and the tree decoder
         // at its recursion limit: either way PostgreSQL judges the text.
         let sql = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
-        assert_eq!(check(&sql), Ok(()));
+        assert_eq!(check(&sql, LOGIN), Ok(()));
     }
 }

@@ -35,6 +35,10 @@ pub enum QueryError {
     /// session (`PREPARE TRANSACTION` keeps its transaction and locks).
     #[error("{kind} is not allowed in a Session: a prepared transaction outlives the session and keeps its locks (poolplane does not do two-phase commit)")]
     OutlivesSession { kind: &'static str },
+    /// A statement no call may run: it changes what every future
+    /// connection of the pool logs in with or starts with.
+    #[error("{kind} on the pool's own role or database is not allowed through poolplane: it changes every future connection of the pool (other callers' settings, or whether the pool can log in at all), which no session reset undoes; run it as a database administrator, outside poolplane")]
+    ChangesPoolDefaults { kind: &'static str },
     /// COPY to or from the client, which this API cannot carry.
     #[error("COPY to or from the client is not supported through Execute; use INSERT ... SELECT, INSERT with ExecuteBatch, or server-side COPY to a file")]
     CopyUnsupported,
@@ -141,6 +145,7 @@ impl QueryError {
             QueryError::RowTooLarge { .. } => "row_too_large",
             QueryError::NeedsSession { .. } => "needs_session",
             QueryError::OutlivesSession { .. } => "outlives_session",
+            QueryError::ChangesPoolDefaults { .. } => "changes_pool_defaults",
             QueryError::CopyUnsupported => "copy_unsupported",
             QueryError::ConnectionLost { .. } => "connection_lost",
             QueryError::ResultUnreturnable { .. } => "result_unreturnable",

@@ -133,7 +133,7 @@ pub(super) fn admit(pool: &ManagedPool, sql: &str) -> Result<bool, QueryError> {
         return Ok(changes_catalog);
     }
     admit_text(sql)?;
-    match classify::check(sql) {
+    match classify_for(pool, sql) {
         Ok(()) => {
             let changes_catalog = classify::changes_catalog(sql);
             pool.admit(sql, changes_catalog);
@@ -141,6 +141,18 @@ pub(super) fn admit(pool: &ManagedPool, sql: &str) -> Result<bool, QueryError> {
         }
         Err(refusal) => Err(refused(refusal)),
     }
+}
+
+/// [`classify::check`] for a statement on `pool`.
+pub(super) fn classify_for(pool: &ManagedPool, sql: &str) -> Result<(), Refusal> {
+    let config = pool.config();
+    classify::check(
+        sql,
+        classify::PoolLogin {
+            user: &config.user,
+            database: &config.database,
+        },
+    )
 }
 
 /// Runs `call`; if the statement changes the catalog, the pool's plans
@@ -166,6 +178,7 @@ pub(super) fn refused(refusal: Refusal) -> QueryError {
     match refusal {
         Refusal::NeedsSession(kind) => QueryError::NeedsSession { kind },
         Refusal::Copy => QueryError::CopyUnsupported,
+        Refusal::ChangesPoolDefaults(kind) => QueryError::ChangesPoolDefaults { kind },
         Refusal::MultipleStatements(count) => QueryError::invalid(
             "sql",
             format!("holds {count} statements; send one statement per request"),

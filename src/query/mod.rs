@@ -16,7 +16,7 @@ mod stream;
 mod trace;
 mod value;
 
-pub use classify::{check as classify, Refusal};
+pub use classify::{check as classify, PoolLogin, Refusal};
 pub use error::{QueryError, SessionEnd, SqlError};
 pub use execute::{execute, execute_batch, BatchResult, Column, QueryResult, Statement};
 pub use session::{

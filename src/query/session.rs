@@ -36,8 +36,8 @@ use tracing::Instrument;
 use super::classify;
 use super::error::{QueryError, SessionEnd};
 use super::execute::{
-    admit_params, admit_text, count_sql_error, prepare, refused, run_prepared, Attempt,
-    QueryResult, RestOfResult, Statement,
+    admit_params, admit_text, classify_for, count_sql_error, prepare, refused, run_prepared,
+    Attempt, QueryResult, RestOfResult, Statement,
 };
 use super::pipeline::{self, InFlight, Landed, Numbering, SessionPlans, MAX_IN_FLIGHT};
 use super::sessions::{Holder, Registered, Sessions};
@@ -479,7 +479,7 @@ impl Running {
     /// the catalog.
     fn classify(&mut self, sql: &str) -> Result<bool, QueryError> {
         admit_text(sql)?;
-        match classify::check(sql) {
+        match classify_for(&self.pool, sql) {
             Ok(()) => {
                 let changes_catalog = classify::changes_catalog(sql);
                 self.pool.admit(sql, changes_catalog);

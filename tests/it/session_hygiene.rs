@@ -667,3 +667,129 @@ async fn connections_dblink_keeps_do_not_outlive_the_call() {
     assert_eq!(left.rows[0].values[0], v::int(0));
     server.stop().await;
 }
+
+/// No call, a Session's included, may change what every future connection
+/// of the pool starts with or logs in with: its role's or database's
+/// settings, its password or connection limit. Another role's are the
+/// database's permissions to guard. (Found by a red team: one caller's
+/// `ALTER ROLE ... SET search_path` moved every later caller's writes
+/// into its own schema; `ALTER DATABASE ... CONNECTION LIMIT 1` locked the
+/// pool out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_changes_the_pools_role_or_database_defaults() {
+    use crate::sessions::{error_of, open_request, Session};
+    const ROLE: &str = "pp_defaults";
+    const POOL: &str = "hygiene_defaults";
+    let pg = cluster().admin().await;
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'defaults-0123456789' CREATEROLE"
+    ))
+    .await
+    .expect("create role");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "defaults-0123456789\n").expect("password file");
+    let spec = PoolSpec::new(POOL, 2)
+        .with(&format!("user: {ROLE}"))
+        .with(&format!("password_file: {}", password.display()));
+    let server = TestServer::start(&config_yaml(&[spec])).await;
+    let mut client = server.query().await;
+    let refused = [
+        (
+            "ALTER ROLE CURRENT_USER SET search_path = evil, public",
+            "ALTER ROLE ... SET",
+        ),
+        (
+            "ALTER ROLE pp_defaults SET default_transaction_read_only = on",
+            "ALTER ROLE ... SET",
+        ),
+        (
+            "ALTER ROLE pp_defaults PASSWORD 'locked-out-0123'",
+            "ALTER ROLE",
+        ),
+        (
+            "ALTER DATABASE postgres SET statement_timeout = '1ms'",
+            "ALTER DATABASE ... SET",
+        ),
+        (
+            "ALTER DATABASE postgres CONNECTION LIMIT 1",
+            "ALTER DATABASE",
+        ),
+    ];
+    for (sql, kind) in refused {
+        let status = client
+            .execute(exec(POOL, sql, vec![]))
+            .await
+            .expect_err(sql);
+        assert_eq!(status.code(), Code::FailedPrecondition, "{sql}: {status:?}");
+        assert_eq!(
+            meta(&status, "poolplane-statement-kind").as_deref(),
+            Some(kind),
+            "{sql}"
+        );
+        let batch = client
+            .execute_batch(ExecuteBatchRequest {
+                pool: POOL.into(),
+                sql: sql.into(),
+                parameter_sets: vec![ParameterSet { params: vec![] }],
+                ..Default::default()
+            })
+            .await
+            .expect_err(sql);
+        assert_eq!(batch.code(), Code::FailedPrecondition, "{sql}: {batch:?}");
+    }
+    let mut session = Session::open(&mut client, open_request(POOL))
+        .await
+        .expect("open");
+    for (sql, _) in refused {
+        let answer = session.run(sql).await;
+        assert_eq!(
+            error_of(&answer).code,
+            Code::FailedPrecondition as i32,
+            "{sql}"
+        );
+    }
+    // Another role is the database's permissions to guard: allowed.
+    session
+        .ok("DO $$ BEGIN CREATE ROLE pp_defaults_other; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        .await;
+    session
+        .ok("ALTER ROLE pp_defaults_other SET search_path = somewhere")
+        .await;
+    session.close().await;
+
+    let settings: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s \
+             LEFT JOIN pg_roles r ON r.oid = s.setrole \
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE r.rolname = $1 OR (s.setrole = 0 AND d.datname = 'postgres')",
+            &[&ROLE],
+        )
+        .await
+        .expect("settings")
+        .get(0);
+    assert_eq!(
+        settings, 0,
+        "no default of the pool's role or database changed"
+    );
+    let limit: i32 = pg
+        .query_one(
+            "SELECT datconnlimit FROM pg_database WHERE datname = 'postgres'",
+            &[],
+        )
+        .await
+        .expect("limit")
+        .get(0);
+    assert_eq!(limit, -1);
+    client
+        .execute(exec(POOL, "SELECT 1", vec![]))
+        .await
+        .expect("the pool still logs in");
+    server.stop().await;
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS pp_defaults_other; DROP ROLE IF EXISTS {ROLE}"
+    ))
+    .await
+    .expect("drop roles");
+}

@@ -172,7 +172,7 @@ pub fn first_int(answer: &StatementResult) -> i64 {
     }
 }
 
-fn error_of(answer: &StatementResult) -> &poolplane::proto::StatementError {
+pub fn error_of(answer: &StatementResult) -> &poolplane::proto::StatementError {
     match &answer.outcome {
         Some(statement_result::Outcome::Error(error)) => error,
         other => panic!("expected an error, got {other:?}"),
