@@ -732,7 +732,6 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
                 pool: POOL.into(),
                 sql: sql.into(),
                 parameter_sets: vec![ParameterSet { params: vec![] }],
-                ..Default::default()
             })
             .await
             .expect_err(sql);
