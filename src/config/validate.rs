@@ -946,13 +946,26 @@ impl Checker {
     }
 
     /// Connection parameters travel in NUL-terminated protocol fields: a
-    /// control character would fail every connect, so it is refused here.
+    /// control character would fail every connect, so it is refused here;
+    /// so is a direction-changing one (U+202E...), which would make the
+    /// name read otherwise wherever it is shown (ctl, the status page, logs).
     fn printable(&mut self, path: &str, field: &str, value: &str) {
         if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
             self.error(
                 &key(path, field),
                 format!(
                     "contains a control character (U+{:04X}) at byte {at}; PostgreSQL cannot take it",
+                    u32::from(c)
+                ),
+            );
+        } else if let Some((at, c)) = value
+            .char_indices()
+            .find(|(_, c)| crate::display::misleading(*c))
+        {
+            self.error(
+                &key(path, field),
+                format!(
+                    "contains a direction-changing character (U+{:04X}) at byte {at}, which would make it read otherwise wherever it is shown",
                     u32::from(c)
                 ),
             );

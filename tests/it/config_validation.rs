@@ -127,6 +127,10 @@ fn each_malformed_config_names_its_problem() {
             vec!["pools[0].user", "control character (U+000A)"],
         ),
         (
+            format!("{POOL}      application_name: \"app\\u202Egnp.exe\"\n"),
+            vec!["pools[0].application_name", "direction-changing character (U+202E) at byte 3"],
+        ),
+        (
             format!("{POOL}      connection_timeout_ms: 0\n"),
             vec!["connection_timeout_ms", "must be positive"],
         ),
