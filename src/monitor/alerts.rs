@@ -126,7 +126,9 @@ impl AlertRule {
                 value * 100.0,
                 threshold * 100.0
             ),
-            AlertRule::PoolUnhealthy => format!("pool `{pool}` is unhealthy: its database does not answer"),
+            AlertRule::PoolUnhealthy => format!(
+                "pool `{pool}` is unhealthy: its health checks fail (the database does not answer, or no connection can log in), so calls fail fast; its last error is in GetPool and `poolplane ctl health`"
+            ),
             AlertRule::SlowAcquire => format!(
                 "pool `{pool}` callers wait {:.0} ms for a connection on average (threshold {:.0} ms)",
                 value * 1000.0,
@@ -136,9 +138,20 @@ impl AlertRule {
                 "pool `{pool}` is exhausted: {value} acquisition(s) timed out"
             ),
             AlertRule::SessionLeak => format!(
-                "a session of pool `{pool}` has held its connection for {value:.0} s (threshold {threshold:.0} s)"
+                "a session of pool `{pool}` has held its connection for {} (threshold {})",
+                seconds(value),
+                seconds(threshold)
             ),
         }
+    }
+}
+
+/// Seconds for a person: tenths below ten (a 0.5 s threshold is not "0 s").
+pub(crate) fn seconds(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.1} s")
+    } else {
+        format!("{value:.0} s")
     }
 }
 

@@ -121,12 +121,12 @@ impl Monitoring {
             return None;
         }
         let message = format!(
-            "session {} of pool `{}` (caller `{}`, peer {}) has held its connection for {} s (leak_detection_threshold_ms {}); last statement: {}",
+            "session {} of pool `{}` (caller `{}`, peer {}) has held its connection for {} (leak_detection_threshold_ms {}); last statement: {}",
             session.id,
             session.pool,
             session.caller,
             if session.peer.is_empty() { "unknown" } else { &session.peer },
-            session.age.as_secs(),
+            alerts::seconds(session.age.as_secs_f64()),
             threshold.as_millis(),
             if session.last_statement.is_empty() { "none" } else { &session.last_statement },
         );
