@@ -715,6 +715,10 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
             "ALTER DATABASE postgres CONNECTION LIMIT 1",
             "ALTER DATABASE",
         ),
+        (
+            "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC",
+            "REVOKE CONNECT ON DATABASE",
+        ),
     ];
     for (sql, kind) in refused {
         let status = client
@@ -791,4 +795,44 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
     ))
     .await
     .expect("drop roles");
+}
+
+/// A statement deeper than the parser's own stack (PostgreSQL's is larger
+/// and would run it) is still judged, by its words: a temporary table or
+/// a COPY to the client is refused, not run on the shared connection (the
+/// COPY broke it). An ordinary deep SELECT runs. (Found by a red team.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_too_deep_for_the_parser_are_still_judged() {
+    const POOL: &str = "hygiene_deep";
+    let server = TestServer::start(&config_yaml(&[PoolSpec::new(POOL, 1)])).await;
+    let mut client = server.query().await;
+    let deep = vec!["1"; 1200].join("+");
+    for (sql, code) in [
+        (
+            format!("CREATE TEMP TABLE tt AS SELECT {deep} AS n"),
+            Code::FailedPrecondition,
+        ),
+        (
+            format!("PREPARE p AS SELECT {deep}"),
+            Code::FailedPrecondition,
+        ),
+        (
+            format!("COPY (SELECT {deep}) TO STDOUT"),
+            Code::Unimplemented,
+        ),
+    ] {
+        let status = client
+            .execute(exec(POOL, &sql, vec![]))
+            .await
+            .expect_err(&sql[..30]);
+        assert_eq!(status.code(), code, "{}: {status:?}", &sql[..30]);
+    }
+    let rows = client
+        .execute(exec(POOL, &format!("SELECT {deep} AS n"), vec![]))
+        .await
+        .expect("an ordinary deep statement runs")
+        .into_inner()
+        .rows;
+    assert_eq!(rows.len(), 1);
+    server.stop().await;
 }
