@@ -153,6 +153,9 @@ impl App {
         match result {
             Ok(report) => {
                 tracing::info!(?report, "configuration reloaded");
+                for failed in &report.failed {
+                    tracing::warn!(pool_and_error = %failed, "a pool kept its settings: the reload's change for it failed");
+                }
                 self.events
                     .publish("", EventDetail::ConfigReloaded(report.clone()));
                 Ok(report)

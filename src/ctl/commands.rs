@@ -224,7 +224,17 @@ async fn reload(api: &Api) -> Result<(), CtlError> {
         .reload_config(api.request(proto::ReloadConfigRequest {}))
         .await?
         .into_inner();
-    api.answer(json::reload(&answer), || render::reload(&answer))
+    api.answer(json::reload(&answer), || render::reload(&answer))?;
+    // Applied, but not everywhere: a script must not take it for done.
+    if answer.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::PartlyDone(format!(
+            "the reload left {} pool(s) as they were: {}",
+            answer.failed.len(),
+            answer.failed.join("; ")
+        )))
+    }
 }
 
 async fn sessions(api: &Api, pool: Option<String>) -> Result<(), CtlError> {

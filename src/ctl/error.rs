@@ -31,6 +31,8 @@ pub(crate) enum CtlError {
     Status(tonic::Status),
     /// Something on this side failed (the runtime, writing stdout).
     Local(String),
+    /// The server did part of what was asked (a reload some pools refused).
+    PartlyDone(String),
     /// Stdout was closed (`| head`): stop quietly, exit 0.
     Closed,
 }
@@ -94,7 +96,7 @@ impl CtlError {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => DENIED,
                 _ => SERVER_ERROR,
             },
-            CtlError::Local(_) => SERVER_ERROR,
+            CtlError::Local(_) | CtlError::PartlyDone(_) => SERVER_ERROR,
             CtlError::Closed => 0,
         }
     }
@@ -117,6 +119,7 @@ impl CtlError {
                 format!("{:?}: {}", status.code(), printable(status.message()))
             }
             CtlError::Local(message) => message.clone(),
+            CtlError::PartlyDone(message) => printable(message),
             CtlError::Closed => String::new(),
         };
         format!("poolplane ctl: {what}")

@@ -330,13 +330,24 @@ async fn pools_are_listed_shown_created_resized_paused_and_deleted() {
         PoolSpec::new("ctl_main", 4),
         PoolSpec::new("ctl_reloaded", 2),
     ]);
-    std::fs::write(&file, grown).expect("write config");
+    std::fs::write(&file, &grown).expect("write config");
     let run = ctl(&server, &["reload"]).await;
     assert!(
         run.ok().contains("created    ctl_reloaded\n"),
         "{}",
         run.stdout
     );
+    // A reload some pool refuses (its new target takes no connection) is
+    // exit 1: the report on stdout, the pool and why on stderr.
+    let moved = config_yaml(&[
+        PoolSpec::new("ctl_main", 4).port(free_port()),
+        PoolSpec::new("ctl_reloaded", 2),
+    ]);
+    std::fs::write(&file, moved).expect("write config");
+    let run = ctl(&server, &["reload"]).await;
+    run.fails(1, "the reload left 1 pool(s) as they were: ctl_main: ");
+    assert!(run.stdout.contains("ctl_main"), "{}", run.stdout);
+    std::fs::write(&file, &grown).expect("write config");
 
     // pool delete: drained and gone; then the pool is not found (exit 4).
     let deleted = ctl(
