@@ -576,7 +576,7 @@ fn check_acknowledger(by: &str) -> Result<(), Status> {
     if by.chars().any(crate::display::misleading) {
         return Err(invalid_argument(
             "by",
-            "holds control or bidirectional-override characters",
+            "holds control, invisible or direction-changing characters",
         ));
     }
     Ok(())

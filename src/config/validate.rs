@@ -965,7 +965,7 @@ impl Checker {
             self.error(
                 &key(path, field),
                 format!(
-                    "contains a direction-changing character (U+{:04X}) at byte {at}, which would make it read otherwise wherever it is shown",
+                    "contains an invisible or direction-changing character (U+{:04X}) at byte {at}, which would make it read otherwise wherever it is shown",
                     u32::from(c)
                 ),
             );

@@ -79,7 +79,7 @@ pub(crate) fn pairs(pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// The text with control and direction-changing characters escaped.
+/// The text with control, invisible and direction-changing characters escaped.
 pub(crate) use poolplane::display::escaped as printable;
 
 /// Milliseconds, to a tenth below 100, whole above.
