@@ -188,7 +188,9 @@ impl TargetRequest {
 }
 
 /// `current` moved to a new target, checked with the file's rules. A
-/// credential replaces user and password; a user alone keeps the password.
+/// credential replaces user and password. Another user needs a credential:
+/// the pool's password is never tried against a role a caller picks (the
+/// answer would tell whether it works there).
 pub fn retarget(
     current: &PoolConfig,
     request: TargetRequest,
@@ -199,6 +201,17 @@ pub fn retarget(
         errors: Vec::new(),
         tls_failed: false,
     };
+    if request.credential.is_none()
+        && request
+            .user
+            .as_ref()
+            .is_some_and(|user| *user != current.user)
+    {
+        checker.error(
+            "user",
+            "another user needs its own password: name a login from connection_pool.credentials in `credential` (the pool's password is not tried against another role)".into(),
+        );
+    }
     let raw = RawPool {
         user: request.user,
         credential: request.credential,

@@ -158,6 +158,14 @@ async fn a_new_target_outside_the_allowed_ones_or_malformed_is_refused_and_nothi
             },
             "database",
         ),
+        // The pool's password is not tried against a role a caller picks.
+        (
+            UpdatePoolRequest {
+                user: Some("pg_monitor_guess".into()),
+                ..update("retarget_refused")
+            },
+            "another user needs its own password",
+        ),
     ] {
         let status = admin.update_pool(request).await.expect_err(field);
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
