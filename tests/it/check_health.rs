@@ -9,7 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::support::{config_yaml_with, free_port, PoolSpec, TestServer};
+use crate::support::{config_yaml_with, free_port, LoginRole, PoolSpec, TestServer};
 
 /// Checks only when asked (the periodic interval is an hour).
 const MANUAL: &str = "  health_monitoring:\n    check_interval_ms: 3600000\n    connection_timeout_ms: 1000\n    failure_threshold: 2\n    enable_automatic_recovery: false\n";
@@ -164,17 +164,8 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
     const ROLE: &str = "pp_login_check";
     const APP: &str = "poolplane/login_check";
     let pg = crate::support::cluster().admin().await;
-    pg.batch_execute(&format!(
-        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'login-one-0123456789'"
-    ))
-    .await
-    .expect("create role");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, "login-one-0123456789\n").expect("password file");
-    let mut spec = PoolSpec::new("login_check", 3)
-        .with(&format!("user: {ROLE}"))
-        .with(&format!("password_file: {}", password_file.display()));
+    let role = LoginRole::create(ROLE, "").await;
+    let mut spec = role.pool(PoolSpec::new("login_check", 3));
     spec.min = 2;
     let server = TestServer::start(&config_yaml_with(&[spec], MANUAL)).await;
     let mut admin = server.admin().await;
@@ -235,7 +226,7 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
         health.last_error
     );
     assert!(
-        !health.last_error.contains("login-one"),
+        !health.last_error.contains(&role.password()),
         "no password in errors"
     );
     query
@@ -256,11 +247,9 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
     .await;
 
     // The password is put back: the next check logs in and heals.
-    pg.batch_execute(&format!(
-        "ALTER ROLE {ROLE} PASSWORD 'login-one-0123456789'"
-    ))
-    .await
-    .expect("restore password");
+    pg.batch_execute(&format!("ALTER ROLE {ROLE} PASSWORD '{}'", role.password()))
+        .await
+        .expect("restore password");
     assert_eq!(
         checked(&mut admin, "login_check").await.state,
         HealthState::Healthy as i32
@@ -347,9 +336,7 @@ async fn a_pool_that_cannot_log_in_is_degraded_then_unhealthy_and_heals() {
         .await
         .expect("works again");
     server.stop().await;
-    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
-        .await
-        .expect("drop role");
+    role.drop_role().await;
 }
 
 /// Waits until `grpc.health.v1` says `expected` of `service` (it follows
@@ -388,17 +375,8 @@ async fn a_probe_that_cannot_connect_asks_the_pools_own_connection() {
     const ROLE: &str = "pp_probe_limit";
     const APP: &str = "poolplane/probe_limit";
     let pg = crate::support::cluster().admin().await;
-    pg.batch_execute(&format!(
-        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'probe-limit-0123456789'"
-    ))
-    .await
-    .expect("create role");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, "probe-limit-0123456789\n").expect("password file");
-    let mut spec = PoolSpec::new("probe_limit", 2)
-        .with(&format!("user: {ROLE}"))
-        .with(&format!("password_file: {}", password_file.display()));
+    let role = LoginRole::create(ROLE, "").await;
+    let mut spec = role.pool(PoolSpec::new("probe_limit", 2));
     spec.min = 1;
     let server = TestServer::start(&config_yaml_with(&[spec], MANUAL)).await;
     let mut admin = server.admin().await;
@@ -455,7 +433,5 @@ async fn a_probe_that_cannot_connect_asks_the_pools_own_connection() {
         HealthState::Healthy as i32
     );
     server.stop().await;
-    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
-        .await
-        .expect("drop role");
+    role.drop_role().await;
 }

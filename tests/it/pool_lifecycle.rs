@@ -119,18 +119,8 @@ async fn a_pool_that_cannot_grow_serves_callers_in_turn() {
     const ROLE: &str = "pp_limited";
     let pg = cluster().admin().await;
     // One connection for the pool, one for its health probe.
-    pg.batch_execute(&format!(
-        "DROP ROLE IF EXISTS {ROLE}; \
-         CREATE ROLE {ROLE} LOGIN PASSWORD 'limited-0123456789' CONNECTION LIMIT 2"
-    ))
-    .await
-    .expect("create role");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let password = dir.path().join("password");
-    std::fs::write(&password, "limited-0123456789\n").expect("password file");
-    let mut spec = PoolSpec::new("limited", 4)
-        .with(&format!("user: {ROLE}"))
-        .with(&format!("password_file: {}", password.display()));
+    let role = crate::support::LoginRole::create(ROLE, "CONNECTION LIMIT 2").await;
+    let mut spec = role.pool(PoolSpec::new("limited", 4));
     spec.min = 1;
     spec.connection_timeout_ms = 10_000;
     let server = TestServer::start(&config_yaml(&[spec])).await;
@@ -214,7 +204,5 @@ async fn a_pool_that_cannot_grow_serves_callers_in_turn() {
     );
     held.await.expect("join").expect("the held call ends well");
     server.stop().await;
-    pg.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"))
-        .await
-        .expect("drop role");
+    role.drop_role().await;
 }

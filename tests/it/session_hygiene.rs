@@ -681,17 +681,8 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
     const ROLE: &str = "pp_defaults";
     const POOL: &str = "hygiene_defaults";
     let pg = cluster().admin().await;
-    pg.batch_execute(&format!(
-        "DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN PASSWORD 'defaults-0123456789' CREATEROLE"
-    ))
-    .await
-    .expect("create role");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let password = dir.path().join("password");
-    std::fs::write(&password, "defaults-0123456789\n").expect("password file");
-    let spec = PoolSpec::new(POOL, 2)
-        .with(&format!("user: {ROLE}"))
-        .with(&format!("password_file: {}", password.display()));
+    let role = crate::support::LoginRole::create(ROLE, "CREATEROLE").await;
+    let spec = role.pool(PoolSpec::new(POOL, 2));
     let server = TestServer::start(&config_yaml(&[spec])).await;
     let mut client = server.query().await;
     let refused = [
@@ -790,11 +781,10 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
         .await
         .expect("the pool still logs in");
     server.stop().await;
-    pg.batch_execute(&format!(
-        "DROP ROLE IF EXISTS pp_defaults_other; DROP ROLE IF EXISTS {ROLE}"
-    ))
-    .await
-    .expect("drop roles");
+    pg.batch_execute("DROP ROLE IF EXISTS pp_defaults_other")
+        .await
+        .expect("drop the other role");
+    role.drop_role().await;
 }
 
 /// A statement deeper than the parser's own stack (PostgreSQL's is larger

@@ -1023,3 +1023,58 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|(_, value)| value.parse().ok())
 }
+
+/// A login role of the shared cluster (made afresh) and a file holding its
+/// password, for a pool that logs in as someone other than the superuser.
+pub struct LoginRole {
+    pub name: &'static str,
+    password_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoginRole {
+    /// `CREATE ROLE name LOGIN PASSWORD ... <attributes>`.
+    pub async fn create(name: &'static str, attributes: &str) -> LoginRole {
+        let password = LoginRole::password_of(name);
+        cluster()
+            .admin()
+            .await
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN PASSWORD '{password}' {attributes}"
+            ))
+            .await
+            .expect("create role");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+        LoginRole {
+            name,
+            password_file,
+            _dir: dir,
+        }
+    }
+
+    /// The password the role was made with (and a test may set it back to).
+    pub fn password(&self) -> String {
+        LoginRole::password_of(self.name)
+    }
+
+    fn password_of(name: &str) -> String {
+        format!("{name}-password-0123456789")
+    }
+
+    /// `spec`, logging in as this role.
+    pub fn pool<'a>(&self, spec: PoolSpec<'a>) -> PoolSpec<'a> {
+        spec.with(&format!("user: {}", self.name))
+            .with(&format!("password_file: {}", self.password_file.display()))
+    }
+
+    pub async fn drop_role(self) {
+        cluster()
+            .admin()
+            .await
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name))
+            .await
+            .expect("drop role");
+    }
+}
