@@ -237,6 +237,27 @@ async fn session_state_changed_inside_a_batch_never_reaches_the_next_caller() {
     server.stop().await;
 }
 
+/// Runs `sql` through Execute on `pool`: it must be refused with
+/// FAILED_PRECONDITION naming `kind`; the status, for more checks.
+async fn refused_with_kind(
+    client: &mut poolplane::proto::query_client::QueryClient<tonic::transport::Channel>,
+    pool: &str,
+    sql: &str,
+    kind: &str,
+) -> tonic::Status {
+    let status = client
+        .execute(exec(pool, sql, vec![]))
+        .await
+        .expect_err(sql);
+    assert_eq!(status.code(), Code::FailedPrecondition, "{sql}: {status:?}");
+    assert_eq!(
+        meta(&status, "poolplane-statement-kind").as_deref(),
+        Some(kind),
+        "{sql}"
+    );
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_control_and_session_statements_are_refused_with_failed_precondition() {
     let pool = "hygiene_refused";
@@ -270,16 +291,7 @@ async fn transaction_control_and_session_statements_are_refused_with_failed_prec
         ("LOAD 'plpgsql'", "LOAD"),
         ("DISCARD ALL", "DISCARD"),
     ] {
-        let status = client
-            .execute(exec(pool, sql, vec![]))
-            .await
-            .expect_err(sql);
-        assert_eq!(status.code(), Code::FailedPrecondition, "{sql}: {status:?}");
-        assert_eq!(
-            meta(&status, "poolplane-statement-kind").as_deref(),
-            Some(kind),
-            "{sql}"
-        );
+        let status = refused_with_kind(&mut client, pool, sql, kind).await;
         assert!(
             status.message().contains("Session"),
             "{sql}: {}",
@@ -712,16 +724,7 @@ async fn no_call_changes_the_pools_role_or_database_defaults() {
         ),
     ];
     for (sql, kind) in refused {
-        let status = client
-            .execute(exec(POOL, sql, vec![]))
-            .await
-            .expect_err(sql);
-        assert_eq!(status.code(), Code::FailedPrecondition, "{sql}: {status:?}");
-        assert_eq!(
-            meta(&status, "poolplane-statement-kind").as_deref(),
-            Some(kind),
-            "{sql}"
-        );
+        refused_with_kind(&mut client, POOL, sql, kind).await;
         let batch = client
             .execute_batch(ExecuteBatchRequest {
                 pool: POOL.into(),
