@@ -13,11 +13,12 @@
 //!
 //! A kept connection proves the database answers, not that the pool can
 //! still log in (a rotated password, `NOLOGIN`, a connection limit). So the
-//! probe also opens a new connection when the pool's connects have failed
-//! since the last check or it has no connection, while its last such login
-//! failed, and at least
-//! every [`LOGIN_RECHECK`]; if that fails while the kept connection
-//! answers, the outcome says so ([`ProbeOutcome::LoginFailed`]).
+//! probe also opens a new connection when the monitor asks (the pool's
+//! connects failed since the last check, or it has no connection), after
+//! its own last login failed, and at least every [`LOGIN_RECHECK`]. If
+//! that fails while the kept connection answers, the outcome says so
+//! ([`ProbeOutcome::LoginFailed`]); a probe with no connection that cannot
+//! open one says [`ProbeOutcome::ConnectFailed`], for the monitor to judge.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,11 +98,9 @@ impl Probe {
     }
 
     /// One check: connect if needed, then `SELECT 1`, all within the
-    /// timeout; with `verify_login` (the pool's connects failed since the
-    /// last check, or it has none) a new connection is opened even if one
-    /// is kept. Waiting
-    /// for a free slot comes first and does not count: it says nothing
-    /// about the database.
+    /// timeout; with `verify_login` a new connection is opened even if one
+    /// is kept. Waiting for a free slot comes first and does not count: it
+    /// says nothing about the database.
     pub(crate) async fn run(&mut self, verify_login: bool) -> ProbeOutcome {
         if self
             .held

@@ -452,7 +452,7 @@ impl<C: Connector> Core<C> {
     /// As [`Core::acquire`], but opens no connection on a free slot: waits
     /// for one of the open connections (after opening one just failed, a
     /// caller waits for the others rather than failing, or trying again
-    /// at once). A slot handed over in the queue is still used.
+    /// at once). It is handed returned connections only, never a slot.
     pub(crate) async fn acquire_without_growing(
         &self,
         timeout: Duration,
@@ -1075,9 +1075,25 @@ impl<C: Connector> Core<C> {
         let mut table = self.lock();
         let id = table.idle.pop_back()?;
         let entry = table.entries.get_mut(&id)?;
-        entry.state = ConnState::Checking;
         let conn = entry.conn.take()?;
+        entry.state = ConnState::Checking;
         Some((id, conn))
+    }
+
+    /// Pings a connection taken for a check (`sweep`, `check_one_idle`)
+    /// within `timeout`, then puts it back or closes it ([`Core::pinged`]).
+    pub(crate) async fn ping(
+        &self,
+        id: u64,
+        conn: C::Conn,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let result = match tokio::time::timeout(timeout, conn.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer to a keepalive check within {timeout:?}")),
+        };
+        self.pinged(id, conn, result.clone());
+        result
     }
 
     /// Finishes a maintenance ping: back to the pool, or closed.

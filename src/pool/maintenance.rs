@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::connector::{Connection, Connector};
+use super::connector::Connector;
 use super::core::{Core, SweepLimits};
 use crate::config::PoolLimits;
 
@@ -63,11 +63,8 @@ async fn maintain<P: Tended>(pool: &Arc<P>) {
     });
     let timeout = limits.connection_timeout.min(Duration::from_secs(5));
     let pings = to_ping.into_iter().map(|(id, conn)| async move {
-        let result = match tokio::time::timeout(timeout, conn.ping()).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("keepalive timed out after {timeout:?}")),
-        };
-        core.pinged(id, conn, result);
+        // A failed one is closed and reported by the core.
+        let _ = core.ping(id, conn, timeout).await;
     });
     futures::future::join_all(pings).await;
     pool.warm_up().await;

@@ -359,16 +359,10 @@ impl ManagedPool {
         &self,
         timeout: Duration,
     ) -> Option<Result<Duration, String>> {
-        use super::connector::Connection as _;
         let (id, conn) = self.core.check_one_idle()?;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, conn.ping()).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        };
-        let latency = started.elapsed();
-        self.core.pinged(id, conn, result.clone());
-        Some(result.map(|()| latency))
+        let result = self.core.ping(id, conn, timeout).await;
+        Some(result.map(|()| started.elapsed()))
     }
 
     /// Server connections that can serve: open, neither still connecting
